@@ -1,0 +1,45 @@
+//! The chat-system's settings: each an environment variable and a flag.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "chat-system",
+    version,
+    about = "The reference chat-system service on PostgreSQL"
+)]
+pub struct Config {
+    /// PostgreSQL to store in; the database is created when missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/chat_system"
+    )]
+    pub database_url: String,
+
+    /// Address the HTTP server listens on (port 0 picks a free one).
+    #[arg(
+        long = "addr",
+        env = "CHAT_SYSTEM_ADDR",
+        default_value = "0.0.0.0:3000"
+    )]
+    pub addr: SocketAddr,
+
+    /// Upper bound on PostgreSQL connections held by the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// How long a request waits for a pooled connection before it is
+    /// answered 503: bounds the wait while PostgreSQL is down.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    pub database_acquire_timeout_ms: u64,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: u64,
+
+    #[command(flatten)]
+    pub telemetry: shared::config::Telemetry,
+}

@@ -1,0 +1,338 @@
+//! The HTTP contract (`docs/chat-system.openapi.yaml`): parses and checks
+//! every input, calls `store`, and shapes the answer.
+//!
+//! Handlers never reject: bad input is answered here with a 4xx, so warp
+//! does not go on to try other routes and report a misleading 405. Only
+//! warp's own rejections (no such route, wrong method, oversized body) reach
+//! `shared::http::recover`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use serde::Deserialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use shared::http::{BodyError, decode_segment, json_body, json_with_status, positive_number};
+
+use crate::error::ApiError;
+use crate::store::{Outcome, Store};
+
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1000;
+const MAX_NAME_CHARS: usize = 255;
+
+/// Every route of the service, errors included.
+pub(crate) fn routes(
+    store: Store,
+    max_body_bytes: u64,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let store = warp::any().map(move || store.clone());
+    let query = warp::query::<HashMap<String, String>>();
+
+    let create_application = warp::path!("applications")
+        .and(warp::post())
+        .and(json_body::<NewApplication>(max_body_bytes))
+        .and(store.clone())
+        .then(create_application);
+    let get_application = warp::path!("applications" / String)
+        .and(warp::get())
+        .and(store.clone())
+        .then(get_application);
+    let list_chats = warp::path!("applications" / String / "chats")
+        .and(warp::get())
+        .and(query)
+        .and(store.clone())
+        .then(list_chats);
+    let put_chat = warp::path!("applications" / String / "chats" / String)
+        .and(warp::put())
+        .and(store.clone())
+        .then(put_chat);
+    let get_chat = warp::path!("applications" / String / "chats" / String)
+        .and(warp::get())
+        .and(store.clone())
+        .then(get_chat);
+    let list_messages = warp::path!("applications" / String / "chats" / String / "messages")
+        .and(warp::get())
+        .and(query)
+        .and(store.clone())
+        .then(list_messages);
+    // Before `get_message`, whose `{m}` segment would otherwise take "search".
+    let search = warp::path!("applications" / String / "chats" / String / "messages" / "search")
+        .and(warp::get())
+        .and(query)
+        .and(store.clone())
+        .then(search_messages);
+    let put_message = warp::path!("applications" / String / "chats" / String / "messages" / String)
+        .and(warp::put())
+        .and(json_body::<NewMessage>(max_body_bytes))
+        .and(store.clone())
+        .then(put_message);
+    let get_message = warp::path!("applications" / String / "chats" / String / "messages" / String)
+        .and(warp::get())
+        .and(store.clone())
+        .then(get_message);
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(store)
+        .then(readyz);
+
+    shared::http::healthz()
+        .or(readyz)
+        .unify()
+        .or(create_application)
+        .unify()
+        .or(get_application)
+        .unify()
+        .or(list_chats)
+        .unify()
+        .or(put_chat)
+        .unify()
+        .or(get_chat)
+        .unify()
+        .or(list_messages)
+        .unify()
+        .or(search)
+        .unify()
+        .or(put_message)
+        .unify()
+        .or(get_message)
+        .unify()
+        .recover(shared::http::recover)
+        .unify()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewApplication {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMessage {
+    body: String,
+}
+
+fn answer(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+fn token(raw: &str) -> Result<String, ApiError> {
+    decode_segment(raw).ok_or(ApiError::NotFound("unknown application"))
+}
+
+fn number(raw: &str, what: &str) -> Result<i64, ApiError> {
+    positive_number(raw)
+        .ok_or_else(|| ApiError::BadRequest(format!("{what} must be a positive integer")))
+}
+
+/// `?after=N&limit=M`: numbers above `after` (default 0), at most `limit`
+/// of them (default 100, at most 1000).
+fn page(query: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+    let after = match query.get("after") {
+        None => 0,
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|after| *after >= 0)
+            .ok_or_else(|| ApiError::BadRequest("after must be a non-negative integer".into()))?,
+    };
+    Ok((after, limit(query)?))
+}
+
+fn limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+    match query.get("limit") {
+        None => Ok(DEFAULT_PAGE),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|limit| (1..=MAX_PAGE).contains(limit))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit must be an integer from 1 to {MAX_PAGE}"))
+            }),
+    }
+}
+
+fn body_error(error: BodyError) -> ApiError {
+    match error {
+        BodyError::UnsupportedMediaType => ApiError::UnsupportedMediaType,
+        BodyError::Malformed(reason) => {
+            ApiError::BadRequest(format!("request body is not valid JSON: {reason}"))
+        }
+    }
+}
+
+fn status(outcome: Outcome) -> StatusCode {
+    match outcome {
+        Outcome::Created => StatusCode::CREATED,
+        Outcome::AlreadyThere => StatusCode::OK,
+    }
+}
+
+async fn create_application(body: Result<NewApplication, BodyError>, store: Store) -> Response {
+    answer(
+        async {
+            let name = body.map_err(body_error)?.name;
+            let name = name.trim();
+            if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+                return Err(ApiError::BadRequest(format!(
+                    "name must be 1 to {MAX_NAME_CHARS} characters"
+                )));
+            }
+            let application = store.create_application(name).await?;
+            Ok(json_with_status(&application, StatusCode::CREATED))
+        }
+        .await,
+    )
+}
+
+async fn get_application(token_raw: String, store: Store) -> Response {
+    answer(
+        async {
+            let application = store.application(&token(&token_raw)?).await?;
+            Ok(warp::reply::json(&application).into_response())
+        }
+        .await,
+    )
+}
+
+async fn list_chats(token_raw: String, query: HashMap<String, String>, store: Store) -> Response {
+    answer(
+        async {
+            let (after, limit) = page(&query)?;
+            let page = store.chats(&token(&token_raw)?, after, limit).await?;
+            Ok(warp::reply::json(&page).into_response())
+        }
+        .await,
+    )
+}
+
+async fn put_chat(token_raw: String, chat_raw: String, store: Store) -> Response {
+    answer(
+        async {
+            let chat = number(&chat_raw, "chat number")?;
+            let (chat, outcome) = store.put_chat(&token(&token_raw)?, chat).await?;
+            Ok(json_with_status(&chat, status(outcome)))
+        }
+        .await,
+    )
+}
+
+async fn get_chat(token_raw: String, chat_raw: String, store: Store) -> Response {
+    answer(
+        async {
+            let chat = number(&chat_raw, "chat number")?;
+            let chat = store.chat(&token(&token_raw)?, chat).await?;
+            Ok(warp::reply::json(&chat).into_response())
+        }
+        .await,
+    )
+}
+
+async fn list_messages(
+    token_raw: String,
+    chat_raw: String,
+    query: HashMap<String, String>,
+    store: Store,
+) -> Response {
+    answer(
+        async {
+            let chat = number(&chat_raw, "chat number")?;
+            let (after, limit) = page(&query)?;
+            let page = store
+                .messages(&token(&token_raw)?, chat, after, limit)
+                .await?;
+            Ok(warp::reply::json(&page).into_response())
+        }
+        .await,
+    )
+}
+
+async fn search_messages(
+    token_raw: String,
+    chat_raw: String,
+    query: HashMap<String, String>,
+    store: Store,
+) -> Response {
+    answer(
+        async {
+            let chat = number(&chat_raw, "chat number")?;
+            let text = query.get("q").map(|q| q.trim()).unwrap_or_default();
+            if text.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "q must be a non-empty search query".into(),
+                ));
+            }
+            if text.contains('\0') {
+                return Err(ApiError::BadRequest(
+                    "q must not contain NUL characters".into(),
+                ));
+            }
+            let hits = store
+                .search(&token(&token_raw)?, chat, text, limit(&query)?)
+                .await?;
+            Ok(warp::reply::json(&serde_json::json!({ "items": hits })).into_response())
+        }
+        .await,
+    )
+}
+
+async fn put_message(
+    token_raw: String,
+    chat_raw: String,
+    message_raw: String,
+    body: Result<NewMessage, BodyError>,
+    store: Store,
+) -> Response {
+    answer(
+        async {
+            let chat = number(&chat_raw, "chat number")?;
+            let message = number(&message_raw, "message number")?;
+            let body = body.map_err(body_error)?.body;
+            if body.is_empty() {
+                return Err(ApiError::BadRequest("body must not be empty".into()));
+            }
+            // PostgreSQL text cannot hold U+0000: refuse it here, as bad input,
+            // rather than fail in the database.
+            if body.contains('\0') {
+                return Err(ApiError::BadRequest(
+                    "body must not contain NUL characters".into(),
+                ));
+            }
+            let (message, outcome) = store
+                .put_message(&token(&token_raw)?, chat, message, &body)
+                .await?;
+            Ok(json_with_status(&message, status(outcome)))
+        }
+        .await,
+    )
+}
+
+async fn get_message(
+    token_raw: String,
+    chat_raw: String,
+    message_raw: String,
+    store: Store,
+) -> Response {
+    answer(
+        async {
+            let chat = number(&chat_raw, "chat number")?;
+            let message = number(&message_raw, "message number")?;
+            let message = store.message(&token(&token_raw)?, chat, message).await?;
+            Ok(warp::reply::json(&message).into_response())
+        }
+        .await,
+    )
+}
+
+async fn readyz(store: Store) -> Response {
+    match store.ping().await {
+        Ok(()) => warp::reply::json(&serde_json::json!({ "status": "ready" })).into_response(),
+        Err(error) => shared::http::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {error}"),
+        ),
+    }
+}

@@ -1,0 +1,73 @@
+//! `Application`: the chat-system assembled and bound to its socket, ready
+//! to run until a shutdown future resolves. Tests build it on port 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use sqlx::postgres::PgPool;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::database::{self, Readiness};
+use crate::routes::routes;
+use crate::store::Store;
+
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    pool: PgPool,
+    readiness: Readiness,
+    config: Config,
+}
+
+impl Application {
+    /// Binds the listener and creates the (lazy) pool. PostgreSQL need not
+    /// be up yet: the database is prepared in the background once running.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .with_context(|| format!("binding {}", config.addr))?;
+        let address = listener.local_addr()?;
+        let pool = database::pool(&config)?;
+        Ok(Self {
+            listener,
+            address,
+            pool,
+            readiness: Readiness::default(),
+            config,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets the
+    /// requests in flight finish and closes the pool.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let preparing = tokio::spawn(database::prepare_until_ready(
+            self.config.database_url.clone(),
+            self.pool.clone(),
+            self.readiness.clone(),
+        ));
+        let store = Store::new(self.pool.clone(), self.readiness);
+        tracing::info!(address = %self.address, "chat-system listening");
+        warp::serve(routes(store, self.config.max_body_bytes))
+            .incoming(self.listener)
+            .graceful(shutdown)
+            .run()
+            .await;
+        preparing.abort();
+        self.pool.close().await;
+        tracing::info!("chat-system stopped");
+        Ok(())
+    }
+}

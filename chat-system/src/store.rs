@@ -1,0 +1,338 @@
+//! The only module that speaks SQL.
+//!
+//! Every write is one statement: the insert and the counter update it
+//! implies run in one data-modifying CTE, so they commit together and the
+//! counts stay exact under concurrent writers (the `UPDATE` takes the
+//! parent row's lock, and re-reads it, after any concurrent insert
+//! committed). Inserts are `ON CONFLICT DO NOTHING`: a redelivered job finds
+//! its row and changes nothing.
+
+use serde::Serialize;
+use sqlx::postgres::PgPool;
+
+use crate::database::Readiness;
+use crate::error::ApiError;
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub(crate) struct Application {
+    pub(crate) token: String,
+    pub(crate) name: String,
+    pub(crate) chats_count: i64,
+    pub(crate) last_chat_number: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub(crate) struct Chat {
+    pub(crate) number: i64,
+    pub(crate) messages_count: i64,
+    pub(crate) last_message_number: i64,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub(crate) struct Message {
+    pub(crate) number: i64,
+    pub(crate) body: String,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub(crate) struct SearchHit {
+    pub(crate) number: i64,
+    pub(crate) body: String,
+    pub(crate) rank: f32,
+}
+
+/// Whether a `PUT` stored a new row or found the same one already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Created,
+    AlreadyThere,
+}
+
+/// One page of a list ordered by number; `next_after` is the cursor for the
+/// following page, absent on the last one.
+#[derive(Debug, Serialize)]
+pub(crate) struct Page<T> {
+    pub(crate) items: Vec<T>,
+    pub(crate) next_after: Option<i64>,
+}
+
+impl<T> Page<T> {
+    fn new(items: Vec<T>, limit: i64, number: impl Fn(&T) -> i64) -> Self {
+        let next_after = match items.last() {
+            Some(last) if items.len() as i64 == limit => Some(number(last)),
+            _ => None,
+        };
+        Self { items, next_after }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Store {
+    pool: PgPool,
+    readiness: Readiness,
+}
+
+impl Store {
+    pub(crate) fn new(pool: PgPool, readiness: Readiness) -> Self {
+        Self { pool, readiness }
+    }
+
+    /// The pool, once migrations have run; 503 before.
+    fn db(&self) -> Result<&PgPool, ApiError> {
+        if self.readiness.is_ready() {
+            Ok(&self.pool)
+        } else {
+            Err(ApiError::Starting)
+        }
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), ApiError> {
+        sqlx::query("SELECT 1").execute(self.db()?).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn create_application(&self, name: &str) -> Result<Application, ApiError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let application = sqlx::query_as(
+            "INSERT INTO applications (token, name) VALUES ($1, $2)
+             RETURNING token, name, chats_count, last_chat_number",
+        )
+        .bind(token)
+        .bind(name)
+        .fetch_one(self.db()?)
+        .await?;
+        Ok(application)
+    }
+
+    pub(crate) async fn application(&self, token: &str) -> Result<Application, ApiError> {
+        sqlx::query_as(
+            "SELECT token, name, chats_count, last_chat_number FROM applications WHERE token = $1",
+        )
+        .bind(token)
+        .fetch_optional(self.db()?)
+        .await?
+        .ok_or(ApiError::NotFound("unknown application"))
+    }
+
+    async fn application_id(&self, token: &str) -> Result<i64, ApiError> {
+        sqlx::query_scalar("SELECT id FROM applications WHERE token = $1")
+            .bind(token)
+            .fetch_optional(self.db()?)
+            .await?
+            .ok_or(ApiError::NotFound("unknown application"))
+    }
+
+    async fn chat_id(&self, token: &str, chat: i64) -> Result<i64, ApiError> {
+        let id = sqlx::query_scalar(
+            "SELECT c.id FROM chats c JOIN applications a ON a.id = c.application_id
+             WHERE a.token = $1 AND c.number = $2",
+        )
+        .bind(token)
+        .bind(chat)
+        .fetch_optional(self.db()?)
+        .await?;
+        match id {
+            Some(id) => Ok(id),
+            None => Err(self.missing_chat(token).await),
+        }
+    }
+
+    /// The 404 for a chat that was not found: its application's, when that
+    /// is missing too.
+    async fn missing_chat(&self, token: &str) -> ApiError {
+        match self.application_id(token).await {
+            Ok(_) => ApiError::NotFound("unknown chat"),
+            Err(error) => error,
+        }
+    }
+
+    pub(crate) async fn put_chat(
+        &self,
+        token: &str,
+        number: i64,
+    ) -> Result<(Chat, Outcome), ApiError> {
+        let (application_found, created): (bool, bool) = sqlx::query_as(
+            "WITH application AS (SELECT id FROM applications WHERE token = $1),
+             inserted AS (
+                 INSERT INTO chats (application_id, number) SELECT id, $2 FROM application
+                 ON CONFLICT (application_id, number) DO NOTHING
+                 RETURNING application_id),
+             counted AS (
+                 UPDATE applications
+                 SET chats_count = chats_count + 1, last_chat_number = GREATEST(last_chat_number, $2)
+                 WHERE id IN (SELECT application_id FROM inserted))
+             SELECT EXISTS (SELECT 1 FROM application), EXISTS (SELECT 1 FROM inserted)",
+        )
+        .bind(token)
+        .bind(number)
+        .fetch_one(self.db()?)
+        .await?;
+        if !application_found {
+            return Err(ApiError::NotFound("unknown application"));
+        }
+        if created {
+            let chat = Chat {
+                number,
+                messages_count: 0,
+                last_message_number: 0,
+            };
+            return Ok((chat, Outcome::Created));
+        }
+        Ok((self.chat(token, number).await?, Outcome::AlreadyThere))
+    }
+
+    pub(crate) async fn chat(&self, token: &str, number: i64) -> Result<Chat, ApiError> {
+        let chat = sqlx::query_as(
+            "SELECT c.number, c.messages_count, c.last_message_number
+             FROM chats c JOIN applications a ON a.id = c.application_id
+             WHERE a.token = $1 AND c.number = $2",
+        )
+        .bind(token)
+        .bind(number)
+        .fetch_optional(self.db()?)
+        .await?;
+        match chat {
+            Some(chat) => Ok(chat),
+            None => Err(self.missing_chat(token).await),
+        }
+    }
+
+    pub(crate) async fn chats(
+        &self,
+        token: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Page<Chat>, ApiError> {
+        let application = self.application_id(token).await?;
+        let chats = sqlx::query_as(
+            "SELECT number, messages_count, last_message_number FROM chats
+             WHERE application_id = $1 AND number > $2 ORDER BY number LIMIT $3",
+        )
+        .bind(application)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.db()?)
+        .await?;
+        Ok(Page::new(chats, limit, |chat: &Chat| chat.number))
+    }
+
+    /// Stores message `number` of chat `chat` unless that number is taken.
+    /// Taken by the same body is a success (a redelivery); by another body
+    /// a conflict, and the stored row is left as it was.
+    pub(crate) async fn put_message(
+        &self,
+        token: &str,
+        chat: i64,
+        number: i64,
+        body: &str,
+    ) -> Result<(Message, Outcome), ApiError> {
+        let (chat_id, created): (Option<i64>, bool) = sqlx::query_as(
+            "WITH chat AS (
+                 SELECT c.id FROM chats c JOIN applications a ON a.id = c.application_id
+                 WHERE a.token = $1 AND c.number = $2),
+             inserted AS (
+                 INSERT INTO messages (chat_id, number, body) SELECT id, $3, $4 FROM chat
+                 ON CONFLICT (chat_id, number) DO NOTHING
+                 RETURNING chat_id),
+             counted AS (
+                 UPDATE chats
+                 SET messages_count = messages_count + 1,
+                     last_message_number = GREATEST(last_message_number, $3)
+                 WHERE id IN (SELECT chat_id FROM inserted))
+             SELECT (SELECT id FROM chat), EXISTS (SELECT 1 FROM inserted)",
+        )
+        .bind(token)
+        .bind(chat)
+        .bind(number)
+        .bind(body)
+        .fetch_one(self.db()?)
+        .await?;
+        let Some(chat_id) = chat_id else {
+            return Err(self.missing_chat(token).await);
+        };
+        let message = Message {
+            number,
+            body: body.to_owned(),
+        };
+        if created {
+            return Ok((message, Outcome::Created));
+        }
+        // A fresh statement, so a row committed by a concurrent writer after
+        // the insert's snapshot is seen.
+        let stored: String =
+            sqlx::query_scalar("SELECT body FROM messages WHERE chat_id = $1 AND number = $2")
+                .bind(chat_id)
+                .bind(number)
+                .fetch_one(self.db()?)
+                .await?;
+        if stored == body {
+            Ok((message, Outcome::AlreadyThere))
+        } else {
+            Err(ApiError::Conflict(format!(
+                "message {number} of chat {chat} already exists with a different body"
+            )))
+        }
+    }
+
+    pub(crate) async fn message(
+        &self,
+        token: &str,
+        chat: i64,
+        number: i64,
+    ) -> Result<Message, ApiError> {
+        let chat_id = self.chat_id(token, chat).await?;
+        sqlx::query_as("SELECT number, body FROM messages WHERE chat_id = $1 AND number = $2")
+            .bind(chat_id)
+            .bind(number)
+            .fetch_optional(self.db()?)
+            .await?
+            .ok_or(ApiError::NotFound("unknown message"))
+    }
+
+    pub(crate) async fn messages(
+        &self,
+        token: &str,
+        chat: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Page<Message>, ApiError> {
+        let chat_id = self.chat_id(token, chat).await?;
+        let messages = sqlx::query_as(
+            "SELECT number, body FROM messages
+             WHERE chat_id = $1 AND number > $2 ORDER BY number LIMIT $3",
+        )
+        .bind(chat_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.db()?)
+        .await?;
+        Ok(Page::new(messages, limit, |message: &Message| {
+            message.number
+        }))
+    }
+
+    /// Full-text search of one chat's messages, best match first. The query
+    /// is bound as a parameter and parsed by `websearch_to_tsquery`, which
+    /// accepts any text (quotes, `or`, `-word`) without a syntax error.
+    pub(crate) async fn search(
+        &self,
+        token: &str,
+        chat: i64,
+        query: &str,
+        limit: i64,
+    ) -> Result<Vec<SearchHit>, ApiError> {
+        let chat_id = self.chat_id(token, chat).await?;
+        let hits = sqlx::query_as(
+            "SELECT m.number, m.body, ts_rank(m.search, q) AS rank
+             FROM messages m, websearch_to_tsquery('simple', $2) q
+             WHERE m.chat_id = $1 AND m.search @@ q
+             ORDER BY rank DESC, m.number LIMIT $3",
+        )
+        .bind(chat_id)
+        .bind(query)
+        .bind(limit)
+        .fetch_all(self.db()?)
+        .await?;
+        Ok(hits)
+    }
+}

@@ -1,0 +1,24 @@
+//! Test support shared by the integration suites of every crate.
+//!
+//! Tests run in parallel against the machine's real PostgreSQL, Redis and
+//! RabbitMQ, so everything here hands out private resources (a fresh
+//! database, unique names) and removes them when dropped. Faults are
+//! injected with [`TcpProxy`], never by stopping a shared server.
+
+mod chat_system;
+mod database;
+mod proxy;
+mod wait;
+
+pub use chat_system::TestChatSystem;
+pub use database::TestDatabase;
+pub use proxy::TcpProxy;
+pub use wait::eventually;
+
+/// A short random suffix for names that must not collide between tests.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
