@@ -27,10 +27,20 @@ impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         if is_unavailable(&error) {
             Self::Unavailable(error)
+        } else if is_bad_data(&error) {
+            // The routes check their input; this is the safety net for text
+            // PostgreSQL refuses that they did not foresee.
+            tracing::warn!(%error, "input refused by the database");
+            Self::BadRequest("input the database cannot store".into())
         } else {
             Self::Internal(error)
         }
     }
+}
+
+/// Class 22, data exceptions: the value itself was refused.
+fn is_bad_data(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")))
 }
 
 /// Errors that mean "PostgreSQL cannot be reached or is restarting", as

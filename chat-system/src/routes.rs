@@ -119,8 +119,12 @@ fn answer(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(ApiError::into_response)
 }
 
+/// A token that cannot exist (not UTF-8, or holding a NUL, which
+/// PostgreSQL text cannot store) is simply unknown.
 fn token(raw: &str) -> Result<String, ApiError> {
-    decode_segment(raw).ok_or(ApiError::NotFound("unknown application"))
+    decode_segment(raw)
+        .filter(|token| !token.contains('\0'))
+        .ok_or(ApiError::NotFound("unknown application"))
 }
 
 fn number(raw: &str, what: &str) -> Result<i64, ApiError> {

@@ -28,6 +28,16 @@ async fn an_application_is_created_with_a_token_and_read_back() {
 }
 
 #[tokio::test]
+async fn a_token_that_cannot_exist_gets_404_not_500() {
+    let app = spawn_app().await;
+
+    for token in ["a%00b", "%FF%FE", "%7B%7D"] {
+        let answer = app.get(&format!("/applications/{token}")).await;
+        assert_eq!(answer.status, 404, "{token}: {}", answer.body);
+    }
+}
+
+#[tokio::test]
 async fn every_application_gets_its_own_token() {
     let app = spawn_app().await;
 
