@@ -34,3 +34,95 @@ impl Default for Telemetry {
         }
     }
 }
+
+/// RabbitMQ: where it is and the names and kind of the queues.
+#[derive(Debug, Clone, Args)]
+pub struct Broker {
+    /// RabbitMQ URL. Holds a password: never logged.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    pub amqp_url: String,
+
+    /// Prefix of every exchange and queue name (`{prefix}.jobs`,
+    /// `{prefix}.dead`, `{prefix}.retry.*`).
+    #[arg(long, env = "QUEUE_PREFIX", default_value = "chat")]
+    pub queue_prefix: String,
+
+    /// `quorum` (replicated, at-least-once dead-lettering) or `classic`.
+    #[arg(long, env = "QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
+    pub queue_type: QueueType,
+}
+
+/// The kind of RabbitMQ queue every queue of the topology is declared as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+/// Redis, where the counters live, and how long an idle counter stays.
+#[derive(Debug, Clone, Args)]
+pub struct Counters {
+    /// Redis URL. May hold a password: never logged.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key (`{prefix}:{token}:...`).
+    #[arg(long, env = "REDIS_PREFIX", default_value = "chat")]
+    pub redis_prefix: String,
+
+    /// Seconds an idle counter stays in Redis once none of its numbers is
+    /// in flight. While one is, the counter does not expire at all.
+    #[arg(long, env = "COUNTER_TTL_SECS", default_value_t = 3600)]
+    pub counter_ttl_secs: u64,
+}
+
+/// The chat-system's HTTP API.
+#[derive(Debug, Clone, Args)]
+pub struct ChatSystem {
+    /// Base URL of the chat-system.
+    #[arg(long, env = "CHAT_SYSTEM_URL", default_value = "http://127.0.0.1:3000")]
+    pub chat_system_url: String,
+
+    /// Timeout of one request to the chat-system, in milliseconds.
+    #[arg(long, env = "CHAT_SYSTEM_TIMEOUT_MS", default_value_t = 2000)]
+    pub chat_system_timeout_ms: u64,
+}
+
+/// A URL with its password replaced, for log lines.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, location)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{location}"),
+        None => format!("{scheme}://{credentials}@{location}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("amqp://guest:secret@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(redact("redis://:pw@host:6379"), "redis://:***@host:6379");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+    }
+}

@@ -36,6 +36,30 @@ pub fn short_token(token: &str) -> String {
     }
 }
 
+/// The process-wide Prometheus recorder, installed on first use. Latency
+/// histograms (metric names ending in `_seconds`) get buckets from 0.25 ms
+/// to 5 s, fine enough to see a p99 under 10 ms.
+pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
+    use std::sync::OnceLock;
+
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            const BUCKETS: &[f64] = &[
+                0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0,
+            ];
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .expect("the bucket list is not empty")
+                .install_recorder()
+                .expect("the only place that installs a metrics recorder")
+        })
+        .clone()
+}
+
 #[cfg(test)]
 mod tests {
     use super::short_token;

@@ -3,16 +3,23 @@
 //! Tests run in parallel against the machine's real PostgreSQL, Redis and
 //! RabbitMQ, so everything here hands out private resources (a fresh
 //! database, unique names) and removes them when dropped. Faults are
-//! injected with [`TcpProxy`], never by stopping a shared server.
+//! injected with [`TcpProxy`] and [`HttpProxy`], never by stopping a shared
+//! server.
 
+mod broker;
 mod chat_system;
 mod database;
+mod http_proxy;
 mod proxy;
+mod redis_keys;
 mod wait;
 
+pub use broker::{TestBroker, amqp_url};
 pub use chat_system::TestChatSystem;
 pub use database::TestDatabase;
+pub use http_proxy::{Fault, HttpProxy};
 pub use proxy::TcpProxy;
+pub use redis_keys::{TestRedis, redis_url};
 pub use wait::eventually;
 
 /// A short random suffix for names that must not collide between tests.

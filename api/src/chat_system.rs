@@ -1,0 +1,99 @@
+//! Reads from the chat-system, for seeding counters: the highest chat
+//! number of an application, the highest message number of a chat. Only
+//! `numbers` calls this, on a counter miss.
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ChatSystemError {
+    #[error("chat-system unreachable: {0}")]
+    Unreachable(#[from] reqwest::Error),
+    #[error("chat-system answered {0}")]
+    Status(StatusCode),
+}
+
+#[derive(Clone)]
+pub(crate) struct ChatSystem {
+    client: reqwest::Client,
+    base: Url,
+}
+
+#[derive(Deserialize)]
+struct Application {
+    last_chat_number: i64,
+}
+
+#[derive(Deserialize)]
+struct Chat {
+    last_message_number: i64,
+}
+
+impl ChatSystem {
+    pub(crate) fn new(config: &shared::config::ChatSystem) -> anyhow::Result<Self> {
+        let base = Url::parse(&config.chat_system_url)
+            .map_err(|error| anyhow::anyhow!("CHAT_SYSTEM_URL is not a URL: {error}"))?;
+        let timeout = Duration::from_millis(config.chat_system_timeout_ms);
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .no_proxy()
+            .build()?;
+        Ok(Self { client, base })
+    }
+
+    /// The URL of `segments` under the base, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("an http(s) base URL has path segments")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+
+    /// `None` when the chat-system does not know the application.
+    pub(crate) async fn last_chat_number(
+        &self,
+        token: &str,
+    ) -> Result<Option<i64>, ChatSystemError> {
+        let application: Option<Application> = self.get(self.url(&["applications", token])).await?;
+        Ok(application.map(|application| application.last_chat_number))
+    }
+
+    /// `None` when the chat-system does not know the application or chat.
+    pub(crate) async fn last_message_number(
+        &self,
+        token: &str,
+        chat: i64,
+    ) -> Result<Option<i64>, ChatSystemError> {
+        let chat = chat.to_string();
+        let chat: Option<Chat> = self
+            .get(self.url(&["applications", token, "chats", &chat]))
+            .await?;
+        Ok(chat.map(|chat| chat.last_message_number))
+    }
+
+    /// For `/readyz`.
+    pub(crate) async fn ping(&self) -> Result<(), ChatSystemError> {
+        let response = self.client.get(self.url(&["healthz"])).send().await?;
+        match response.status() {
+            status if status.is_success() => Ok(()),
+            status => Err(ChatSystemError::Status(status)),
+        }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        url: Url,
+    ) -> Result<Option<T>, ChatSystemError> {
+        let response = self.client.get(url).send().await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if status.is_success() => Ok(Some(response.json().await?)),
+            status => Err(ChatSystemError::Status(status)),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The api's settings: each an environment variable and a flag.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use shared::config::{Broker, ChatSystem, Counters, Telemetry};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "api",
+    version,
+    about = "Hands out chat and message numbers and queues their records"
+)]
+pub struct Config {
+    /// Address the HTTP server listens on (port 0 picks a free one).
+    #[arg(long = "addr", env = "API_ADDR", default_value = "0.0.0.0:3001")]
+    pub addr: SocketAddr,
+
+    /// Largest message accepted, in bytes of UTF-8 text.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// How long a token or chat the chat-system does not know is answered
+    /// 404 without asking it again, in milliseconds.
+    #[arg(long, env = "NEGATIVE_CACHE_TTL_MS", default_value_t = 5000)]
+    pub negative_cache_ttl_ms: u64,
+
+    /// Lifetime of the lock held while one request seeds a counter from the
+    /// chat-system; longer than a chat-system request may take.
+    #[arg(long, env = "SEED_LOCK_MS", default_value_t = 5000)]
+    pub seed_lock_ms: u64,
+
+    /// How long a request waits for another one's seed before giving up
+    /// with 503.
+    #[arg(long, env = "SEED_WAIT_MS", default_value_t = 5000)]
+    pub seed_wait_ms: u64,
+
+    /// Timeout of one Redis command, in milliseconds.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_timeout_ms: u64,
+
+    /// Channels publishes are spread over, on the one connection.
+    #[arg(long, env = "PUBLISH_CHANNELS", default_value_t = 2)]
+    pub publish_channels: usize,
+
+    /// How long a request waits for the broker's confirm before it answers
+    /// 503, in milliseconds.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    pub publish_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub counters: Counters,
+
+    #[command(flatten)]
+    pub broker: Broker,
+
+    #[command(flatten)]
+    pub chat_system: ChatSystem,
+
+    #[command(flatten)]
+    pub telemetry: Telemetry,
+}
+
+impl Config {
+    pub(crate) fn counter_ttl(&self) -> Duration {
+        Duration::from_secs(self.counters.counter_ttl_secs)
+    }
+}

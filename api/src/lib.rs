@@ -1,0 +1,17 @@
+//! The front-end clients talk to. A create request is taken in by
+//! `intake`: `numbers` draws the next number from Redis (seeding the
+//! counter from the chat-system through `chat_system` on a miss),
+//! `publisher` publishes the job to RabbitMQ and waits for the broker's
+//! confirm, and only then does `routes` answer the number.
+
+mod chat_system;
+pub mod config;
+mod error;
+mod intake;
+mod numbers;
+mod publisher;
+mod routes;
+mod startup;
+
+pub use config::Config;
+pub use startup::Application;

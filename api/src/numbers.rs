@@ -1,0 +1,219 @@
+//! Where numbers are drawn. The only module that talks to the counters in
+//! Redis, through the scripts of `shared::counters` (see there for the
+//! keys and the in-flight invariant).
+//!
+//! A draw is one script round trip when the counter is in Redis. On a miss
+//! exactly one caller gets the seed lock, reads the highest stored number
+//! from the chat-system and seeds-and-draws in one more script; the others
+//! wait for it, polling with a short backoff, instead of each calling the
+//! chat-system.
+
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use shared::counters::{self, Keys, Outcome, Scope, drawn};
+use tokio::time::Instant;
+
+use crate::chat_system::{ChatSystem, ChatSystemError};
+use crate::error::ApiError;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum NumberError {
+    #[error("unknown application")]
+    UnknownApplication,
+    #[error("unknown chat")]
+    UnknownChat,
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    ChatSystem(#[from] ChatSystemError),
+    #[error("timed out waiting for another request to seed the counter")]
+    SeedTimeout,
+}
+
+impl From<NumberError> for ApiError {
+    fn from(error: NumberError) -> Self {
+        match error {
+            NumberError::UnknownApplication => ApiError::UnknownApplication,
+            NumberError::UnknownChat => ApiError::UnknownChat,
+            NumberError::Redis(error) => ApiError::unavailable("redis", error),
+            NumberError::ChatSystem(error) => ApiError::unavailable("chat-system", error),
+            NumberError::SeedTimeout => ApiError::unavailable("redis", NumberError::SeedTimeout),
+        }
+    }
+}
+
+/// Timings of the counters, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timings {
+    pub(crate) counter_ttl: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) seed_lock: Duration,
+    pub(crate) seed_wait: Duration,
+}
+
+#[derive(Clone)]
+pub(crate) struct Numbers {
+    redis: ConnectionManager,
+    keys: Keys,
+    chat_system: ChatSystem,
+    timings: Timings,
+    draw: Script,
+    seed: Script,
+    unlock: Script,
+    release: Script,
+}
+
+impl Numbers {
+    pub(crate) fn new(
+        redis: ConnectionManager,
+        keys: Keys,
+        chat_system: ChatSystem,
+        timings: Timings,
+    ) -> Self {
+        Self {
+            redis,
+            keys,
+            chat_system,
+            timings,
+            draw: Script::new(counters::DRAW),
+            seed: Script::new(counters::SEED),
+            unlock: Script::new(counters::UNLOCK),
+            release: Script::new(counters::RELEASE),
+        }
+    }
+
+    /// The next number of `scope`, now in flight until its job is stored
+    /// (the worker releases it) or refused ([`Numbers::give_back`]).
+    pub(crate) async fn draw(&self, scope: Scope<'_>) -> Result<i64, NumberError> {
+        let lock_value = uuid::Uuid::new_v4().simple().to_string();
+        let give_up = Instant::now() + self.timings.seed_wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let mut code = self
+                .run(
+                    &self.draw,
+                    scope,
+                    &lock_value,
+                    &millis(self.timings.seed_lock),
+                )
+                .await?;
+            if code == drawn::MUST_SEED {
+                code = self.seed(scope, &lock_value).await?;
+            }
+            match code {
+                number if number > 0 => {
+                    metrics::counter!("api_numbers_drawn_total", "scope" => scope.label())
+                        .increment(1);
+                    return Ok(number);
+                }
+                drawn::UNKNOWN => return Err(unknown(scope)),
+                _ => {
+                    // drawn::WAIT: another request holds the seed lock.
+                    if Instant::now() >= give_up {
+                        return Err(NumberError::SeedTimeout);
+                    }
+                    metrics::counter!("api_seed_lock_waits_total", "scope" => scope.label())
+                        .increment(1);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Holding the seed lock: reads the highest stored number and seeds
+    /// and draws in one script. On a chat-system failure the lock is
+    /// released at once, so the next request tries again.
+    async fn seed(&self, scope: Scope<'_>, lock_value: &str) -> Result<i64, NumberError> {
+        metrics::counter!("api_counter_seeds_total", "scope" => scope.label()).increment(1);
+        let highest = match scope {
+            Scope::Chats { token } => self.chat_system.last_chat_number(token).await,
+            Scope::Messages { token, chat } => {
+                self.chat_system.last_message_number(token, chat).await
+            }
+        };
+        let highest = match highest {
+            Ok(highest) => highest,
+            Err(error) => {
+                let unlocked: Result<i64, _> = self
+                    .unlock
+                    .key(self.keys.lock(scope))
+                    .arg(lock_value)
+                    .invoke_async(&mut self.redis.clone())
+                    .await;
+                if let Err(unlock_error) = unlocked {
+                    tracing::warn!(%unlock_error, "could not release the seed lock; it expires by itself");
+                }
+                return Err(error.into());
+            }
+        };
+        let value = highest
+            .map(|highest| highest.to_string())
+            .unwrap_or_default();
+        self.run(&self.seed, scope, lock_value, &value).await
+    }
+
+    /// Runs [`counters::DRAW`] or [`counters::SEED`], which share KEYS and
+    /// ARGV but for the second argument.
+    async fn run(
+        &self,
+        script: &Script,
+        scope: Scope<'_>,
+        lock_value: &str,
+        second: &str,
+    ) -> Result<i64, NumberError> {
+        let (head, tail) = match scope {
+            Scope::Chats { token } => self.keys.message_counter_parts(token),
+            Scope::Messages { .. } => (String::new(), String::new()),
+        };
+        let code = script
+            .key(self.keys.counter(scope))
+            .key(self.keys.in_flight(scope))
+            .key(self.keys.unknown(scope))
+            .key(self.keys.lock(scope))
+            .arg(lock_value)
+            .arg(second)
+            .arg(head)
+            .arg(tail)
+            .arg(millis(self.timings.negative_ttl))
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(code)
+    }
+
+    /// Takes back a number whose job the broker definitely did not take:
+    /// out of flight, so its counter can expire again, and for a chat its
+    /// message counter removed, so messages to it get 404.
+    pub(crate) async fn give_back(&self, scope: Scope<'_>, number: i64) -> Result<(), NumberError> {
+        let _: i64 = self
+            .release
+            .key(self.keys.release_keys(scope, number))
+            .arg(number)
+            .arg(millis(self.timings.counter_ttl))
+            .arg(Outcome::Refused.as_arg())
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// For `/readyz`.
+    pub(crate) async fn ping(&self) -> Result<(), NumberError> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+}
+
+fn unknown(scope: Scope<'_>) -> NumberError {
+    match scope {
+        Scope::Chats { .. } => NumberError::UnknownApplication,
+        Scope::Messages { .. } => NumberError::UnknownChat,
+    }
+}
+
+fn millis(duration: Duration) -> String {
+    duration.as_millis().to_string()
+}

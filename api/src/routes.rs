@@ -1,0 +1,289 @@
+//! The HTTP contract (`docs/api.openapi.yaml`), a drop-in for the old
+//! client API plus a JSON-body form for long messages.
+//!
+//! Every input is checked here, before any number is drawn. Handlers never
+//! reject: errors are answered as JSON by `ApiError`, and only warp's own
+//! rejections (no route, wrong method, oversized body) reach
+//! `shared::http::recover`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use shared::counters::is_usable_token;
+use shared::http::{BodyError, decode_segment, json_body, positive_number};
+use tokio::time::Instant;
+use warp::Filter;
+use warp::http::{StatusCode, header};
+use warp::reply::Response;
+
+use crate::chat_system::ChatSystem;
+use crate::error::ApiError;
+use crate::intake::{Intake, Record};
+
+/// What the handlers share.
+pub(crate) struct State {
+    pub(crate) intake: Intake,
+    pub(crate) chat_system: ChatSystem,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) metrics: PrometheusHandle,
+}
+
+pub(crate) fn routes(
+    state: Arc<State>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    // JSON escapes (`\u0000`) take up to six bytes per byte of text.
+    let json_limit = state.max_message_bytes as u64 * 6 + 1024;
+    let state = warp::any().map(move || state.clone());
+
+    let create_chat = warp::path!("applications" / String / "chats")
+        .and(warp::post())
+        .and(state.clone())
+        .then(|token: String, state: Arc<State>| {
+            observed("create_chat", create_chat(token, state))
+        });
+    let create_message =
+        warp::path!("applications" / String / "chats" / String / "messages" / String)
+            .and(warp::post())
+            .and(state.clone())
+            .then(
+                |token: String, chat: String, message: String, state: Arc<State>| {
+                    observed(
+                        "create_message",
+                        create_message_in_path(token, chat, message, state),
+                    )
+                },
+            );
+    let create_message_json = warp::path!("applications" / String / "chats" / String / "messages")
+        .and(warp::post())
+        .and(json_body::<NewMessage>(json_limit))
+        .and(state.clone())
+        .then(
+            |token: String,
+             chat: String,
+             body: Result<NewMessage, BodyError>,
+             state: Arc<State>| {
+                observed(
+                    "create_message_json",
+                    create_message_in_body(token, chat, body, state),
+                )
+            },
+        );
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(state.clone())
+        .then(readyz);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(state)
+        .map(|state: Arc<State>| {
+            let mut response = Response::new(state.metrics.render().into());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4"
+                    .parse()
+                    .expect("a valid header value"),
+            );
+            response
+        });
+
+    create_chat
+        .or(create_message)
+        .unify()
+        .or(create_message_json)
+        .unify()
+        .or(shared::http::healthz())
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .recover(shared::http::recover)
+        .unify()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewMessage {
+    body: String,
+}
+
+/// Counts and times a request by route and status.
+async fn observed(
+    route: &'static str,
+    handler: impl Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    let started = Instant::now();
+    let response = handler.await.unwrap_or_else(ApiError::into_response);
+    let status = response.status();
+    metrics::counter!("api_requests_total", "route" => route, "status" => status.as_str().to_owned()).increment(1);
+    metrics::histogram!("api_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn create_chat(token: String, state: Arc<State>) -> Result<Response, ApiError> {
+    let token = parse_token(&token)?;
+    let number = state.intake.create(token, Record::Chat).await?;
+    Ok(number_reply("chat number", number))
+}
+
+async fn create_message_in_path(
+    token: String,
+    chat: String,
+    message: String,
+    state: Arc<State>,
+) -> Result<Response, ApiError> {
+    let token = parse_token(&token)?;
+    let chat = parse_chat(&chat)?;
+    let text = decode_segment(&message)
+        .ok_or_else(|| ApiError::BadRequest("message is not valid UTF-8".into()))?;
+    create_message(token, chat, text, &state).await
+}
+
+async fn create_message_in_body(
+    token: String,
+    chat: String,
+    body: Result<NewMessage, BodyError>,
+    state: Arc<State>,
+) -> Result<Response, ApiError> {
+    let token = parse_token(&token)?;
+    let chat = parse_chat(&chat)?;
+    let text = match body {
+        Ok(message) => message.body,
+        Err(BodyError::UnsupportedMediaType) => return Err(ApiError::UnsupportedMediaType),
+        Err(BodyError::Malformed(reason)) => {
+            return Err(ApiError::BadRequest(format!(
+                "body must be JSON {{\"body\": \"...\"}}: {reason}"
+            )));
+        }
+    };
+    create_message(token, chat, text, &state).await
+}
+
+async fn create_message(
+    token: String,
+    chat: i64,
+    text: String,
+    state: &State,
+) -> Result<Response, ApiError> {
+    check_message(&text, state.max_message_bytes)?;
+    let number = state
+        .intake
+        .create(token, Record::Message { chat, body: text })
+        .await?;
+    Ok(number_reply("message number", number))
+}
+
+/// A token that could not be stored (not UTF-8, braces that would break
+/// the Redis hash tag, control characters, too long) is unknown, without
+/// asking Redis or the chat-system.
+fn parse_token(raw: &str) -> Result<String, ApiError> {
+    decode_segment(raw)
+        .filter(|token| is_usable_token(token))
+        .ok_or(ApiError::UnknownApplication)
+}
+
+fn parse_chat(raw: &str) -> Result<i64, ApiError> {
+    positive_number(raw)
+        .ok_or_else(|| ApiError::BadRequest("chat number must be a positive integer".into()))
+}
+
+fn check_message(text: &str, max_bytes: usize) -> Result<(), ApiError> {
+    if text.is_empty() {
+        return Err(ApiError::BadRequest("message must not be empty".into()));
+    }
+    if text.len() > max_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "message is longer than {max_bytes} bytes"
+        )));
+    }
+    if text.contains('\0') {
+        return Err(ApiError::BadRequest(
+            "message must not contain NUL characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `{"chat number": 7}`: the old API's exact shape, space included.
+fn number_reply(key: &str, number: i64) -> Response {
+    let mut response = Response::new(format!("{{\"{key}\":{number}}}").into());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// Ready when Redis answers, the broker connection is up and the
+/// chat-system answers; each check bounded so a hung dependency is
+/// reported, not waited for.
+async fn readyz(state: Arc<State>) -> Response {
+    const CHECK: Duration = Duration::from_secs(1);
+    let (redis, chat_system) = tokio::join!(
+        tokio::time::timeout(CHECK, state.intake.numbers.ping()),
+        tokio::time::timeout(CHECK, state.chat_system.ping()),
+    );
+    let verdict = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let redis = matches!(redis, Ok(Ok(())));
+    let chat_system = matches!(chat_system, Ok(Ok(())));
+    let rabbitmq = state.intake.publisher.is_connected();
+    let body = serde_json::json!({
+        "redis": verdict(redis),
+        "rabbitmq": verdict(rabbitmq),
+        "chat-system": verdict(chat_system),
+    });
+    let status = if redis && rabbitmq && chat_system {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    shared::http::json_with_status(&body, status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_checked_before_a_number_is_drawn() {
+        assert!(check_message("hello, world / 你好", 64).is_ok());
+        assert!(matches!(
+            check_message("", 64),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            check_message("a\0b", 64),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            check_message(&"x".repeat(65), 64),
+            Err(ApiError::TooLarge(_))
+        ));
+        assert!(
+            check_message(&"é".repeat(32), 64).is_ok(),
+            "the limit counts bytes"
+        );
+    }
+
+    #[test]
+    fn tokens_that_cannot_exist_are_unknown() {
+        assert_eq!(parse_token("abc").ok().as_deref(), Some("abc"));
+        for raw in ["%7Babc%7D", "%FF", "a%00b", ""] {
+            assert!(
+                matches!(parse_token(raw), Err(ApiError::UnknownApplication)),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_answer_keeps_the_old_apis_key() {
+        let response = number_reply("chat number", 7);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}

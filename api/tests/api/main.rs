@@ -1,0 +1,10 @@
+//! The api against the real Redis, RabbitMQ and chat-system. Each test gets
+//! its own api on port 0, its own chat-system and database, its own key
+//! and queue prefixes, and proxies in front of every dependency to cut.
+
+mod errors;
+mod helpers;
+mod jobs;
+mod numbers;
+mod outages;
+mod seeding;

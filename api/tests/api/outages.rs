@@ -1,0 +1,170 @@
+//! Redis, RabbitMQ or the chat-system going away: a quick 503 with
+//! `Retry-After`, and recovery without restarting the api.
+
+use std::time::{Duration, Instant};
+
+use testkit::{Fault, eventually};
+
+use crate::helpers::{Answer, TestApp, spawn_app};
+
+fn assert_unavailable(answer: &Answer, started: Instant) {
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered fast: {:?}",
+        started.elapsed()
+    );
+}
+
+async fn recovers(app: &TestApp, token: &str) -> i64 {
+    eventually(
+        "creates to succeed again",
+        Duration::from_secs(20),
+        || async {
+            let answer = app.create_chat(token).await;
+            (answer.status == 200).then(|| answer.number("chat number"))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn redis_down_is_a_503_and_recovered_from() {
+    let app = spawn_app().await;
+    let token = app.application(0).await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+
+    app.redis_proxy.cut();
+    let started = Instant::now();
+    let during = app.create_chat(&token).await;
+    assert_unavailable(&during, started);
+
+    app.redis_proxy.restore();
+    let after = recovers(&app, &token).await;
+    assert_eq!(after, 2, "the counter survived in Redis");
+}
+
+#[tokio::test]
+async fn rabbitmq_down_is_a_503_and_recovered_from() {
+    let app = spawn_app().await;
+    let token = app.application(0).await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+
+    app.amqp_proxy.cut();
+    let started = Instant::now();
+    let during = app.create_chat(&token).await;
+    assert_unavailable(&during, started);
+
+    app.amqp_proxy.restore();
+    let after = recovers(&app, &token).await;
+    assert!(after >= 2);
+    let queued: Vec<i64> = app.jobs().await.iter().map(|job| job.chat_number).collect();
+    assert!(queued.contains(&1) && queued.contains(&after), "{queued:?}");
+}
+
+#[tokio::test]
+async fn the_chat_system_down_is_a_503_on_a_cold_counter_and_recovered_from() {
+    let app = spawn_app().await;
+    let token = app.application(4).await;
+
+    app.upstream_link.cut();
+    let started = Instant::now();
+    let during = app.create_chat(&token).await;
+    assert_unavailable(&during, started);
+
+    app.upstream_link.restore();
+    assert_eq!(recovers(&app, &token).await, 5);
+}
+
+#[tokio::test]
+async fn a_chat_system_timing_out_is_a_503() {
+    let app = spawn_app().await;
+    let token = app.application(0).await;
+    app.upstream
+        .fail_always(Fault::Delay(Duration::from_secs(2)));
+
+    let started = Instant::now();
+    let during = app.create_chat(&token).await;
+    assert_unavailable(&during, started);
+
+    app.upstream.heal();
+    assert_eq!(recovers(&app, &token).await, 1);
+}
+
+#[tokio::test]
+async fn a_warm_counter_needs_no_chat_system() {
+    let app = spawn_app().await;
+    let token = app.application(0).await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+
+    app.upstream_link.cut();
+
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 2);
+}
+
+#[tokio::test]
+async fn a_refused_job_gives_its_number_back_and_leaves_a_gap() {
+    let app = spawn_app().await;
+    let token = app.application(0).await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+    // Without its queue the mandatory publish is returned as unroutable.
+    let (_connection, channel) = app.broker.channel().await;
+    channel
+        .queue_delete(
+            app.broker.jobs_queue().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("queue.delete");
+
+    let refused = app.create_chat(&token).await;
+
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    let mut redis = app.redis.connection().await;
+    let counter = format!("{}:{{{token}}}:chats", app.redis.prefix);
+    let in_flight: Vec<i64> = redis::cmd("SMEMBERS")
+        .arg(format!("{counter}:inflight"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        in_flight,
+        [1],
+        "chat 2 was given back; chat 1 is still in flight"
+    );
+    let chat_2_messages: bool = redis::cmd("EXISTS")
+        .arg(format!("{}:{{{token}}}:chat:2:messages", app.redis.prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(!chat_2_messages, "the refused chat takes no messages");
+    let message = app
+        .create_message(&token, 2, "to a chat that was refused")
+        .await;
+    assert_eq!(message.status, 404);
+}
+
+#[tokio::test]
+async fn shutting_down_answers_the_requests_in_flight_first() {
+    let app = spawn_app().await;
+    let token = app.application(1).await;
+    // A held-back chat-system read (seeding chat 1's message counter) keeps
+    // the request in flight while the shutdown starts.
+    app.upstream
+        .fail_next(1, Fault::Delay(Duration::from_millis(300)));
+
+    let in_flight = app.create_message(&token, 1, "in flight during shutdown");
+    let stopping = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app.stop().await;
+    };
+    let (answer, ()) = tokio::join!(in_flight, stopping);
+
+    assert_eq!(answer.number("message number"), 1);
+    assert_eq!(
+        app.jobs().await.len(),
+        1,
+        "its job was published before the api stopped"
+    );
+}
