@@ -53,7 +53,6 @@ pub(crate) struct Timings {
     pub(crate) seed_wait: Duration,
 }
 
-#[derive(Clone)]
 pub(crate) struct Numbers {
     redis: ConnectionManager,
     keys: Keys,
@@ -87,7 +86,7 @@ impl Numbers {
     /// The next number of `scope`, now in flight until its job is stored
     /// (the worker releases it) or refused ([`Numbers::give_back`]).
     pub(crate) async fn draw(&self, scope: Scope<'_>) -> Result<i64, NumberError> {
-        let lock_value = uuid::Uuid::new_v4().simple().to_string();
+        let lock_value = lock_value();
         let give_up = Instant::now() + self.timings.seed_wait;
         let mut pause = Duration::from_millis(2);
         loop {
@@ -212,6 +211,17 @@ fn unknown(scope: Scope<'_>) -> NumberError {
         Scope::Chats { .. } => NumberError::UnknownApplication,
         Scope::Messages { .. } => NumberError::UnknownChat,
     }
+}
+
+/// A value no other holder of a seed lock uses: random per process, then
+/// counted, so drawing (which must offer one) costs no random bytes.
+fn lock_value() -> String {
+    use std::sync::LazyLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static PROCESS: LazyLock<String> = LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string());
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", *PROCESS, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn millis(duration: Duration) -> String {

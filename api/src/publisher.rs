@@ -67,7 +67,6 @@ impl Link {
     }
 }
 
-#[derive(Clone)]
 pub(crate) struct Publisher {
     link: watch::Receiver<Option<Arc<Link>>>,
     broken: Arc<Notify>,

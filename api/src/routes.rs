@@ -225,13 +225,13 @@ fn number_reply(key: &str, number: i64) -> Response {
 async fn readyz(state: Arc<State>) -> Response {
     const CHECK: Duration = Duration::from_secs(1);
     let (redis, chat_system) = tokio::join!(
-        tokio::time::timeout(CHECK, state.intake.numbers.ping()),
+        tokio::time::timeout(CHECK, state.intake.numbers().ping()),
         tokio::time::timeout(CHECK, state.chat_system.ping()),
     );
     let verdict = |ok: bool| if ok { "ok" } else { "unavailable" };
     let redis = matches!(redis, Ok(Ok(())));
     let chat_system = matches!(chat_system, Ok(Ok(())));
-    let rabbitmq = state.intake.publisher.is_connected();
+    let rabbitmq = state.intake.publisher().is_connected();
     let body = serde_json::json!({
         "redis": verdict(redis),
         "rabbitmq": verdict(rabbitmq),

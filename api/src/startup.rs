@@ -63,7 +63,7 @@ impl Application {
         let (publisher, keeper) = Publisher::start(settings, stop_publisher.clone());
 
         let state = Arc::new(State {
-            intake: Intake { numbers, publisher },
+            intake: Intake::new(numbers, publisher),
             chat_system,
             max_message_bytes: config.max_message_bytes,
             metrics: shared::telemetry::metrics(),

@@ -1,0 +1,159 @@
+//! Redis draw + confirmed RabbitMQ publish, no HTTP, `concurrency` loops
+//! at once for `seconds`: the ceiling the api is measured against.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Confirmation};
+use redis::Script;
+use shared::config::{Broker, QueueType};
+use shared::counters::{DRAW, Keys, Scope};
+use shared::job::Job;
+use shared::topology::{self, Topology};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    channels: usize,
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    #[arg(long, value_enum, default_value_t = QueueType::Quorum)]
+    queue_type: QueueType,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let prefix = format!(
+        "ceiling_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let broker = Broker {
+        amqp_url: args.amqp_url.clone(),
+        queue_prefix: prefix.clone(),
+        queue_type: args.queue_type,
+    };
+    let topology = Topology::new(&broker);
+    let connection = topology::connect(&args.amqp_url, "bench-ceiling").await?;
+    let mut channels = Vec::new();
+    for _ in 0..args.channels.max(1) {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channels.push(channel);
+    }
+    topology.declare(&channels[0]).await?;
+
+    let client = redis::Client::open(args.redis_url.as_str())?;
+    let redis = redis::aio::ConnectionManager::new(client).await?;
+    let keys = Keys::new(&prefix);
+    let token = "ceiling";
+    let scope = Scope::Chats { token };
+    let _: () = redis::cmd("SET")
+        .arg(keys.counter(scope))
+        .arg(0)
+        .query_async(&mut redis.clone())
+        .await?;
+
+    let script = Arc::new(Script::new(DRAW));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let exchange = topology.jobs_exchange();
+    let mut tasks = Vec::new();
+    for index in 0..args.concurrency {
+        let (mut redis, keys, script, exchange) = (
+            redis.clone(),
+            keys.clone(),
+            script.clone(),
+            exchange.clone(),
+        );
+        let channel = channels[index % channels.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                let (head, tail) = keys.message_counter_parts(token);
+                let number: i64 = script
+                    .key(keys.counter(scope))
+                    .key(keys.in_flight(scope))
+                    .key(keys.unknown(scope))
+                    .key(keys.lock(scope))
+                    .arg("lock")
+                    .arg(5000)
+                    .arg(head)
+                    .arg(tail)
+                    .arg(5000)
+                    .invoke_async(&mut redis)
+                    .await?;
+                let job = Job::chat(token.to_owned(), number);
+                let confirm = channel
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        topology::ROUTING_KEY.into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &job.encode(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?
+                    .await?;
+                anyhow::ensure!(
+                    matches!(confirm, Confirmation::Ack(None)),
+                    "publish not confirmed: {confirm:?}"
+                );
+                latencies.push(started.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let percentile =
+        |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "ceiling ops={} ops_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} p999_ms={:.2}",
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        percentile(0.50).as_secs_f64() * 1000.0,
+        percentile(0.99).as_secs_f64() * 1000.0,
+        percentile(0.999).as_secs_f64() * 1000.0,
+    );
+
+    for queue in [topology.jobs_queue(), topology.dead_queue()] {
+        channels[0]
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for exchange in [topology.jobs_exchange(), topology.dead_exchange()] {
+        channels[0]
+            .exchange_delete(exchange.into(), Default::default())
+            .await?;
+    }
+    let leftovers: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut redis.clone())
+        .await?;
+    if !leftovers.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(leftovers)
+            .query_async(&mut redis.clone())
+            .await?;
+    }
+    Ok(())
+}
