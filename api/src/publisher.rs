@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::StreamExt;
 use lapin::Confirmation;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
@@ -175,12 +174,12 @@ async fn keep_connected(
             Ok((connection, link)) => {
                 tracing::info!(channels = link.channels.len(), "connected to RabbitMQ");
                 delays = backoff.build();
-                let mut events = connection.events_listener();
+                let lost = topology::lost(&connection);
                 sender.send_replace(Some(Arc::new(link)));
                 tokio::select! {
                     () = stop.cancelled() => {}
                     () = broken.notified() => tracing::warn!("a publish failed: reconnecting to RabbitMQ"),
-                    error = failure(&mut events) => tracing::warn!(error, "RabbitMQ connection lost"),
+                    error = lost => tracing::warn!(error, "RabbitMQ connection lost"),
                 }
                 sender.send_replace(None);
                 let closing = connection.close(200, "api reconnecting or stopping".into());
@@ -194,17 +193,6 @@ async fn keep_connected(
             () = tokio::time::sleep(delay) => {}
         }
     }
-}
-
-/// Resolves when the connection reports an error (or its event stream
-/// ends with it), with the error's text.
-async fn failure(events: &mut (impl futures::Stream<Item = lapin::Event> + Unpin)) -> String {
-    while let Some(event) = events.next().await {
-        if let lapin::Event::Error(error) = event {
-            return error.to_string();
-        }
-    }
-    "connection closed".into()
 }
 
 async fn open(settings: &Settings) -> lapin::Result<(Connection, Link)> {

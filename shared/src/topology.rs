@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -201,6 +202,23 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
                 "timed out connecting to RabbitMQ",
             )),
         ))),
+    }
+}
+
+/// Resolves when `connection` fails (the broker went away, a heartbeat was
+/// missed), with the error's text. lapin does not always end a consumer's
+/// stream or answer a pending ack once its connection is dead, so whoever
+/// holds a connection watches this and gives up on the connection's work.
+/// Call it right after connecting: it sees only the errors that come later.
+pub fn lost(connection: &Connection) -> impl Future<Output = String> + Send + 'static {
+    let mut events = connection.events_listener();
+    async move {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(error) = event {
+                return error.to_string();
+            }
+        }
+        "connection closed".into()
     }
 }
 

@@ -5,21 +5,23 @@ use std::future::Future;
 use std::time::Duration;
 
 /// Calls `check` until it returns `Some`, every 20 ms, for at most
-/// `deadline`; panics with `what` when time runs out.
+/// `deadline`; panics with `what` when time runs out, also when a check
+/// itself hangs.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let give_up = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(value) = check().await {
-            return value;
+    let poll = async {
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    match tokio::time::timeout(deadline, poll).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {deadline:?} waiting for {what}"),
     }
 }
