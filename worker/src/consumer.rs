@@ -1,0 +1,222 @@
+//! The consume loop: one connection at a time, reconnected with backoff
+//! when it breaks; deliveries handled concurrently up to
+//! `WORKER_CONCURRENCY`, with at most `WORKER_PREFETCH` unacknowledged.
+//!
+//! Stopping (SIGTERM): cancel the consumer so no new delivery arrives,
+//! finish and settle the ones being handled, close. Deliveries prefetched
+//! but not started are returned to the queue by the channel's close.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use shared::topology;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::handler::{Handled, Handler};
+
+/// What the loop needs besides the handler.
+pub(crate) struct Settings {
+    pub(crate) amqp_url: String,
+    pub(crate) prefetch: u16,
+    pub(crate) concurrency: usize,
+}
+
+/// Live facts about this worker, for `/readyz` and tests.
+#[derive(Debug, Default)]
+pub struct Status {
+    connected: AtomicBool,
+    stored: AtomicU64,
+}
+
+impl Status {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Jobs this worker stored since it started.
+    pub fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+}
+
+/// Consumes until `stop` is cancelled.
+pub(crate) async fn run(
+    handler: Arc<Handler>,
+    settings: Settings,
+    status: Arc<Status>,
+    stop: CancellationToken,
+) {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times();
+    let mut delays = backoff.build();
+    while !stop.is_cancelled() {
+        match session(&handler, &settings, &status, &stop).await {
+            Ok(()) => delays = backoff.build(),
+            Err(error) => tracing::warn!(%error, "consuming stopped; reconnecting to RabbitMQ"),
+        }
+        status.connected.store(false, Ordering::Relaxed);
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Opens a connection with the topology, a consume channel and a
+/// confirm-mode publish channel.
+pub(crate) async fn open(
+    handler: &Handler,
+    amqp_url: &str,
+) -> lapin::Result<(Connection, Channel, Channel)> {
+    let connection = topology::connect(amqp_url, "worker").await?;
+    let channel = connection.create_channel().await?;
+    handler.topology.declare(&channel).await?;
+    for delay in handler.policy.queues() {
+        handler
+            .topology
+            .declare_retry_queue(&channel, delay)
+            .await?;
+    }
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((connection, channel, publisher))
+}
+
+/// One connection's worth of consuming. `Ok` when stopped on purpose,
+/// the reason otherwise.
+async fn session(
+    handler: &Arc<Handler>,
+    settings: &Settings,
+    status: &Arc<Status>,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let (connection, channel, publisher) = open(handler, &settings.amqp_url)
+        .await
+        .map_err(|error| error.to_string())?;
+    // Cancelled when the connection dies: the consume loop and every job in
+    // hand give up then, since lapin may leave them waiting forever; the
+    // broker redelivers what was not acknowledged.
+    let abandon = CancellationToken::new();
+    let watcher = tokio::spawn({
+        let (lost, abandon) = (topology::lost(&connection), abandon.clone());
+        async move {
+            let error = lost.await;
+            abandon.cancel();
+            error
+        }
+    });
+    let ended = consume(
+        handler, settings, status, stop, &channel, &publisher, &abandon,
+    )
+    .await;
+    if abandon.is_cancelled() {
+        return Err(watcher.await.unwrap_or_else(|_| "connection lost".into()));
+    }
+    watcher.abort();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        connection.close(200, "worker stopping".into()),
+    )
+    .await;
+    ended
+}
+
+async fn consume(
+    handler: &Arc<Handler>,
+    settings: &Settings,
+    status: &Arc<Status>,
+    stop: &CancellationToken,
+    channel: &Channel,
+    publisher: &Channel,
+    abandon: &CancellationToken,
+) -> Result<(), String> {
+    channel
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|error| error.to_string())?;
+    let tag = format!("worker-{}", std::process::id());
+    let mut deliveries = channel
+        .basic_consume(
+            handler.topology.jobs_queue().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|error| error.to_string())?;
+    status.connected.store(true, Ordering::Relaxed);
+    tracing::info!(
+        queue = handler.topology.jobs_queue(),
+        prefetch = settings.prefetch,
+        "consuming"
+    );
+
+    let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let tasks = TaskTracker::new();
+    let ended = loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => break Ok(()),
+            () = abandon.cancelled() => break Err("connection lost".to_owned()),
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let delivery = tokio::select! {
+            () = stop.cancelled() => break Ok(()),
+            () = abandon.cancelled() => break Err("connection lost".to_owned()),
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => break Err(error.to_string()),
+                None => break Err("the consumer was cancelled".to_owned()),
+            },
+        };
+        let (handler, publisher, status, abandon) = (
+            handler.clone(),
+            publisher.clone(),
+            status.clone(),
+            abandon.clone(),
+        );
+        tasks.spawn(async move {
+            metrics::gauge!("worker_jobs_in_flight").increment(1.0);
+            tokio::select! {
+                handled = handler.handle(&delivery, &publisher) => match handled {
+                    Ok(Handled::Stored) => {
+                        status.stored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    // The delivery could not be settled on a broken
+                    // connection; the broker redelivers it.
+                    Err(error) => tracing::warn!(%error, "could not settle a delivery"),
+                },
+                () = abandon.cancelled() => tracing::debug!("connection lost mid-job; the broker redelivers it"),
+            }
+            metrics::gauge!("worker_jobs_in_flight").decrement(1.0);
+            drop(permit);
+        });
+    };
+    if ended.is_ok() {
+        tracing::info!("stopping: no new deliveries; finishing the jobs in hand");
+        let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+        tokio::select! {
+            _ = cancel => {}
+            () = abandon.cancelled() => {}
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+    ended
+}

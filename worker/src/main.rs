@@ -1,0 +1,19 @@
+use clap::Parser;
+
+use worker::{Cli, Command, Worker};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    shared::telemetry::init("worker", &cli.config.telemetry);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            Worker::build(cli.config)
+                .await?
+                .run_until_stopped(shared::shutdown::signal())
+                .await
+        }
+        Command::Replay(filter) => worker::replay::run(&cli.config, &filter, false).await,
+        Command::DeadLetters(filter) => worker::replay::run(&cli.config, &filter, true).await,
+    }
+}

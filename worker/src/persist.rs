@@ -1,0 +1,162 @@
+//! Running one job: store its record through the chat-system's idempotent
+//! `PUT`s, then take its number out of flight in Redis so the counter may
+//! expire again (the release half of `shared::counters`).
+//!
+//! A job counts as done only when both happened. If the release fails the
+//! job is retried: the `PUT` answers 200 the second time and the release is
+//! idempotent.
+
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use reqwest::{StatusCode, Url};
+use shared::counters::{self, Keys, Outcome};
+use shared::job::{Job, Kind};
+use tokio::time::Instant;
+
+use crate::retry::{Failure, Reason, classify};
+
+pub(crate) struct Persister {
+    client: reqwest::Client,
+    base: Url,
+    redis: ConnectionManager,
+    keys: Keys,
+    release: Script,
+    counter_ttl: Duration,
+}
+
+impl Persister {
+    pub(crate) fn new(
+        chat_system: &shared::config::ChatSystem,
+        redis: ConnectionManager,
+        keys: Keys,
+        counter_ttl: Duration,
+    ) -> anyhow::Result<Self> {
+        let base = Url::parse(&chat_system.chat_system_url)
+            .map_err(|error| anyhow::anyhow!("CHAT_SYSTEM_URL is not a URL: {error}"))?;
+        let timeout = Duration::from_millis(chat_system.chat_system_timeout_ms);
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .pool_max_idle_per_host(256)
+            .no_proxy()
+            .build()?;
+        Ok(Self {
+            client,
+            base,
+            redis,
+            keys,
+            release: Script::new(counters::RELEASE),
+            counter_ttl,
+        })
+    }
+
+    /// Stores the job's record and releases its number.
+    pub(crate) async fn persist(&self, job: &Job) -> Result<(), Failure> {
+        let started = Instant::now();
+        let stored = self.store(job).await;
+        metrics::histogram!("worker_persist_duration_seconds", "kind" => job.kind.as_str())
+            .record(started.elapsed().as_secs_f64());
+        stored?;
+        self.release(job).await
+    }
+
+    async fn store(&self, job: &Job) -> Result<(), Failure> {
+        let chat = job.chat_number.to_string();
+        let request = match (job.kind, job.message_number, &job.body) {
+            (Kind::Message, Some(number), Some(body)) => {
+                let number = number.to_string();
+                let url = self.url(&[
+                    "applications",
+                    &job.token,
+                    "chats",
+                    &chat,
+                    "messages",
+                    &number,
+                ]);
+                self.client
+                    .put(url)
+                    .json(&serde_json::json!({ "body": body }))
+            }
+            _ => self
+                .client
+                .put(self.url(&["applications", &job.token, "chats", &chat])),
+        };
+        let response = request
+            .header("x-job-id", job.id.to_string())
+            .send()
+            .await
+            .map_err(|error| Failure::Transient(format!("chat-system unreachable: {error}")))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if status == StatusCode::NOT_FOUND {
+            return Err(self.not_found(job).await);
+        }
+        classify(status, &body)
+    }
+
+    /// A 404 on a chat means its application is unknown: permanent. On a
+    /// message it usually means its chat's job has not been stored yet (the
+    /// api hands out message numbers for a chat at once): transient, unless
+    /// the application itself is unknown.
+    async fn not_found(&self, job: &Job) -> Failure {
+        let unknown = || Failure::Permanent {
+            reason: Reason::UnknownApplication,
+            error: "unknown application".into(),
+        };
+        if job.kind == Kind::Chat {
+            return unknown();
+        }
+        match self
+            .client
+            .get(self.url(&["applications", &job.token]))
+            .send()
+            .await
+        {
+            Ok(response) if response.status() == StatusCode::NOT_FOUND => unknown(),
+            Ok(response) if response.status().is_success() => {
+                Failure::Transient(format!("chat {} is not stored yet", job.chat_number))
+            }
+            Ok(response) => {
+                Failure::Transient(format!("chat-system answered {}", response.status()))
+            }
+            Err(error) => Failure::Transient(format!("chat-system unreachable: {error}")),
+        }
+    }
+
+    async fn release(&self, job: &Job) -> Result<(), Failure> {
+        let number = job.number();
+        let released: Result<i64, _> = self
+            .release
+            .key(self.keys.release_keys(job.scope(), number))
+            .arg(number)
+            .arg(self.counter_ttl.as_millis().to_string())
+            .arg(Outcome::Stored.as_arg())
+            .invoke_async(&mut self.redis.clone())
+            .await;
+        released.map(|_| ()).map_err(|error| {
+            Failure::Transient(format!(
+                "stored, but redis unavailable to release the number: {error}"
+            ))
+        })
+    }
+
+    /// For `/readyz`.
+    pub(crate) async fn ready(&self) -> bool {
+        let redis: Result<String, _> = redis::cmd("PING")
+            .query_async(&mut self.redis.clone())
+            .await;
+        let chat_system = self.client.get(self.url(&["healthz"])).send().await;
+        redis.is_ok() && chat_system.is_ok_and(|response| response.status().is_success())
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("an http(s) base URL has path segments")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+}

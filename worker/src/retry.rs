@@ -1,0 +1,245 @@
+//! Where a job is retried, or given up on.
+//!
+//! One place decides, from the chat-system's answer or the error kind,
+//! whether a failure is transient (try again later) or permanent
+//! (dead-letter now), as apalis does; [`Policy`] then turns a transient
+//! failure into a delay or, once the attempts are spent, into a dead
+//! letter. Delays follow an exponential schedule (backon) with equal
+//! jitter, and are served by RabbitMQ: the job waits in the retry queue of
+//! its delay (`{prefix}.retry.{ms}ms`) and comes back to the jobs exchange
+//! when its TTL runs out. No consumer slot is held while it waits.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use reqwest::StatusCode;
+
+/// Why a job was dead-lettered; the `x-reason` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The number is stored with another body: never overwritten.
+    Conflict,
+    /// The chat-system does not know the application.
+    UnknownApplication,
+    /// The chat-system refused the job as invalid (another 4xx).
+    Rejected,
+    /// The payload is not a job this worker can read.
+    Malformed,
+    /// Transient failures, retried until the attempts ran out.
+    Exhausted,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Conflict => "conflict",
+            Self::UnknownApplication => "unknown_application",
+            Self::Rejected => "rejected",
+            Self::Malformed => "malformed",
+            Self::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// A failed attempt to persist a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// Worth trying again later: the chat-system or Redis is down, slow,
+    /// overloaded, or the message's chat is not stored yet.
+    #[error("{0}")]
+    Transient(String),
+    /// Will fail the same way every time.
+    #[error("{reason:?}: {error}")]
+    Permanent { reason: Reason, error: String },
+}
+
+/// What a chat-system status means for the job that got it. 404 is left
+/// to the caller: for a message it may only mean that its chat is not
+/// stored yet.
+pub(crate) fn classify(status: StatusCode, body: &str) -> Result<(), Failure> {
+    let error = || format!("chat-system answered {status}: {body}");
+    match status {
+        status if status.is_success() => Ok(()),
+        StatusCode::CONFLICT => Err(Failure::Permanent {
+            reason: Reason::Conflict,
+            error: error(),
+        }),
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
+            Err(Failure::Transient(error()))
+        }
+        status if status.is_server_error() => Err(Failure::Transient(error())),
+        _ => Err(Failure::Permanent {
+            reason: Reason::Rejected,
+            error: error(),
+        }),
+    }
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Stored: acknowledge.
+    Done,
+    /// Publish to the retry queue of `delay` (waiting `wait`, at most
+    /// `delay`), then acknowledge.
+    Retry {
+        delay: Duration,
+        wait: Duration,
+        error: String,
+    },
+    /// Publish to the dead-letter queue, then acknowledge.
+    Dead { reason: Reason, error: String },
+}
+
+/// The retry schedule.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Delay before retry `n` (index `n - 1`); one retry queue each.
+    delays: Vec<Duration>,
+    max_attempts: u32,
+}
+
+impl Policy {
+    pub fn new(max_attempts: u32, initial: Duration, max: Duration) -> Self {
+        let retries = max_attempts.saturating_sub(1) as usize;
+        let delays = ExponentialBuilder::default()
+            .with_factor(2.0)
+            .with_min_delay(initial)
+            .with_max_delay(max)
+            .with_max_times(retries)
+            .build()
+            .collect();
+        Self {
+            delays,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+
+    /// The distinct delays: the retry queues to declare.
+    pub fn queues(&self) -> Vec<Duration> {
+        let mut delays = self.delays.clone();
+        delays.dedup();
+        delays
+    }
+
+    /// `failed_before`: the job's `attempt` field, the failures before
+    /// this one.
+    pub fn decide(&self, failed_before: u32, outcome: Result<(), Failure>) -> Verdict {
+        match outcome {
+            Ok(()) => Verdict::Done,
+            Err(Failure::Permanent { reason, error }) => Verdict::Dead { reason, error },
+            Err(Failure::Transient(error)) => {
+                let attempts = failed_before.saturating_add(1);
+                match self.delays.get(failed_before as usize) {
+                    Some(&delay) if attempts < self.max_attempts => Verdict::Retry {
+                        delay,
+                        wait: equal_jitter(delay),
+                        error,
+                    },
+                    _ => Verdict::Dead {
+                        reason: Reason::Exhausted,
+                        error: format!("gave up after {attempts} attempts: {error}"),
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// A wait in `[delay / 2, delay]`: retries of jobs that failed together
+/// spread out instead of returning together. It never exceeds `delay`, the
+/// TTL of the queue the job waits in (RabbitMQ expires only at a queue's
+/// head, so a longer per-message TTL would hold up the jobs behind it).
+fn equal_jitter(delay: Duration) -> Duration {
+    let half = delay / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy::new(5, Duration::from_millis(1000), Duration::from_millis(5000))
+    }
+
+    #[test]
+    fn delays_double_up_to_the_maximum() {
+        let delays: Vec<u128> = policy().delays.iter().map(Duration::as_millis).collect();
+        assert_eq!(delays, [1000, 2000, 4000, 5000]);
+        assert_eq!(policy().queues().len(), 4);
+    }
+
+    #[test]
+    fn transient_failures_retry_until_the_attempts_are_spent() {
+        let policy = policy();
+        let failure = || Err(Failure::Transient("503".into()));
+        for failed_before in 0..4 {
+            match policy.decide(failed_before, failure()) {
+                Verdict::Retry { delay, wait, .. } => {
+                    assert_eq!(delay, policy.delays[failed_before as usize]);
+                    assert!(
+                        wait >= delay / 2 && wait <= delay,
+                        "{wait:?} within [{:?}, {delay:?}]",
+                        delay / 2
+                    );
+                }
+                other => panic!("attempt {failed_before}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            policy.decide(4, failure()),
+            Verdict::Dead {
+                reason: Reason::Exhausted,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn permanent_failures_are_dead_lettered_at_once() {
+        let failure = Err(Failure::Permanent {
+            reason: Reason::Conflict,
+            error: "409".into(),
+        });
+        assert!(matches!(
+            policy().decide(0, failure),
+            Verdict::Dead {
+                reason: Reason::Conflict,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn statuses_are_sorted_into_transient_and_permanent() {
+        let cases = [
+            (200, None),
+            (201, None),
+            (409, Some(false)),
+            (400, Some(false)),
+            (422, Some(false)),
+            (408, Some(true)),
+            (429, Some(true)),
+            (500, Some(true)),
+            (502, Some(true)),
+            (503, Some(true)),
+        ];
+        for (status, transient) in cases {
+            let outcome = classify(StatusCode::from_u16(status).unwrap(), "");
+            let got = outcome
+                .err()
+                .map(|failure| matches!(failure, Failure::Transient(_)));
+            assert_eq!(got, transient, "{status}");
+        }
+    }
+
+    #[test]
+    fn one_attempt_means_no_retry() {
+        let policy = Policy::new(1, Duration::from_secs(1), Duration::from_secs(1));
+        assert!(matches!(
+            policy.decide(0, Err(Failure::Transient("x".into()))),
+            Verdict::Dead { .. }
+        ));
+    }
+}

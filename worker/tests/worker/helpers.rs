@@ -1,0 +1,359 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::{Value, json};
+use shared::job::Job;
+use shared::topology::{ROUTING_KEY, Topology};
+use testkit::{HttpProxy, TcpProxy, TestBroker, TestChatSystem, TestRedis, eventually};
+use tokio::sync::oneshot;
+use worker::retry::Policy;
+use worker::{Status, Worker};
+
+pub(crate) struct TestStack {
+    pub(crate) chat_system: TestChatSystem,
+    /// In front of the chat-system: faults on demand.
+    pub(crate) upstream: HttpProxy,
+    /// In front of RabbitMQ, for the workers: cut to drop their connection.
+    pub(crate) amqp_proxy: TcpProxy,
+    pub(crate) broker: TestBroker,
+    pub(crate) redis: TestRedis,
+    pub(crate) client: reqwest::Client,
+}
+
+/// A worker running in this process.
+pub(crate) struct RunningWorker {
+    pub(crate) status: Arc<Status>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWorker {
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Retries fast enough for tests: 4 attempts, 100 ms then 200 ms.
+pub(crate) const FAST_RETRIES: &[&str] = &[
+    "--retry-max-attempts",
+    "4",
+    "--retry-initial-delay-ms",
+    "100",
+    "--retry-max-delay-ms",
+    "200",
+];
+
+impl TestStack {
+    pub(crate) async fn start() -> Self {
+        testkit::logs();
+        let chat_system = TestChatSystem::start().await;
+        let upstream = HttpProxy::start(&chat_system.url).await;
+        let amqp_proxy = TcpProxy::start("127.0.0.1:5672".parse().expect("an address")).await;
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("an HTTP client");
+        Self {
+            chat_system,
+            upstream,
+            amqp_proxy,
+            broker: TestBroker::new(),
+            redis: TestRedis::new(),
+            client,
+        }
+    }
+
+    /// The command line of a worker of this stack, `extra` last.
+    pub(crate) fn worker_arguments(&self, extra: &[&str]) -> Vec<String> {
+        let mut arguments: Vec<String> = [
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--amqp-url",
+            &format!("amqp://guest:guest@{}/%2f", self.amqp_proxy.address()),
+            "--queue-prefix",
+            &self.broker.prefix,
+            "--redis-prefix",
+            &self.redis.prefix,
+            "--chat-system-url",
+            &self.upstream.url,
+            "--chat-system-timeout-ms",
+            "1000",
+        ]
+        .iter()
+        .map(|argument| argument.to_string())
+        .collect();
+        for pair in FAST_RETRIES.chunks(2) {
+            if !extra.contains(&pair[0]) {
+                arguments.extend(pair.iter().map(|argument| argument.to_string()));
+            }
+        }
+        arguments.extend(extra.iter().map(|argument| argument.to_string()));
+        arguments
+    }
+
+    pub(crate) fn worker_config(&self, extra: &[&str]) -> worker::Config {
+        let mut arguments = vec!["worker".to_owned()];
+        arguments.extend(self.worker_arguments(extra));
+        let config = worker::Cli::parse_from(arguments).config;
+        self.track_retry_queues(&config);
+        config
+    }
+
+    fn track_retry_queues(&self, config: &worker::Config) {
+        let topology = Topology::new(&config.broker);
+        let policy = Policy::new(
+            config.retry_max_attempts,
+            Duration::from_millis(config.retry_initial_delay_ms),
+            Duration::from_millis(config.retry_max_delay_ms),
+        );
+        for delay in policy.queues() {
+            self.broker.track(topology.retry_queue(delay));
+        }
+    }
+
+    pub(crate) async fn worker(&self, extra: &[&str]) -> Worker {
+        Worker::build(self.worker_config(extra))
+            .await
+            .expect("building a worker")
+    }
+
+    pub(crate) async fn spawn_worker(&self, extra: &[&str]) -> RunningWorker {
+        let worker = self.worker(extra).await;
+        let status = worker.status();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            worker
+                .run_until_stopped(shutdown)
+                .await
+                .expect("the worker runs");
+        });
+        eventually("the worker to consume", Duration::from_secs(10), || async {
+            status.connected().then_some(())
+        })
+        .await;
+        RunningWorker {
+            status,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// The worker binary, as a child process of its own.
+    pub(crate) fn worker_process(&self, extra: &[&str]) -> tokio::process::Child {
+        // Parsed for its retry queues, which the broker fixture then deletes.
+        self.worker_config(extra);
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .args(self.worker_arguments(extra))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting the worker binary")
+    }
+
+    /// Publishes payloads to the jobs exchange, confirmed, declaring the
+    /// topology first (as the api does).
+    pub(crate) async fn publish_raw(&self, payloads: &[Vec<u8>]) {
+        let (_connection, channel) = self.broker.channel().await;
+        let topology = Topology::new(&self.worker_config(&[]).broker);
+        topology
+            .declare(&channel)
+            .await
+            .expect("declaring the topology");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        for payload in payloads {
+            let confirm = channel
+                .basic_publish(
+                    topology.jobs_exchange().into(),
+                    ROUTING_KEY.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    payload,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publishing")
+                .await
+                .expect("a confirm");
+            assert!(confirm.is_ack());
+        }
+    }
+
+    pub(crate) async fn publish(&self, jobs: &[Job]) {
+        let payloads: Vec<Vec<u8>> = jobs.iter().map(Job::encode).collect();
+        self.publish_raw(&payloads).await;
+    }
+
+    /// Messages waiting in `queue`.
+    pub(crate) async fn queue_len(&self, queue: &str) -> u32 {
+        let (_connection, channel) = self.broker.channel().await;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .map(|queue| queue.message_count())
+            .unwrap_or(0)
+    }
+
+    /// Every dead letter, taken off the queue: payload and headers.
+    pub(crate) async fn dead_letters(&self) -> Vec<(Vec<u8>, FieldTable)> {
+        let (_connection, channel) = self.broker.channel().await;
+        let mut letters = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                self.broker.dead_queue().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            let headers = message
+                .delivery
+                .properties
+                .headers()
+                .clone()
+                .unwrap_or_default();
+            letters.push((message.delivery.data, headers));
+        }
+        letters
+    }
+
+    pub(crate) async fn wait_for_dead_letters(&self, count: u32) {
+        let queue = self.broker.dead_queue();
+        eventually(
+            &format!("{count} dead letters"),
+            Duration::from_secs(20),
+            || async { (self.queue_len(&queue).await >= count).then_some(()) },
+        )
+        .await;
+    }
+
+    /// An application, registered directly in the chat-system.
+    pub(crate) async fn application(&self) -> String {
+        let created: Value = self
+            .client
+            .post(format!("{}/applications", self.chat_system.url))
+            .json(&json!({ "name": "test" }))
+            .send()
+            .await
+            .expect("the chat-system answers")
+            .json()
+            .await
+            .expect("JSON");
+        created["token"].as_str().expect("a token").to_owned()
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.chat_system.url))
+            .send()
+            .await
+            .expect("the chat-system answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `(number, body)` of every stored message of a chat, in order.
+    pub(crate) async fn messages(&self, token: &str, chat: i64) -> Vec<(i64, String)> {
+        let mut messages = Vec::new();
+        let mut after = 0;
+        loop {
+            let (status, page) = self
+                .get(&format!(
+                    "/applications/{token}/chats/{chat}/messages?after={after}&limit=1000"
+                ))
+                .await;
+            if status != 200 {
+                return messages;
+            }
+            for item in page["items"].as_array().expect("items") {
+                messages.push((
+                    item["number"].as_i64().unwrap(),
+                    item["body"].as_str().unwrap().to_owned(),
+                ));
+            }
+            match page["next_after"].as_i64() {
+                Some(next) => after = next,
+                None => return messages,
+            }
+        }
+    }
+
+    /// Waits until chat `chat` holds `count` messages.
+    pub(crate) async fn wait_for_messages(
+        &self,
+        token: &str,
+        chat: i64,
+        count: usize,
+    ) -> Vec<(i64, String)> {
+        eventually(
+            &format!("{count} stored messages"),
+            Duration::from_secs(30),
+            || async {
+                let messages = self.messages(token, chat).await;
+                (messages.len() >= count).then_some(messages)
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn chats_count(&self, token: &str) -> i64 {
+        self.get(&format!("/applications/{token}")).await.1["chats_count"]
+            .as_i64()
+            .unwrap_or(-1)
+    }
+}
+
+/// A header of a dead letter, as text.
+pub(crate) fn header(headers: &FieldTable, name: &str) -> String {
+    match headers.inner().get(name) {
+        Some(AMQPValue::LongString(value)) => value.to_string(),
+        other => panic!("header {name}: {other:?}"),
+    }
+}
+
+/// Jobs for chat 1 of `token` and `count` messages in it.
+pub(crate) fn chat_with_messages(token: &str, count: i64) -> Vec<Job> {
+    let mut jobs = vec![Job::chat(token.to_owned(), 1)];
+    jobs.extend(
+        (1..=count).map(|number| {
+            Job::message(token.to_owned(), 1, number, format!("message {number}, ok"))
+        }),
+    );
+    jobs
+}
+
+/// Waits until the application has `count` stored chats.
+pub(crate) async fn eventually_chats(stack: &TestStack, token: &str, count: i64) {
+    eventually(
+        &format!("{count} stored chats"),
+        Duration::from_secs(30),
+        || async { (stack.chats_count(token).await >= count).then_some(()) },
+    )
+    .await;
+}

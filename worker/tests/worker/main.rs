@@ -1,0 +1,10 @@
+//! The worker against the real RabbitMQ, Redis and chat-system: each test
+//! has its own queue prefix, key prefix and chat-system database, a fault
+//! proxy in front of the chat-system and a TCP proxy in front of RabbitMQ.
+
+mod end_to_end;
+mod helpers;
+mod persistence;
+mod replay;
+mod resilience;
+mod retries;

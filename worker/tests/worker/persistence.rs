@@ -1,0 +1,166 @@
+//! Persisting is idempotent, and a job that cannot succeed is
+//! dead-lettered with its reason, never dropped, never overwriting.
+
+use shared::job::Job;
+use worker::Handled;
+use worker::retry::Reason;
+
+use crate::helpers::{TestStack, chat_with_messages, header};
+
+#[tokio::test]
+async fn a_chat_and_its_messages_are_stored_with_their_numbers_and_bodies() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    stack.publish(&chat_with_messages(&token, 3)).await;
+    let worker = stack.worker(&[]).await;
+
+    for _ in 0..4 {
+        assert_eq!(worker.process_next().await.unwrap(), Some(Handled::Stored));
+    }
+
+    assert_eq!(
+        worker.process_next().await.unwrap(),
+        None,
+        "the queue is empty"
+    );
+    let messages = stack.messages(&token, 1).await;
+    assert_eq!(
+        messages,
+        [
+            (1, "message 1, ok".into()),
+            (2, "message 2, ok".into()),
+            (3, "message 3, ok".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_job_yields_one_row() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    let jobs = chat_with_messages(&token, 1);
+    // Each job twice, as a redelivery after a lost ack would bring it.
+    stack.publish(&[jobs.clone(), jobs].concat()).await;
+    let worker = stack.worker(&[]).await;
+
+    for _ in 0..4 {
+        assert_eq!(worker.process_next().await.unwrap(), Some(Handled::Stored));
+    }
+
+    assert_eq!(stack.chats_count(&token).await, 1);
+    assert_eq!(stack.messages(&token, 1).await.len(), 1);
+    let (_, chat) = stack.get(&format!("/applications/{token}/chats/1")).await;
+    assert_eq!(chat["messages_count"], 1);
+}
+
+#[tokio::test]
+async fn the_same_number_with_another_body_is_dead_lettered_as_a_conflict() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    let original = Job::message(token.clone(), 1, 1, "original".into());
+    let impostor = Job::message(token.clone(), 1, 1, "impostor".into());
+    stack
+        .publish(&[Job::chat(token.clone(), 1), original, impostor.clone()])
+        .await;
+    let worker = stack.worker(&[]).await;
+
+    let outcomes = [
+        worker.process_next().await.unwrap(),
+        worker.process_next().await.unwrap(),
+        worker.process_next().await.unwrap(),
+    ];
+
+    assert_eq!(outcomes[2], Some(Handled::DeadLettered(Reason::Conflict)));
+    assert_eq!(
+        stack.messages(&token, 1).await,
+        [(1, "original".into())],
+        "never overwritten"
+    );
+    let letters = stack.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        Job::decode(&letters[0].0).unwrap(),
+        impostor,
+        "the payload is kept"
+    );
+    assert_eq!(header(&letters[0].1, "x-reason"), "conflict");
+    assert_eq!(header(&letters[0].1, "x-attempts"), "1");
+    assert!(header(&letters[0].1, "x-last-error").contains("409"));
+}
+
+#[tokio::test]
+async fn a_job_of_an_unknown_application_is_dead_lettered_at_once() {
+    let stack = TestStack::start().await;
+    stack
+        .publish(&[
+            Job::chat("no-such-token".into(), 1),
+            Job::message("no-such-token".into(), 1, 1, "x".into()),
+        ])
+        .await;
+    let worker = stack.worker(&[]).await;
+
+    let chat = worker.process_next().await.unwrap();
+    let message = worker.process_next().await.unwrap();
+
+    assert_eq!(
+        chat,
+        Some(Handled::DeadLettered(Reason::UnknownApplication))
+    );
+    assert_eq!(
+        message,
+        Some(Handled::DeadLettered(Reason::UnknownApplication))
+    );
+    let reasons: Vec<String> = stack
+        .dead_letters()
+        .await
+        .iter()
+        .map(|(_, h)| header(h, "x-reason"))
+        .collect();
+    assert_eq!(reasons, ["unknown_application", "unknown_application"]);
+}
+
+#[tokio::test]
+async fn a_payload_that_is_not_a_job_is_dead_lettered_byte_for_byte() {
+    let stack = TestStack::start().await;
+    let garbage = b"\x00not json, at all \xff".to_vec();
+    let future_version = br#"{"v":99,"id":"00000000-0000-0000-0000-000000000000"}"#.to_vec();
+    stack
+        .publish_raw(&[garbage.clone(), future_version.clone()])
+        .await;
+    let worker = stack.worker(&[]).await;
+
+    assert_eq!(
+        worker.process_next().await.unwrap(),
+        Some(Handled::DeadLettered(Reason::Malformed))
+    );
+    assert_eq!(
+        worker.process_next().await.unwrap(),
+        Some(Handled::DeadLettered(Reason::Malformed))
+    );
+
+    let letters = stack.dead_letters().await;
+    let payloads: Vec<&Vec<u8>> = letters.iter().map(|(payload, _)| payload).collect();
+    assert_eq!(payloads, [&garbage, &future_version]);
+    assert_eq!(header(&letters[0].1, "x-reason"), "malformed");
+}
+
+#[tokio::test]
+async fn a_message_that_arrives_before_its_chat_waits_for_it() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    stack
+        .publish(&[Job::message(token.clone(), 1, 1, "early".into())])
+        .await;
+    let worker = stack.spawn_worker(&[]).await;
+
+    // The message fails (chat not stored) and goes to a retry queue; its
+    // chat arrives meanwhile.
+    stack.publish(&[Job::chat(token.clone(), 1)]).await;
+
+    assert_eq!(
+        stack.wait_for_messages(&token, 1, 1).await,
+        [(1, "early".into())]
+    );
+    worker.stop().await;
+    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+}

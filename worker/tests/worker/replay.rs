@@ -1,0 +1,113 @@
+//! `worker replay` brings dead letters home; `--dry-run` and filters
+//! leave the others in place.
+
+use shared::job::Job;
+use testkit::Fault;
+use worker::{Filter, KindFilter};
+
+use crate::helpers::{TestStack, eventually_chats};
+
+/// Dead-letters `jobs` by running them against a chat-system that fails,
+/// with a single attempt each.
+async fn dead_lettered(stack: &TestStack, jobs: &[Job]) {
+    stack.upstream.fail_always(Fault::Status(503));
+    stack.publish(jobs).await;
+    let worker = stack.spawn_worker(&["--retry-max-attempts", "1"]).await;
+    stack.wait_for_dead_letters(jobs.len() as u32).await;
+    worker.stop().await;
+    stack.upstream.heal();
+}
+
+#[tokio::test]
+async fn replay_stores_every_dead_letter_and_empties_the_queue() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    let jobs: Vec<Job> = (1..=5).map(|chat| Job::chat(token.clone(), chat)).collect();
+    dead_lettered(&stack, &jobs).await;
+    let config = stack.worker_config(&[]);
+
+    let mut output = Vec::new();
+    let report = worker::replay::replay(&config, &Filter::default(), false, &mut output)
+        .await
+        .unwrap();
+
+    assert_eq!(report.replayed, 5);
+    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+    assert_eq!(
+        String::from_utf8(output).unwrap().lines().count(),
+        5,
+        "a line per job"
+    );
+    let worker = stack.spawn_worker(&[]).await;
+    eventually_chats(&stack, &token, 5).await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_dry_run_lists_and_changes_nothing() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    dead_lettered(
+        &stack,
+        &[Job::chat(token.clone(), 1), Job::chat(token.clone(), 2)],
+    )
+    .await;
+    let config = stack.worker_config(&[]);
+
+    let mut output = Vec::new();
+    let filter = Filter {
+        dry_run: true,
+        ..Filter::default()
+    };
+    let report = worker::replay::replay(&config, &filter, true, &mut output)
+        .await
+        .unwrap();
+
+    assert_eq!((report.matched, report.replayed), (2, 0));
+    let listing = String::from_utf8(output).unwrap();
+    assert!(listing.contains("reason exhausted"), "{listing}");
+    assert_eq!(
+        stack.queue_len(&stack.broker.dead_queue()).await,
+        2,
+        "still there"
+    );
+    assert_eq!(stack.queue_len(&stack.broker.jobs_queue()).await, 0);
+}
+
+#[tokio::test]
+async fn filters_and_limits_choose_what_is_replayed() {
+    let stack = TestStack::start().await;
+    let first = stack.application().await;
+    let second = stack.application().await;
+    let jobs = vec![
+        Job::chat(first.clone(), 1),
+        Job::message(first.clone(), 1, 1, "m".into()),
+        Job::chat(second.clone(), 1),
+        Job::chat(first.clone(), 2),
+    ];
+    dead_lettered(&stack, &jobs).await;
+    let config = stack.worker_config(&[]);
+
+    let filter = Filter {
+        kind: Some(KindFilter::Chat),
+        token: Some(first.clone()),
+        limit: Some(1),
+        dry_run: false,
+    };
+    let report = worker::replay::replay(&config, &filter, false, &mut Vec::new())
+        .await
+        .unwrap();
+
+    assert_eq!(report.replayed, 1);
+    assert_eq!(
+        stack.queue_len(&stack.broker.dead_queue()).await,
+        3,
+        "the others stay"
+    );
+    let replayed = stack.broker.drain(&stack.broker.jobs_queue()).await;
+    let replayed = Job::decode(&replayed[0]).unwrap();
+    assert_eq!(
+        (replayed.token, replayed.chat_number, replayed.attempt),
+        (first, 1, 0)
+    );
+}

@@ -1,0 +1,113 @@
+//! Transient failures are retried through the broker with backoff, then
+//! succeed or, once the attempts are spent, are dead-lettered.
+
+use std::time::Duration;
+
+use shared::job::Job;
+use testkit::{Fault, eventually};
+use worker::Handled;
+use worker::retry::Reason;
+
+use crate::helpers::{TestStack, header};
+
+#[tokio::test]
+async fn a_failed_attempt_waits_in_a_retry_queue_not_in_the_consumer() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    stack.publish(&[Job::chat(token.clone(), 1)]).await;
+    stack.upstream.fail_next(1, Fault::Status(503));
+    let delay = [
+        "--retry-initial-delay-ms",
+        "1500",
+        "--retry-max-delay-ms",
+        "1500",
+    ];
+    let worker = stack.worker(&delay).await;
+    let retry_queue = format!("{}.retry.1500ms", stack.broker.prefix);
+
+    let started = std::time::Instant::now();
+    let first = worker.process_next().await.unwrap();
+
+    assert_eq!(first, Some(Handled::Retried));
+    assert_eq!(
+        stack.queue_len(&stack.broker.jobs_queue()).await,
+        0,
+        "not requeued at once"
+    );
+    assert_eq!(
+        stack.queue_len(&retry_queue).await,
+        1,
+        "waiting out its delay in the broker"
+    );
+    let retried = eventually(
+        "the job back from its retry queue",
+        Duration::from_secs(10),
+        || async { worker.process_next().await.unwrap() },
+    )
+    .await;
+    assert_eq!(retried, Handled::Stored);
+    assert!(
+        started.elapsed() >= Duration::from_millis(750),
+        "waited at least half its delay: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stack.chats_count(&token).await, 1);
+}
+
+#[tokio::test]
+async fn server_errors_429s_and_timeouts_are_retried_until_they_succeed() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    stack
+        .publish(&[
+            Job::chat(token.clone(), 1),
+            Job::chat(token.clone(), 2),
+            Job::chat(token.clone(), 3),
+        ])
+        .await;
+    stack.upstream.fail_next(1, Fault::Status(500));
+    stack.upstream.fail_next(1, Fault::Status(429));
+    stack
+        .upstream
+        .fail_next(1, Fault::Delay(Duration::from_secs(2)));
+
+    let worker = stack.spawn_worker(&[]).await;
+
+    crate::helpers::eventually_chats(&stack, &token, 3).await;
+    worker.stop().await;
+    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_failing_is_dead_lettered_with_its_attempts_and_last_error() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    let job = Job::message(token.clone(), 1, 1, "never stored".into());
+    stack.publish(&[Job::chat(token.clone(), 1)]).await;
+    let worker = stack.spawn_worker(&[]).await;
+    crate::helpers::eventually_chats(&stack, &token, 1).await;
+    stack.upstream.fail_always(Fault::Status(503));
+
+    stack.publish(std::slice::from_ref(&job)).await;
+    stack.wait_for_dead_letters(1).await;
+
+    worker.stop().await;
+    let letters = stack.dead_letters().await;
+    let mut dead = Job::decode(&letters[0].0).unwrap();
+    assert_eq!(
+        header(&letters[0].1, "x-reason"),
+        Reason::Exhausted.as_str()
+    );
+    assert_eq!(header(&letters[0].1, "x-attempts"), "4");
+    assert!(
+        header(&letters[0].1, "x-last-error").contains("503"),
+        "{:?}",
+        letters[0].1
+    );
+    assert_eq!(
+        dead.attempt, 3,
+        "failed three times before the last attempt"
+    );
+    dead.attempt = 0;
+    assert_eq!(dead, job);
+}
