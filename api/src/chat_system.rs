@@ -78,7 +78,7 @@ impl ChatSystem {
 
     /// For `/readyz`.
     pub(crate) async fn ping(&self) -> Result<(), ChatSystemError> {
-        let response = self.client.get(self.url(&["healthz"])).send().await?;
+        let response = self.client.get(self.url(&["readyz"])).send().await?;
         match response.status() {
             status if status.is_success() => Ok(()),
             status => Err(ChatSystemError::Status(status)),
