@@ -147,7 +147,7 @@ impl Persister {
         let redis: Result<String, _> = redis::cmd("PING")
             .query_async(&mut self.redis.clone())
             .await;
-        let chat_system = self.client.get(self.url(&["healthz"])).send().await;
+        let chat_system = self.client.get(self.url(&["readyz"])).send().await;
         redis.is_ok() && chat_system.is_ok_and(|response| response.status().is_success())
     }
 
