@@ -1,12 +1,23 @@
-//! Benchmark helpers for `scripts/bench`. HTTP load comes from wrk; this
-//! binary measures what wrk cannot:
+//! Load tools for `scripts/bench` and `scripts/chaos`. HTTP load on the
+//! api comes from wrk; this binary measures what wrk cannot:
 //!
 //! - `ceiling`: the raw cost of what a create does, without HTTP: the same
 //!   Redis draw script and a confirmed, persistent, mandatory publish to
 //!   the same kind of queue, at the same concurrency. The api is held to a
 //!   share of this number.
+//! - `writes`: the chat-system's own write capacity for the requests the
+//!   workers make.
+//! - `drain`: how fast N worker processes empty a queued backlog.
+//! - `load` / `verify`: drive the api under a fault, then check that every
+//!   acknowledged record was stored exactly once with its exact body.
+//! - `cleanup`: removes a run's queues and Redis keys.
 
 mod ceiling;
+mod chaos;
+mod cleanup;
+mod client;
+mod drain;
+mod writes;
 
 use clap::{Parser, Subcommand};
 
@@ -20,11 +31,21 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Ceiling(ceiling::Args),
+    Writes(writes::Args),
+    Drain(drain::Args),
+    Load(chaos::LoadArgs),
+    Verify(chaos::VerifyArgs),
+    Cleanup(cleanup::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ceiling(args) => ceiling::run(args).await,
+        Command::Writes(args) => writes::run(args).await,
+        Command::Drain(args) => drain::run(args).await,
+        Command::Load(args) => chaos::load(args).await,
+        Command::Verify(args) => chaos::verify(args).await,
+        Command::Cleanup(args) => cleanup::run(args).await,
     }
 }
