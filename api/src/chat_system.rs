@@ -46,12 +46,7 @@ impl ChatSystem {
 
     /// The URL of `segments` under the base, each segment percent-encoded.
     fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .expect("an http(s) base URL has path segments")
-            .pop_if_empty()
-            .extend(segments);
-        url
+        shared::config::endpoint(&self.base, segments)
     }
 
     /// `None` when the chat-system does not know the application.

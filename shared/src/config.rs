@@ -98,6 +98,17 @@ pub struct ChatSystem {
     pub chat_system_timeout_ms: u64,
 }
 
+/// `segments` appended to `base`, each percent-encoded: the chat-system
+/// URL of a resource, whatever the token or number holds.
+pub fn endpoint(base: &url::Url, segments: &[&str]) -> url::Url {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .expect("an http(s) base URL has path segments")
+        .pop_if_empty()
+        .extend(segments);
+    url
+}
+
 /// A URL with its password replaced, for log lines.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

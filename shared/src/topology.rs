@@ -205,6 +205,16 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     }
 }
 
+/// The delays between attempts to reach RabbitMQ again: 100 ms doubling to
+/// 5 s, jittered so a fleet does not reconnect in step, never giving up.
+pub fn reconnect_delays() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+}
+
 /// Resolves when `connection` fails (the broker went away, a heartbeat was
 /// missed), with the error's text. lapin does not always end a consumer's
 /// stream or answer a pending ack once its connection is dead, so whoever

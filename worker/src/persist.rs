@@ -152,11 +152,6 @@ impl Persister {
     }
 
     fn url(&self, segments: &[&str]) -> Url {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .expect("an http(s) base URL has path segments")
-            .pop_if_empty()
-            .extend(segments);
-        url
+        shared::config::endpoint(&self.base, segments)
     }
 }
