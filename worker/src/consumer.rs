@@ -2,8 +2,10 @@
 //! when it breaks; deliveries handled concurrently up to
 //! `WORKER_CONCURRENCY`, with at most `WORKER_PREFETCH` unacknowledged.
 //!
+//! Acknowledgements are batched per channel ([`crate::acks`]).
+//!
 //! Stopping (SIGTERM): cancel the consumer so no new delivery arrives,
-//! finish and settle the ones being handled, close. Deliveries prefetched
+//! finish and settle the ones being handled, send the last acks, close. Deliveries prefetched
 //! but not started are returned to the queue by the channel's close.
 
 use std::sync::Arc;
@@ -22,7 +24,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::handler::{Handled, Handler};
+use crate::acks::Acks;
+use crate::handler::{Handled, Handler, Settle};
 
 /// What the loop needs besides the handler.
 pub(crate) struct Settings {
@@ -163,6 +166,8 @@ async fn consume(
         "consuming"
     );
 
+    let (acks, sending) = Acks::new(channel.clone());
+    let sending = tokio::spawn(sending);
     let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let tasks = TaskTracker::new();
     let ended = loop {
@@ -180,24 +185,32 @@ async fn consume(
                 None => break Err("the consumer was cancelled".to_owned()),
             },
         };
-        let (handler, publisher, status, abandon) = (
+        let tag = delivery.delivery_tag;
+        acks.taken(tag);
+        let (handler, publisher, status, abandon, acks, channel) = (
             handler.clone(),
             publisher.clone(),
             status.clone(),
             abandon.clone(),
+            acks.clone(),
+            channel.clone(),
         );
         tasks.spawn(async move {
             metrics::gauge!("worker_jobs_in_flight").increment(1.0);
             tokio::select! {
-                handled = handler.handle(&delivery, &publisher) => match handled {
-                    Ok(Handled::Stored) => {
+                (handled, settle) = handler.process(&delivery, &publisher) => {
+                    if handled == Handled::Stored {
                         status.stored.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(_) => {}
-                    // The delivery could not be settled on a broken
-                    // connection; the broker redelivers it.
-                    Err(error) => tracing::warn!(%error, "could not settle a delivery"),
-                },
+                    match settle {
+                        Settle::Ack => acks.done(tag),
+                        Settle::Requeue => {
+                            if let Err(error) = acks.requeue(&channel, tag).await {
+                                tracing::warn!(%error, "could not requeue a delivery; the broker redelivers it");
+                            }
+                        }
+                    }
+                }
                 () = abandon.cancelled() => tracing::debug!("connection lost mid-job; the broker redelivers it"),
             }
             metrics::gauge!("worker_jobs_in_flight").decrement(1.0);
@@ -214,5 +227,15 @@ async fn consume(
     }
     tasks.close();
     tasks.wait().await;
+    // Every job in hand is settled; the last acks go out before the
+    // connection closes.
+    drop(acks);
+    tokio::select! {
+        sent = sending => match sent {
+            Ok(Err(error)) => tracing::warn!(%error, "could not send the last acks; the broker redelivers those jobs"),
+            Ok(Ok(())) | Err(_) => {}
+        },
+        () = abandon.cancelled() => {}
+    }
     ended
 }

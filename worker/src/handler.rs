@@ -5,7 +5,8 @@
 //! chat-system stored the record, or the retry or dead-letter copy was
 //! confirmed by the broker. If that copy cannot be published, the delivery
 //! goes back to the queue (nack with requeue) and is tried again; a
-//! duplicate is harmless, a loss is not.
+//! duplicate is harmless, a loss is not. The consume loop batches the acks
+//! ([`crate::acks`]); [`Handler::handle`] settles a single delivery.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -60,13 +61,28 @@ impl Handler {
         (Some(job), verdict)
     }
 
-    /// Runs one delivery and settles it; `publisher` is a confirm-mode
-    /// channel for the retry and dead-letter copies.
+    /// Runs one delivery and settles it on its own; `publisher` is a
+    /// confirm-mode channel for the retry and dead-letter copies.
     pub(crate) async fn handle(
         &self,
         delivery: &Delivery,
         publisher: &Channel,
     ) -> lapin::Result<Handled> {
+        let (handled, settle) = self.process(delivery, publisher).await;
+        match settle {
+            Settle::Ack => delivery.ack(BasicAckOptions::default()).await?,
+            Settle::Requeue => delivery.nack(requeue()).await?,
+        };
+        Ok(handled)
+    }
+
+    /// Runs one delivery up to the point of settling it, and says how: the
+    /// caller acknowledges (perhaps together with others) or requeues.
+    pub(crate) async fn process(
+        &self,
+        delivery: &Delivery,
+        publisher: &Channel,
+    ) -> (Handled, Settle) {
         let (job, verdict) = self.verdict(&delivery.data).await;
         let job_id = job
             .as_ref()
@@ -112,7 +128,6 @@ impl Handler {
         };
         match copied {
             Ok(handled) => {
-                delivery.ack(BasicAckOptions::default()).await?;
                 record(kind, &verdict);
                 match &verdict {
                     Verdict::Dead { reason, error } => {
@@ -128,19 +143,29 @@ impl Handler {
                     }
                     Verdict::Done => tracing::debug!(job_id, "job stored"),
                 }
-                Ok(handled)
+                (handled, Settle::Ack)
             }
             Err(error) => {
                 tracing::warn!(job_id, %error, "could not publish the job's retry or dead-letter copy; requeueing");
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await?;
-                Ok(Handled::Requeued)
+                (Handled::Requeued, Settle::Requeue)
             }
         }
+    }
+}
+
+/// How a processed delivery is to be settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// Its fate is safe elsewhere (stored, or its copy confirmed).
+    Ack,
+    /// Back on the jobs queue, to be tried again.
+    Requeue,
+}
+
+pub(crate) fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        ..BasicNackOptions::default()
     }
 }
 

@@ -8,6 +8,7 @@
 //! acknowledges it only once its fate is safe; `replay` brings dead
 //! letters home.
 
+mod acks;
 pub mod config;
 mod consumer;
 mod handler;
