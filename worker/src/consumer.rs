@@ -231,10 +231,11 @@ async fn consume(
     // connection closes.
     drop(acks);
     tokio::select! {
-        sent = sending => match sent {
-            Ok(Err(error)) => tracing::warn!(%error, "could not send the last acks; the broker redelivers those jobs"),
-            Ok(Ok(())) | Err(_) => {}
-        },
+        sent = sending => {
+            if let Ok(Err(error)) = sent {
+                tracing::warn!(%error, "could not send the last acks; the broker redelivers those jobs");
+            }
+        }
         () = abandon.cancelled() => {}
     }
     ended
