@@ -27,6 +27,22 @@ struct Tags {
     done: BTreeSet<u64>,
 }
 
+impl Tags {
+    fn finish(&mut self, tag: u64) {
+        self.open.remove(&tag);
+        self.done.insert(tag);
+    }
+
+    /// The highest done tag with nothing open below it, taken out: one
+    /// `multiple` ack of it acknowledges every done tag up to it.
+    fn ackable(&mut self) -> Option<u64> {
+        let floor = self.open.first().copied().unwrap_or(u64::MAX);
+        let highest = self.done.range(..floor).next_back().copied()?;
+        self.done = self.done.split_off(&(highest + 1));
+        Some(highest)
+    }
+}
+
 enum Event {
     Done(u64),
     /// A delivery was requeued: the runs behind it may go now.
@@ -36,6 +52,7 @@ enum Event {
 /// Cheap to clone: the consume loop and every job in hand hold one.
 #[derive(Clone)]
 pub(crate) struct Acks {
+    channel: Channel,
     tags: Arc<Mutex<Tags>>,
     events: mpsc::UnboundedSender<Event>,
 }
@@ -51,34 +68,65 @@ impl Acks {
     ) {
         let tags = Arc::new(Mutex::new(Tags::default()));
         let (events, receiver) = mpsc::unbounded_channel();
-        (
-            Self {
-                tags: tags.clone(),
-                events,
-            },
-            send(channel, tags, receiver),
-        )
+        let acks = Self {
+            channel: channel.clone(),
+            tags: tags.clone(),
+            events,
+        };
+        (acks, send(channel, tags, receiver))
     }
 
     /// A delivery was taken: nothing after it is acknowledged past it until
     /// it is settled. Call in delivery order, before its job starts.
-    pub(crate) fn taken(&self, tag: u64) {
+    pub(crate) fn taken(&self, tag: u64) -> Taken {
         self.tags.lock().expect("acks lock").open.insert(tag);
-    }
-
-    /// The job of `tag` is done: acknowledge it, perhaps with others.
-    pub(crate) fn done(&self, tag: u64) {
-        let _ = self.events.send(Event::Done(tag));
+        Taken {
+            acks: self.clone(),
+            tag,
+            settled: false,
+        }
     }
 
     /// Puts the delivery back on its queue, now.
-    pub(crate) async fn requeue(&self, channel: &Channel, tag: u64) -> lapin::Result<()> {
-        let nacked = channel.basic_nack(tag, requeue()).await;
+    async fn requeue(&self, tag: u64) -> lapin::Result<()> {
+        let nacked = self.channel.basic_nack(tag, requeue()).await;
         // Settled either way: if the nack failed, the channel is gone and
         // the broker requeues every unacknowledged delivery of it.
         self.tags.lock().expect("acks lock").open.remove(&tag);
         let _ = self.events.send(Event::Settled);
         nacked
+    }
+}
+
+/// A taken delivery, to be settled exactly once. Dropped unsettled (its
+/// job was abandoned or panicked) it is requeued, so it cannot hold back
+/// the acks of the deliveries after it.
+pub(crate) struct Taken {
+    acks: Acks,
+    tag: u64,
+    settled: bool,
+}
+
+impl Taken {
+    /// The job is done: acknowledge it, perhaps with others.
+    pub(crate) fn done(mut self) {
+        self.settled = true;
+        let _ = self.acks.events.send(Event::Done(self.tag));
+    }
+
+    /// Puts the delivery back on its queue, now.
+    pub(crate) async fn requeue(mut self) -> lapin::Result<()> {
+        self.settled = true;
+        self.acks.requeue(self.tag).await
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        if !self.settled {
+            let (acks, tag) = (self.acks.clone(), self.tag);
+            tokio::spawn(async move { acks.requeue(tag).await });
+        }
     }
 }
 
@@ -93,16 +141,10 @@ async fn send(
             let mut tags = tags.lock().expect("acks lock");
             for event in batch.drain(..) {
                 if let Event::Done(tag) = event {
-                    tags.open.remove(&tag);
-                    tags.done.insert(tag);
+                    tags.finish(tag);
                 }
             }
-            let floor = tags.open.first().copied().unwrap_or(u64::MAX);
-            let highest = tags.done.range(..floor).next_back().copied();
-            if let Some(highest) = highest {
-                tags.done = tags.done.split_off(&(highest + 1));
-            }
-            highest
+            tags.ackable()
         };
         if let Some(tag) = highest {
             channel
@@ -112,4 +154,39 @@ async fn send(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tags;
+
+    fn taken(tags: &[u64]) -> Tags {
+        Tags {
+            open: tags.iter().copied().collect(),
+            ..Tags::default()
+        }
+    }
+
+    #[test]
+    fn a_run_is_acknowledged_only_once_everything_before_it_is_settled() {
+        let mut tags = taken(&[1, 2, 3, 4]);
+        tags.finish(2);
+        tags.finish(3);
+        assert_eq!(tags.ackable(), None, "1 is still being stored");
+        tags.finish(1);
+        assert_eq!(tags.ackable(), Some(3), "one ack for 1, 2 and 3");
+        assert_eq!(tags.ackable(), None, "nothing twice");
+        tags.finish(4);
+        assert_eq!(tags.ackable(), Some(4));
+    }
+
+    #[test]
+    fn a_requeued_delivery_does_not_hold_back_the_ones_after_it() {
+        let mut tags = taken(&[1, 2, 3]);
+        tags.finish(1);
+        tags.finish(3);
+        assert_eq!(tags.ackable(), Some(1), "2 is open: 3 waits");
+        tags.open.remove(&2); // requeued, so settled
+        assert_eq!(tags.ackable(), Some(3));
+    }
 }

@@ -185,15 +185,12 @@ async fn consume(
                 None => break Err("the consumer was cancelled".to_owned()),
             },
         };
-        let tag = delivery.delivery_tag;
-        acks.taken(tag);
-        let (handler, publisher, status, abandon, acks, channel) = (
+        let taken = acks.taken(delivery.delivery_tag);
+        let (handler, publisher, status, abandon) = (
             handler.clone(),
             publisher.clone(),
             status.clone(),
             abandon.clone(),
-            acks.clone(),
-            channel.clone(),
         );
         tasks.spawn(async move {
             metrics::gauge!("worker_jobs_in_flight").increment(1.0);
@@ -203,9 +200,9 @@ async fn consume(
                         status.stored.fetch_add(1, Ordering::Relaxed);
                     }
                     match settle {
-                        Settle::Ack => acks.done(tag),
+                        Settle::Ack => taken.done(),
                         Settle::Requeue => {
-                            if let Err(error) = acks.requeue(&channel, tag).await {
+                            if let Err(error) = taken.requeue().await {
                                 tracing::warn!(%error, "could not requeue a delivery; the broker redelivers it");
                             }
                         }
