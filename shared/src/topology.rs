@@ -219,10 +219,17 @@ pub fn reconnect_delays() -> backon::ExponentialBuilder {
 /// missed), with the error's text. lapin does not always end a consumer's
 /// stream or answer a pending ack once its connection is dead, so whoever
 /// holds a connection watches this and gives up on the connection's work.
-/// Call it right after connecting: it sees only the errors that come later.
+/// A connection that died before the call is reported at once: lapin's
+/// I/O runs on a thread of its own, so that can happen between connecting
+/// and watching.
 pub fn lost(connection: &Connection) -> impl Future<Output = String> + Send + 'static {
     let mut events = connection.events_listener();
+    // Checked after subscribing: an error from here on is in `events`.
+    let dead_already = !connection.status().connected();
     async move {
+        if dead_already {
+            return "connection lost before it was watched".into();
+        }
         while let Some(event) = events.next().await {
             if let lapin::Event::Error(error) = event {
                 return error.to_string();
