@@ -1,7 +1,6 @@
 //! The api's settings: each an environment variable and a flag.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use clap::Parser;
 use shared::config::{Broker, ChatSystem, Counters, Telemetry};
@@ -60,10 +59,4 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: Telemetry,
-}
-
-impl Config {
-    pub(crate) fn counter_ttl(&self) -> Duration {
-        Duration::from_secs(self.counters.counter_ttl_secs)
-    }
 }

@@ -41,7 +41,7 @@ impl Application {
         let redis = redis_connection(&config)?;
         let chat_system = ChatSystem::new(&config.chat_system)?;
         let timings = Timings {
-            counter_ttl: config.counter_ttl(),
+            counter_ttl: config.counters.counter_ttl(),
             negative_ttl: Duration::from_millis(config.negative_cache_ttl_ms),
             seed_lock: Duration::from_millis(config.seed_lock_ms),
             seed_wait: Duration::from_millis(config.seed_wait_ms),

@@ -5,6 +5,8 @@
 //! its own `Config` that flattens the groups it needs, so `--help` lists
 //! exactly what that binary reads.
 
+use std::time::Duration;
+
 use clap::{Args, ValueEnum};
 
 /// Logging: the filter (`RUST_LOG`) and the output format (`LOG_FORMAT`).
@@ -84,6 +86,12 @@ pub struct Counters {
     /// in flight. While one is, the counter does not expire at all.
     #[arg(long, env = "COUNTER_TTL_SECS", default_value_t = 3600)]
     pub counter_ttl_secs: u64,
+}
+
+impl Counters {
+    pub fn counter_ttl(&self) -> Duration {
+        Duration::from_secs(self.counter_ttl_secs)
+    }
 }
 
 /// The chat-system's HTTP API.

@@ -2,7 +2,6 @@
 //! variable and a flag.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use shared::config::{Broker, ChatSystem, Counters, Telemetry};
@@ -94,10 +93,4 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: Telemetry,
-}
-
-impl Config {
-    pub(crate) fn counter_ttl(&self) -> Duration {
-        Duration::from_secs(self.counters.counter_ttl_secs)
-    }
 }

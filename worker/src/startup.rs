@@ -47,7 +47,12 @@ impl Worker {
             .set_number_of_retries(1);
         let redis = ConnectionManager::new_lazy_with_config(client, redis_settings)?;
         let keys = Keys::new(&config.counters.redis_prefix);
-        let persister = Persister::new(&config.chat_system, redis, keys, config.counter_ttl())?;
+        let persister = Persister::new(
+            &config.chat_system,
+            redis,
+            keys,
+            config.counters.counter_ttl(),
+        )?;
         let policy = Policy::new(
             config.retry_max_attempts,
             Duration::from_millis(config.retry_initial_delay_ms),
