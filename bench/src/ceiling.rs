@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Confirmation};
 use redis::Script;
-use shared::config::{Broker, QueueType};
 use shared::counters::{DRAW, Keys, Scope};
 use shared::job::Job;
-use shared::topology::{self, Topology};
+use shared::topology;
+
+use crate::servers::Servers;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -20,30 +21,13 @@ pub(crate) struct Args {
     seconds: u64,
     #[arg(long, default_value_t = 2)]
     channels: usize,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    #[arg(long, value_enum, default_value_t = QueueType::Quorum)]
-    queue_type: QueueType,
+    #[command(flatten)]
+    servers: Servers,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let prefix = format!(
-        "ceiling_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let broker = Broker {
-        amqp_url: args.amqp_url.clone(),
-        queue_prefix: prefix.clone(),
-        queue_type: args.queue_type,
-    };
-    let topology = Topology::new(&broker);
-    let connection = topology::connect(&args.amqp_url, "bench-ceiling").await?;
+    let (prefix, topology) = args.servers.private("ceiling");
+    let connection = topology::connect(&args.servers.amqp_url, "bench-ceiling").await?;
     let mut channels = Vec::new();
     for _ in 0..args.channels.max(1) {
         let channel = connection.create_channel().await?;
@@ -54,7 +38,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     topology.declare(&channels[0]).await?;
 
-    let client = redis::Client::open(args.redis_url.as_str())?;
+    let client = redis::Client::open(args.servers.redis_url.as_str())?;
     let redis = redis::aio::ConnectionManager::new(client).await?;
     let keys = Keys::new(&prefix);
     let token = "ceiling";
@@ -135,25 +119,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         percentile(0.999).as_secs_f64() * 1000.0,
     );
 
-    for queue in [topology.jobs_queue(), topology.dead_queue()] {
-        channels[0]
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await?;
-    }
-    for exchange in [topology.jobs_exchange(), topology.dead_exchange()] {
-        channels[0]
-            .exchange_delete(exchange.into(), Default::default())
-            .await?;
-    }
-    let leftovers: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut redis.clone())
-        .await?;
-    if !leftovers.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(leftovers)
-            .query_async(&mut redis.clone())
-            .await?;
-    }
+    let _ = connection.close(200, "done".into()).await;
+    args.servers.cleanup(&prefix).await?;
     Ok(())
 }

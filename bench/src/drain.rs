@@ -11,12 +11,12 @@ use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation};
-use shared::config::{Broker, QueueType};
 use shared::job::Job;
 use shared::topology::{self, Topology};
 use tokio::process::{Child, Command};
 
 use crate::client::ChatSystem;
+use crate::servers::Servers;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -31,27 +31,13 @@ pub(crate) struct Args {
     chats: i64,
     #[arg(long, env = "CHAT_SYSTEM_URL", default_value = "http://127.0.0.1:3000")]
     chat_system_url: String,
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
-    #[arg(long, value_enum, default_value_t = QueueType::Quorum)]
-    queue_type: QueueType,
+    #[command(flatten)]
+    servers: Servers,
 }
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let prefix = format!("drain_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let broker = Broker {
-        amqp_url: args.amqp_url.clone(),
-        queue_prefix: prefix.clone(),
-        queue_type: args.queue_type,
-    };
-    let topology = Topology::new(&broker);
-    let connection = topology::connect(&args.amqp_url, "bench-drain").await?;
+    let (prefix, topology) = args.servers.private("drain");
+    let connection = topology::connect(&args.servers.amqp_url, "bench-drain").await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -80,7 +66,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         stop(worker).await;
     }
     let _ = connection.close(200, "done".into()).await;
-    crate::cleanup::cleanup(&prefix, &args.amqp_url, &args.redis_url).await?;
+    args.servers.cleanup(&prefix).await?;
     drained?;
     println!(
         "drain workers={} jobs={} seconds={seconds:.2} jobs_per_sec={:.0}",
@@ -147,10 +133,10 @@ fn spawn_worker(args: &Args, prefix: &str) -> anyhow::Result<Child> {
         .env("REDIS_PREFIX", prefix)
         .env(
             "QUEUE_TYPE",
-            format!("{:?}", args.queue_type).to_lowercase(),
+            format!("{:?}", args.servers.queue_type).to_lowercase(),
         )
-        .env("AMQP_URL", &args.amqp_url)
-        .env("REDIS_URL", &args.redis_url)
+        .env("AMQP_URL", &args.servers.amqp_url)
+        .env("REDIS_URL", &args.servers.redis_url)
         .env("CHAT_SYSTEM_URL", &args.chat_system_url)
         .env("WORKER_METRICS_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")

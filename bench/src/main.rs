@@ -14,9 +14,9 @@
 
 mod ceiling;
 mod chaos;
-mod cleanup;
 mod client;
 mod drain;
+mod servers;
 mod writes;
 
 use clap::{Parser, Subcommand};
@@ -35,7 +35,7 @@ enum Command {
     Drain(drain::Args),
     Load(chaos::LoadArgs),
     Verify(chaos::VerifyArgs),
-    Cleanup(cleanup::Args),
+    Cleanup(servers::CleanupArgs),
 }
 
 #[tokio::main]
@@ -46,6 +46,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Drain(args) => drain::run(args).await,
         Command::Load(args) => chaos::load(args).await,
         Command::Verify(args) => chaos::verify(args).await,
-        Command::Cleanup(args) => cleanup::run(args).await,
+        Command::Cleanup(args) => servers::cleanup(args).await,
     }
 }

@@ -1,6 +1,6 @@
-//! Removes what a benchmark or chaos run left behind under its prefix:
-//! the queues and exchanges of the topology (retry queues included) and
-//! the Redis keys.
+//! The servers a benchmark runs against, a private corner of them for each
+//! run (one prefix for its queues and its Redis keys), and removing that
+//! corner afterwards.
 
 use std::time::Duration;
 
@@ -9,62 +9,87 @@ use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use shared::config::{Broker, QueueType};
 use shared::topology::{self, Topology};
 
+/// Where Redis and RabbitMQ are, as the binaries read it.
 #[derive(clap::Args)]
-pub(crate) struct Args {
-    /// The `QUEUE_PREFIX` and `REDIS_PREFIX` the run used.
-    #[arg(long)]
-    prefix: String,
+pub(crate) struct Servers {
     #[arg(
         long,
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
-    amqp_url: String,
+    pub(crate) amqp_url: String,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    redis_url: String,
+    pub(crate) redis_url: String,
+    #[arg(long, value_enum, default_value_t = QueueType::Quorum)]
+    pub(crate) queue_type: QueueType,
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    cleanup(&args.prefix, &args.amqp_url, &args.redis_url).await
+#[derive(clap::Args)]
+pub(crate) struct CleanupArgs {
+    /// The `QUEUE_PREFIX` and `REDIS_PREFIX` the run used.
+    #[arg(long)]
+    prefix: String,
+    #[command(flatten)]
+    servers: Servers,
 }
 
-pub(crate) async fn cleanup(prefix: &str, amqp_url: &str, redis_url: &str) -> anyhow::Result<()> {
-    let broker = Broker {
-        amqp_url: amqp_url.to_owned(),
-        queue_prefix: prefix.to_owned(),
-        queue_type: QueueType::Quorum,
-    };
-    let topology = Topology::new(&broker);
-    let connection = topology::connect(amqp_url, "bench-cleanup").await?;
-    let channel = connection.create_channel().await?;
-    let mut queues = vec![topology.jobs_queue(), topology.dead_queue()];
-    queues.extend(retry_queues(&topology));
-    for queue in queues {
-        channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
+pub(crate) async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
+    args.servers.cleanup(&args.prefix).await
+}
+
+impl Servers {
+    /// A fresh prefix `{name}_{8 hex digits}` and the topology under it.
+    pub(crate) fn private(&self, name: &str) -> (String, Topology) {
+        let prefix = format!("{name}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let broker = Broker {
+            amqp_url: self.amqp_url.clone(),
+            queue_prefix: prefix.clone(),
+            queue_type: self.queue_type,
+        };
+        (prefix, Topology::new(&broker))
+    }
+
+    /// Deletes the queues and exchanges of `prefix` (retry queues included)
+    /// and its Redis keys.
+    pub(crate) async fn cleanup(&self, prefix: &str) -> anyhow::Result<()> {
+        let broker = Broker {
+            amqp_url: self.amqp_url.clone(),
+            queue_prefix: prefix.to_owned(),
+            queue_type: self.queue_type,
+        };
+        let topology = Topology::new(&broker);
+        let connection = topology::connect(&self.amqp_url, "bench-cleanup").await?;
+        let channel = connection.create_channel().await?;
+        let mut queues = vec![topology.jobs_queue(), topology.dead_queue()];
+        queues.extend(retry_queues(&topology));
+        for queue in queues {
+            channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [topology.jobs_exchange(), topology.dead_exchange()] {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        let _ = connection.close(200, "done".into()).await;
+
+        let mut redis = redis::Client::open(self.redis_url.as_str())?
+            .get_multiplexed_async_connection()
             .await?;
-    }
-    for exchange in [topology.jobs_exchange(), topology.dead_exchange()] {
-        channel
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut redis)
             .await?;
+        for chunk in keys.chunks(1000) {
+            let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut redis).await?;
+        }
+        Ok(())
     }
-    let _ = connection.close(200, "done".into()).await;
-
-    let mut redis = redis::Client::open(redis_url)?
-        .get_multiplexed_async_connection()
-        .await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut redis)
-        .await?;
-    for chunk in keys.chunks(1000) {
-        let _: () = redis::cmd("DEL").arg(chunk).query_async(&mut redis).await?;
-    }
-    Ok(())
 }
 
-/// The retry queues a worker with default settings declares.
+/// The retry queues a worker declares with the settings of this
+/// environment (`RETRY_*`), as the workers of the run read them.
 fn retry_queues(topology: &Topology) -> Vec<String> {
     let config = worker::Cli::parse_from(["worker"]).config;
     let policy = worker::retry::Policy::new(
