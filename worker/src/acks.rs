@@ -9,6 +9,12 @@
 //!
 //! An ack is still sent only for jobs that are done: `multiple` covers a
 //! tag only when every tag below it is done or was requeued.
+//!
+//! Done jobs held back behind a slow one still count against the prefetch
+//! window, so at most `hold` of them wait (`WORKER_PREFETCH` minus
+//! `WORKER_CONCURRENCY`: what the jobs in hand do not need). Past that they
+//! are acknowledged one by one, and one slow job cannot starve the worker
+//! of deliveries.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -25,6 +31,17 @@ struct Tags {
     open: BTreeSet<u64>,
     /// Done, waiting for every earlier delivery to be settled.
     done: BTreeSet<u64>,
+    /// How many done tags may wait behind an open one.
+    hold: usize,
+}
+
+/// What to acknowledge now.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Due {
+    /// Acknowledge every tag up to this one (`multiple`).
+    run: Option<u64>,
+    /// Acknowledge each of these alone.
+    singles: Vec<u64>,
 }
 
 impl Tags {
@@ -33,13 +50,21 @@ impl Tags {
         self.done.insert(tag);
     }
 
-    /// The highest done tag with nothing open below it, taken out: one
-    /// `multiple` ack of it acknowledges every done tag up to it.
-    fn ackable(&mut self) -> Option<u64> {
+    /// Takes out what can be acknowledged: the highest done tag with
+    /// nothing open below it (one `multiple` ack covers every done tag up
+    /// to it), and, once more than `hold` wait behind an open one, those.
+    fn due(&mut self) -> Due {
         let floor = self.open.first().copied().unwrap_or(u64::MAX);
-        let highest = self.done.range(..floor).next_back().copied()?;
-        self.done = self.done.split_off(&(highest + 1));
-        Some(highest)
+        let run = self.done.range(..floor).next_back().copied();
+        if let Some(highest) = run {
+            self.done = self.done.split_off(&(highest + 1));
+        }
+        let singles = if self.done.len() > self.hold {
+            std::mem::take(&mut self.done).into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        Due { run, singles }
     }
 }
 
@@ -60,13 +85,19 @@ pub(crate) struct Acks {
 impl Acks {
     /// The acks of `channel`, and the future that sends them. It ends once
     /// every clone of `Acks` is dropped and what was done is acknowledged.
+    /// `hold`: how many done jobs may wait behind a slow one (see the
+    /// module doc).
     pub(crate) fn new(
         channel: Channel,
+        hold: usize,
     ) -> (
         Self,
         impl Future<Output = lapin::Result<()>> + Send + 'static,
     ) {
-        let tags = Arc::new(Mutex::new(Tags::default()));
+        let tags = Arc::new(Mutex::new(Tags {
+            hold,
+            ..Tags::default()
+        }));
         let (events, receiver) = mpsc::unbounded_channel();
         let acks = Self {
             channel: channel.clone(),
@@ -137,56 +168,89 @@ async fn send(
 ) -> lapin::Result<()> {
     let mut batch = Vec::new();
     while events.recv_many(&mut batch, 1024).await > 0 {
-        let highest = {
+        let due = {
             let mut tags = tags.lock().expect("acks lock");
             for event in batch.drain(..) {
                 if let Event::Done(tag) = event {
                     tags.finish(tag);
                 }
             }
-            tags.ackable()
+            tags.due()
         };
-        if let Some(tag) = highest {
+        if let Some(tag) = due.run {
             channel
                 .basic_ack(tag, BasicAckOptions { multiple: true })
                 .await?;
-            metrics::counter!("worker_acks_sent_total").increment(1);
         }
+        for &tag in &due.singles {
+            channel.basic_ack(tag, BasicAckOptions::default()).await?;
+        }
+        let sent = due.singles.len() + usize::from(due.run.is_some());
+        metrics::counter!("worker_acks_sent_total").increment(sent as u64);
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Tags;
+    use super::{Due, Tags};
 
-    fn taken(tags: &[u64]) -> Tags {
+    fn taken(tags: &[u64], hold: usize) -> Tags {
         Tags {
             open: tags.iter().copied().collect(),
+            hold,
             ..Tags::default()
+        }
+    }
+
+    fn run(tag: u64) -> Due {
+        Due {
+            run: Some(tag),
+            singles: Vec::new(),
         }
     }
 
     #[test]
     fn a_run_is_acknowledged_only_once_everything_before_it_is_settled() {
-        let mut tags = taken(&[1, 2, 3, 4]);
+        let mut tags = taken(&[1, 2, 3, 4], 8);
         tags.finish(2);
         tags.finish(3);
-        assert_eq!(tags.ackable(), None, "1 is still being stored");
+        assert_eq!(tags.due(), Due::default(), "1 is still being stored");
         tags.finish(1);
-        assert_eq!(tags.ackable(), Some(3), "one ack for 1, 2 and 3");
-        assert_eq!(tags.ackable(), None, "nothing twice");
+        assert_eq!(tags.due(), run(3), "one ack for 1, 2 and 3");
+        assert_eq!(tags.due(), Due::default(), "nothing twice");
         tags.finish(4);
-        assert_eq!(tags.ackable(), Some(4));
+        assert_eq!(tags.due(), run(4));
     }
 
     #[test]
     fn a_requeued_delivery_does_not_hold_back_the_ones_after_it() {
-        let mut tags = taken(&[1, 2, 3]);
+        let mut tags = taken(&[1, 2, 3], 8);
         tags.finish(1);
         tags.finish(3);
-        assert_eq!(tags.ackable(), Some(1), "2 is open: 3 waits");
+        assert_eq!(tags.due(), run(1), "2 is open: 3 waits");
         tags.open.remove(&2); // requeued, so settled
-        assert_eq!(tags.ackable(), Some(3));
+        assert_eq!(tags.due(), run(3));
+    }
+
+    #[test]
+    fn a_slow_job_holds_back_at_most_hold_acks() {
+        let mut tags = taken(&[1, 2, 3, 4, 5], 2);
+        tags.finish(2);
+        tags.finish(3);
+        assert_eq!(tags.due(), Due::default(), "two may wait behind 1");
+        tags.finish(4);
+        assert_eq!(
+            tags.due(),
+            Due {
+                run: None,
+                singles: vec![2, 3, 4]
+            },
+            "a third would eat into the prefetch"
+        );
+        tags.finish(1);
+        assert_eq!(tags.due(), run(1), "2, 3 and 4 are acknowledged already");
+        tags.finish(5);
+        assert_eq!(tags.due(), run(5));
     }
 }

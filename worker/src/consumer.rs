@@ -166,7 +166,8 @@ async fn consume(
         "consuming"
     );
 
-    let (acks, sending) = Acks::new(channel.clone());
+    let hold = usize::from(settings.prefetch).saturating_sub(settings.concurrency);
+    let (acks, sending) = Acks::new(channel.clone(), hold);
     let sending = tokio::spawn(sending);
     let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let tasks = TaskTracker::new();
