@@ -43,11 +43,6 @@ pub struct Config {
     #[arg(long, env = "PUBLISH_CHANNELS", default_value_t = 2)]
     pub publish_channels: usize,
 
-    /// How long a request waits for the broker's confirm before it answers
-    /// 503, in milliseconds.
-    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
-    pub publish_timeout_ms: u64,
-
     #[command(flatten)]
     pub counters: Counters,
 

@@ -1,9 +1,13 @@
 //! `ApiError`: every way a request can fail, and the status it answers.
 //! Bad input is a 4xx decided before any number is drawn; a dependency
-//! that cannot be reached is a 503 with `Retry-After`.
+//! that cannot be reached is a 503 with `Retry-After`, its cause kept as
+//! the error's source for the log line and never shown to the client.
 
 use warp::http::StatusCode;
 use warp::reply::Response;
+
+/// A cause kept for the log.
+pub(crate) type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
@@ -21,17 +25,19 @@ pub(crate) enum ApiError {
     #[error("{dependency} unavailable, retry later")]
     Unavailable {
         dependency: &'static str,
-        reason: String,
+        #[source]
+        cause: Cause,
     },
+    /// A bug: the task taking the record in panicked.
     #[error("internal error")]
-    Internal(String),
+    Internal(#[source] tokio::task::JoinError),
 }
 
 impl ApiError {
-    pub(crate) fn unavailable(dependency: &'static str, reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn unavailable(dependency: &'static str, cause: impl Into<Cause>) -> Self {
         Self::Unavailable {
             dependency,
-            reason: reason.to_string(),
+            cause: cause.into(),
         }
     }
 
@@ -46,13 +52,15 @@ impl ApiError {
         }
     }
 
-    /// The reply; the cause of a 5xx goes to the log, not to the client.
+    /// The reply; the cause of a 5xx goes to the log (with its source
+    /// chain), not to the client.
     pub(crate) fn into_response(self) -> Response {
+        let error = shared::telemetry::Chain(&self);
         match &self {
-            Self::Unavailable { dependency, reason } => {
-                tracing::warn!(dependency, reason, "answering 503")
+            Self::Unavailable { dependency, .. } => {
+                tracing::warn!(dependency, error = %error, "answering 503")
             }
-            Self::Internal(reason) => tracing::error!(reason, "answering 500"),
+            Self::Internal(_) => tracing::error!(error = %error, "answering 500"),
             _ => {}
         }
         shared::http::error(self.status(), &self)

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
-use shared::counters::{self, Keys, Outcome, Scope, drawn};
+use shared::counters::{self, Drawn, Keys, Release, Scope};
 use tokio::time::Instant;
 
 use crate::chat_system::{ChatSystem, ChatSystemError};
@@ -30,6 +30,8 @@ pub(crate) enum NumberError {
     ChatSystem(#[from] ChatSystemError),
     #[error("timed out waiting for another request to seed the counter")]
     SeedTimeout,
+    #[error("the draw script answered {0}, which it never does")]
+    UnexpectedReply(i64),
 }
 
 impl From<NumberError> for ApiError {
@@ -39,7 +41,9 @@ impl From<NumberError> for ApiError {
             NumberError::UnknownChat => ApiError::UnknownChat,
             NumberError::Redis(error) => ApiError::unavailable("redis", error),
             NumberError::ChatSystem(error) => ApiError::unavailable("chat-system", error),
-            NumberError::SeedTimeout => ApiError::unavailable("redis", NumberError::SeedTimeout),
+            error @ (NumberError::SeedTimeout | NumberError::UnexpectedReply(_)) => {
+                ApiError::unavailable("redis", error)
+            }
         }
     }
 }
@@ -90,7 +94,7 @@ impl Numbers {
         let give_up = Instant::now() + self.timings.seed_wait;
         let mut pause = Duration::from_millis(2);
         loop {
-            let mut code = self
+            let mut drawn = self
                 .run(
                     &self.draw,
                     scope,
@@ -98,18 +102,19 @@ impl Numbers {
                     &millis(self.timings.seed_lock),
                 )
                 .await?;
-            if code == drawn::MUST_SEED {
-                code = self.seed(scope, &lock_value).await?;
+            if drawn == Drawn::MustSeed {
+                drawn = self.seed(scope, &lock_value).await?;
             }
-            match code {
-                number if number > 0 => {
+            match drawn {
+                Drawn::Number(number) => {
                     metrics::counter!("api_numbers_drawn_total", "scope" => scope.label())
                         .increment(1);
                     return Ok(number);
                 }
-                drawn::UNKNOWN => return Err(unknown(scope)),
-                _ => {
-                    // drawn::WAIT: another request holds the seed lock.
+                Drawn::Unknown => return Err(unknown(scope)),
+                Drawn::Wait | Drawn::MustSeed => {
+                    // Another request holds the seed lock (or ours expired
+                    // while seeding): draw again, for a while.
                     if Instant::now() >= give_up {
                         return Err(NumberError::SeedTimeout);
                     }
@@ -125,7 +130,7 @@ impl Numbers {
     /// Holding the seed lock: reads the highest stored number and seeds
     /// and draws in one script. On a chat-system failure the lock is
     /// released at once, so the next request tries again.
-    async fn seed(&self, scope: Scope<'_>, lock_value: &str) -> Result<i64, NumberError> {
+    async fn seed(&self, scope: Scope<'_>, lock_value: &str) -> Result<Drawn, NumberError> {
         metrics::counter!("api_counter_seeds_total", "scope" => scope.label()).increment(1);
         let highest = match scope {
             Scope::Chats { token } => self.chat_system.last_chat_number(token).await,
@@ -162,12 +167,12 @@ impl Numbers {
         scope: Scope<'_>,
         lock_value: &str,
         second: &str,
-    ) -> Result<i64, NumberError> {
+    ) -> Result<Drawn, NumberError> {
         let (head, tail) = match scope {
             Scope::Chats { token } => self.keys.message_counter_parts(token),
             Scope::Messages { .. } => (String::new(), String::new()),
         };
-        let code = script
+        let reply: i64 = script
             .key(self.keys.counter(scope))
             .key(self.keys.in_flight(scope))
             .key(self.keys.unknown(scope))
@@ -179,7 +184,7 @@ impl Numbers {
             .arg(millis(self.timings.negative_ttl))
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(code)
+        Drawn::from_reply(reply).ok_or(NumberError::UnexpectedReply(reply))
     }
 
     /// Takes back a number whose job the broker definitely did not take:
@@ -191,7 +196,7 @@ impl Numbers {
             .key(self.keys.release_keys(scope, number))
             .arg(number)
             .arg(millis(self.timings.counter_ttl))
-            .arg(Outcome::Refused.as_arg())
+            .arg(Release::Refused.as_arg())
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(())

@@ -11,41 +11,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use lapin::Confirmation;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection};
 use shared::job::Job;
+use shared::publish::{self, Message, PublishError};
+use shared::telemetry::Chain;
 use shared::topology::{self, Topology};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
-
-/// How a publish failed, which decides what happens to its number.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum PublishError {
-    /// The job never left this process: its number can be given back.
-    #[error("not connected to RabbitMQ")]
-    NotSent,
-    /// The broker answered that it did not take the job: its number can be
-    /// given back.
-    #[error("RabbitMQ refused the job: {0}")]
-    Refused(&'static str),
-    /// The job was sent but no confirm came back (connection lost, or too
-    /// slow). It may be queued: its number stays in flight.
-    #[error("no confirm from RabbitMQ: {0}")]
-    Unconfirmed(String),
-}
-
-impl PublishError {
-    pub(crate) fn reason(&self) -> &'static str {
-        match self {
-            Self::NotSent => "not_connected",
-            Self::Refused(reason) => reason,
-            Self::Unconfirmed(_) => "unconfirmed",
-        }
-    }
-}
 
 impl From<PublishError> for ApiError {
     fn from(error: PublishError) -> Self {
@@ -104,54 +79,26 @@ impl Publisher {
         self.link.borrow().is_some()
     }
 
-    /// Publishes `job`, persistent and mandatory, and waits for the
-    /// broker's confirm: `Ok` means the job is on a durable queue.
+    /// Publishes `job` and waits for the broker's confirm: `Ok` means the
+    /// job is on a durable queue. A channel found closed, or a publish
+    /// that failed with it, makes the keeper reconnect.
     pub(crate) async fn publish(&self, job: &Job) -> Result<(), PublishError> {
-        let link = self.link.borrow().clone().ok_or(PublishError::NotSent)?;
-        let channel = link.channel();
-        if !channel.status().connected() {
-            self.broken.notify_waiters();
-            return Err(PublishError::NotSent);
-        }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(job.id.to_string().into())
-            .with_type(job.kind.as_str().into());
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
+        let link = self
+            .link
+            .borrow()
+            .clone()
+            .ok_or(PublishError::NotConnected)?;
+        let message = Message {
+            exchange: self.exchange.clone(),
+            routing_key: topology::ROUTING_KEY.into(),
+            payload: job.encode(),
+            properties: publish::job_properties(job),
         };
-        let payload = job.encode();
-        let confirm = channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                topology::ROUTING_KEY.into(),
-                options,
-                &payload,
-                properties,
-            )
-            .await
-            .map_err(|error| {
-                self.broken.notify_waiters();
-                PublishError::Unconfirmed(error.to_string())
-            })?;
-        match tokio::time::timeout(self.confirm_timeout, confirm).await {
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Refused("unroutable")),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Refused("nacked")),
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Unconfirmed(
-                "the channel is not in confirm mode".into(),
-            )),
-            Ok(Err(error)) => {
-                self.broken.notify_waiters();
-                Err(PublishError::Unconfirmed(error.to_string()))
-            }
-            Err(_) => Err(PublishError::Unconfirmed(format!(
-                "no confirm within {:?}",
-                self.confirm_timeout
-            ))),
+        let published = publish::publish(link.channel(), message, self.confirm_timeout).await;
+        if let Err(PublishError::NotConnected | PublishError::Unconfirmed(_)) = &published {
+            self.broken.notify_waiters();
         }
+        published
     }
 }
 
@@ -175,7 +122,7 @@ async fn keep_connected(
                 tokio::select! {
                     () = stop.cancelled() => {}
                     () = broken.notified() => tracing::warn!("a publish failed: reconnecting to RabbitMQ"),
-                    error = lost => tracing::warn!(error, "RabbitMQ connection lost"),
+                    lost = lost => tracing::warn!(error = %Chain(&lost), "RabbitMQ connection lost"),
                 }
                 sender.send_replace(None);
                 let closing = connection.close(200, "api reconnecting or stopping".into());

@@ -15,14 +15,18 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use shared::counters::is_usable_token;
 use shared::http::{BodyError, decode_segment, json_body, positive_number};
+use shared::job::Kind;
+use shared::telemetry::short_token;
+use shared::trace::TraceParent;
 use tokio::time::Instant;
+use tracing::{Instrument, Span};
 use warp::Filter;
 use warp::http::{StatusCode, header};
 use warp::reply::Response;
 
 use crate::chat_system::ChatSystem;
 use crate::error::ApiError;
-use crate::intake::{Intake, Record};
+use crate::intake::{Create, Intake};
 
 /// What the handlers share.
 pub(crate) struct State {
@@ -41,35 +45,42 @@ pub(crate) fn routes(
 
     let create_chat = warp::path!("applications" / String / "chats")
         .and(warp::post())
+        .and(traceparent())
         .and(state.clone())
-        .then(|token: String, state: Arc<State>| {
-            observed("create_chat", create_chat(token, state))
+        .then(|token: String, trace: TraceParent, state: Arc<State>| {
+            let span = request_span("create_chat", Kind::Chat, &token, &trace);
+            observed("create_chat", create_chat(token, trace, state)).instrument(span)
         });
     let create_message =
         warp::path!("applications" / String / "chats" / String / "messages" / String)
             .and(warp::post())
+            .and(traceparent())
             .and(state.clone())
             .then(
-                |token: String, chat: String, message: String, state: Arc<State>| {
-                    observed(
-                        "create_message",
-                        create_message_in_path(token, chat, message, state),
-                    )
+                |token: String,
+                 chat: String,
+                 message: String,
+                 trace: TraceParent,
+                 state: Arc<State>| {
+                    let span = request_span("create_message", Kind::Message, &token, &trace);
+                    let handler = create_message_in_path(token, chat, message, trace, state);
+                    observed("create_message", handler).instrument(span)
                 },
             );
     let create_message_json = warp::path!("applications" / String / "chats" / String / "messages")
         .and(warp::post())
+        .and(traceparent())
         .and(json_body::<NewMessage>(json_limit))
         .and(state.clone())
         .then(
             |token: String,
              chat: String,
+             trace: TraceParent,
              body: Result<NewMessage, BodyError>,
              state: Arc<State>| {
-                observed(
-                    "create_message_json",
-                    create_message_in_body(token, chat, body, state),
-                )
+                let span = request_span("create_message_json", Kind::Message, &token, &trace);
+                let handler = create_message_in_body(token, chat, body, trace, state);
+                observed("create_message_json", handler).instrument(span)
             },
         );
     let readyz = warp::path!("readyz")
@@ -111,6 +122,32 @@ struct NewMessage {
     body: String,
 }
 
+/// The trace context of a request: the client's `traceparent` continued,
+/// or a new trace when it sent none (or one that does not parse, which the
+/// standard says to ignore).
+fn traceparent() -> impl Filter<Extract = (TraceParent,), Error = Infallible> + Clone {
+    warp::header::optional::<String>("traceparent")
+        .or(warp::any().map(|| None))
+        .unify()
+        .map(|header: Option<String>| TraceParent::continue_from(header.as_deref()))
+}
+
+/// The span every log line of a create request is in. `job_id` and
+/// `number` are filled in once drawn; `attempt` is 0 here (the worker's
+/// spans count the retries).
+fn request_span(route: &'static str, kind: Kind, token: &str, trace: &TraceParent) -> Span {
+    tracing::info_span!(
+        "request",
+        route,
+        trace_id = %trace.trace_id(),
+        token = %short_token(token),
+        kind = kind.as_str(),
+        job_id = tracing::field::Empty,
+        number = tracing::field::Empty,
+        attempt = 0,
+    )
+}
+
 /// Counts and times a request by route and status.
 async fn observed(
     route: &'static str,
@@ -125,9 +162,13 @@ async fn observed(
     response
 }
 
-async fn create_chat(token: String, state: Arc<State>) -> Result<Response, ApiError> {
+async fn create_chat(
+    token: String,
+    trace: TraceParent,
+    state: Arc<State>,
+) -> Result<Response, ApiError> {
     let token = parse_token(&token)?;
-    let number = state.intake.create(token, Record::Chat).await?;
+    let number = state.intake.create(token, Create::Chat, trace).await?;
     Ok(number_reply("chat number", number))
 }
 
@@ -135,19 +176,21 @@ async fn create_message_in_path(
     token: String,
     chat: String,
     message: String,
+    trace: TraceParent,
     state: Arc<State>,
 ) -> Result<Response, ApiError> {
     let token = parse_token(&token)?;
     let chat = parse_chat(&chat)?;
     let text = decode_segment(&message)
         .ok_or_else(|| ApiError::BadRequest("message is not valid UTF-8".into()))?;
-    create_message(token, chat, text, &state).await
+    create_message(token, chat, text, trace, &state).await
 }
 
 async fn create_message_in_body(
     token: String,
     chat: String,
     body: Result<NewMessage, BodyError>,
+    trace: TraceParent,
     state: Arc<State>,
 ) -> Result<Response, ApiError> {
     let token = parse_token(&token)?;
@@ -161,20 +204,19 @@ async fn create_message_in_body(
             )));
         }
     };
-    create_message(token, chat, text, &state).await
+    create_message(token, chat, text, trace, &state).await
 }
 
 async fn create_message(
     token: String,
     chat: i64,
     text: String,
+    trace: TraceParent,
     state: &State,
 ) -> Result<Response, ApiError> {
     check_message(&text, state.max_message_bytes)?;
-    let number = state
-        .intake
-        .create(token, Record::Message { chat, body: text })
-        .await?;
+    let create = Create::Message { chat, body: text };
+    let number = state.intake.create(token, create, trace).await?;
     Ok(number_reply("message number", number))
 }
 

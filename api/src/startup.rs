@@ -58,7 +58,7 @@ impl Application {
             url: config.broker.amqp_url.clone(),
             topology: Topology::new(&config.broker),
             channels: config.publish_channels,
-            confirm_timeout: Duration::from_millis(config.publish_timeout_ms),
+            confirm_timeout: config.broker.publish_timeout(),
         };
         let (publisher, keeper) = Publisher::start(settings, stop_publisher.clone());
 
@@ -79,10 +79,6 @@ impl Application {
 
     pub fn address(&self) -> SocketAddr {
         self.address
-    }
-
-    pub fn port(&self) -> u16 {
-        self.address.port()
     }
 
     /// Serves until `shutdown` resolves; then stops accepting, lets the

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Confirmation};
+use lapin::options::ConfirmSelectOptions;
 use redis::Script;
-use shared::counters::{DRAW, Keys, Scope};
+use shared::counters::{DRAW, Drawn, Keys, Scope};
 use shared::job::Job;
+use shared::publish::{self, Message};
 use shared::topology;
 
-use crate::servers::Servers;
+use crate::servers::{PUBLISH_TIMEOUT, Servers};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -66,7 +66,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             while Instant::now() < deadline {
                 let started = Instant::now();
                 let (head, tail) = keys.message_counter_parts(token);
-                let number: i64 = script
+                let reply: i64 = script
                     .key(keys.counter(scope))
                     .key(keys.in_flight(scope))
                     .key(keys.unknown(scope))
@@ -78,24 +78,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                     .arg(5000)
                     .invoke_async(&mut redis)
                     .await?;
+                let Some(Drawn::Number(number)) = Drawn::from_reply(reply) else {
+                    anyhow::bail!("the draw script answered {reply}");
+                };
                 let job = Job::chat(token.to_owned(), number);
-                let confirm = channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        topology::ROUTING_KEY.into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..BasicPublishOptions::default()
-                        },
-                        &job.encode(),
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?
-                    .await?;
-                anyhow::ensure!(
-                    matches!(confirm, Confirmation::Ack(None)),
-                    "publish not confirmed: {confirm:?}"
-                );
+                let message = Message {
+                    exchange: exchange.clone(),
+                    routing_key: topology::ROUTING_KEY.into(),
+                    payload: job.encode(),
+                    properties: publish::job_properties(&job),
+                };
+                publish::publish(&channel, message, PUBLISH_TIMEOUT).await?;
                 latencies.push(started.elapsed());
             }
             anyhow::Ok(latencies)

@@ -8,15 +8,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use futures::StreamExt;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::Channel;
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation};
 use shared::job::Job;
+use shared::publish::{self, Message};
 use shared::topology::{self, Topology};
 use tokio::process::{Child, Command};
 
 use crate::client::ChatSystem;
-use crate::servers::Servers;
+use crate::servers::{PUBLISH_TIMEOUT, Servers};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -95,29 +96,13 @@ async fn backlog(
                 number,
                 format!("message {number}, ok"),
             );
-            let exchange = exchange.clone();
-            async move {
-                let options = BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                };
-                let properties = BasicProperties::default().with_delivery_mode(2);
-                let confirm = channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        topology::ROUTING_KEY.into(),
-                        options,
-                        &job.encode(),
-                        properties,
-                    )
-                    .await?
-                    .await?;
-                ensure!(
-                    matches!(confirm, Confirmation::Ack(None)),
-                    "publish not confirmed: {confirm:?}"
-                );
-                anyhow::Ok(())
-            }
+            let message = Message {
+                exchange: exchange.clone(),
+                routing_key: topology::ROUTING_KEY.into(),
+                payload: job.encode(),
+                properties: publish::job_properties(&job),
+            };
+            publish::publish(channel, message, PUBLISH_TIMEOUT)
         })
         .buffer_unordered(512);
     futures::pin_mut!(publishes);

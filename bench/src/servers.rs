@@ -9,6 +9,9 @@ use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use shared::config::{Broker, QueueType};
 use shared::topology::{self, Topology};
 
+/// How long the bench's own publishes wait for their confirm.
+pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Where Redis and RabbitMQ are, as the binaries read it.
 #[derive(clap::Args)]
 pub(crate) struct Servers {
@@ -41,23 +44,24 @@ impl Servers {
     /// A fresh prefix `{name}_{8 hex digits}` and the topology under it.
     pub(crate) fn private(&self, name: &str) -> (String, Topology) {
         let prefix = format!("{name}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let broker = Broker {
+        let topology = Topology::new(&self.broker(&prefix));
+        (prefix, topology)
+    }
+
+    /// The broker settings of the binaries, under `prefix`.
+    pub(crate) fn broker(&self, prefix: &str) -> Broker {
+        Broker {
             amqp_url: self.amqp_url.clone(),
-            queue_prefix: prefix.clone(),
+            queue_prefix: prefix.to_owned(),
             queue_type: self.queue_type,
-        };
-        (prefix, Topology::new(&broker))
+            publish_timeout_ms: PUBLISH_TIMEOUT.as_millis() as u64,
+        }
     }
 
     /// Deletes the queues and exchanges of `prefix` (retry queues included)
     /// and its Redis keys.
     pub(crate) async fn cleanup(&self, prefix: &str) -> anyhow::Result<()> {
-        let broker = Broker {
-            amqp_url: self.amqp_url.clone(),
-            queue_prefix: prefix.to_owned(),
-            queue_type: self.queue_type,
-        };
-        let topology = Topology::new(&broker);
+        let topology = Topology::new(&self.broker(prefix));
         let connection = topology::connect(&self.amqp_url, "bench-cleanup").await?;
         let channel = connection.create_channel().await?;
         let mut queues = vec![topology.jobs_queue(), topology.dead_queue()];

@@ -43,10 +43,6 @@ impl Application {
         self.address
     }
 
-    pub fn port(&self) -> u16 {
-        self.address.port()
-    }
-
     /// Serves until `shutdown` resolves, then stops accepting, lets the
     /// requests in flight finish and closes the pool.
     pub async fn run_until_stopped(

@@ -57,6 +57,17 @@ pub struct Broker {
     /// `quorum` (replicated, at-least-once dead-lettering) or `classic`.
     #[arg(long, env = "QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
     pub queue_type: QueueType,
+
+    /// How long a publish waits for the broker's confirm, in milliseconds.
+    /// Past it the api answers 503 and the worker requeues the delivery.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    pub publish_timeout_ms: u64,
+}
+
+impl Broker {
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
 }
 
 /// The kind of RabbitMQ queue every queue of the topology is declared as.
@@ -115,33 +126,4 @@ pub fn endpoint(base: &url::Url, segments: &[&str]) -> url::Url {
         .pop_if_empty()
         .extend(segments);
     url
-}
-
-/// A URL with its password replaced, for log lines.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((credentials, location)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match credentials.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{location}"),
-        None => format!("{scheme}://{credentials}@{location}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("amqp://guest:secret@host:5672/%2f"),
-            "amqp://guest:***@host:5672/%2f"
-        );
-        assert_eq!(redact("redis://:pw@host:6379"), "redis://:***@host:6379");
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
-    }
 }

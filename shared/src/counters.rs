@@ -32,12 +32,6 @@ pub enum Scope<'a> {
 }
 
 impl Scope<'_> {
-    pub fn token(&self) -> &str {
-        match self {
-            Self::Chats { token } | Self::Messages { token, .. } => token,
-        }
-    }
-
     /// `chats` or `messages`, for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {
@@ -121,14 +115,14 @@ impl Keys {
 
 /// Why a number leaves flight, the third ARGV of [`RELEASE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Release {
     /// The chat-system stored the record.
     Stored,
     /// The broker refused the job: the record will never exist.
     Refused,
 }
 
-impl Outcome {
+impl Release {
     pub fn as_arg(self) -> &'static str {
         match self {
             Self::Stored => "expire",
@@ -137,14 +131,32 @@ impl Outcome {
     }
 }
 
-/// What [`DRAW`] and [`SEED`] return besides a drawn number (> 0).
-pub mod drawn {
-    /// The caller now holds the seed lock and must seed the counter.
-    pub const MUST_SEED: i64 = 0;
+/// What [`DRAW`] and [`SEED`] answer, parsed from the script's integer
+/// reply in this one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drawn {
+    /// The number drawn, now in flight.
+    Number(i64),
+    /// The counter is missing and the caller now holds the seed lock: it
+    /// must seed the counter.
+    MustSeed,
     /// The chat-system does not know this token or chat (negative cache).
-    pub const UNKNOWN: i64 = -1;
+    Unknown,
     /// Another caller is seeding: wait and draw again.
-    pub const WAIT: i64 = -2;
+    Wait,
+}
+
+impl Drawn {
+    /// `None` for a reply the scripts never give.
+    pub fn from_reply(reply: i64) -> Option<Self> {
+        match reply {
+            number if number > 0 => Some(Self::Number(number)),
+            0 => Some(Self::MustSeed),
+            -1 => Some(Self::Unknown),
+            -2 => Some(Self::Wait),
+            _ => None,
+        }
+    }
 }
 
 /// The common tail of [`DRAW`] and [`SEED`]: take the next number, keep
@@ -169,7 +181,7 @@ return n
 /// KEYS: counter, in-flight set, unknown marker, seed lock.
 /// ARGV: lock value (random), lock PX milliseconds, message counter head
 /// and tail (empty strings for a message scope).
-/// Returns the number, or one of [`drawn`]'s codes. `INCR` runs only on an
+/// Returns the number, or a code of [`Drawn`]. `INCR` runs only on an
 /// existing counter: a missing one is seeded, never started at 1.
 pub const DRAW: &str = concat!(
     "if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -187,7 +199,7 @@ end
 /// KEYS and ARGV as [`DRAW`], with ARGV[2] replaced by the seed value, or
 /// an empty string when the chat-system does not know the scope, and
 /// ARGV[5] the negative cache PX milliseconds. Returns the number,
-/// [`drawn::UNKNOWN`], or [`drawn::WAIT`] when the lock expired meanwhile
+/// [`Drawn::Unknown`], or [`Drawn::Wait`] when the lock expired meanwhile
 /// (the caller draws again). `SET NX`: a live counter is never overwritten.
 pub const SEED: &str = concat!(
     "if redis.call('GET', KEYS[4]) ~= ARGV[1] then return -2 end
@@ -244,6 +256,15 @@ mod tests {
         assert_eq!(keys.in_flight(messages), "p:{abc}:chat:5:messages:inflight");
         let (head, tail) = keys.message_counter_parts("abc");
         assert_eq!(format!("{head}5{tail}"), keys.counter(messages));
+    }
+
+    #[test]
+    fn script_replies_are_parsed_in_one_place() {
+        assert_eq!(Drawn::from_reply(7), Some(Drawn::Number(7)));
+        assert_eq!(Drawn::from_reply(0), Some(Drawn::MustSeed));
+        assert_eq!(Drawn::from_reply(-1), Some(Drawn::Unknown));
+        assert_eq!(Drawn::from_reply(-2), Some(Drawn::Wait));
+        assert_eq!(Drawn::from_reply(-3), None);
     }
 
     #[test]

@@ -83,16 +83,6 @@ pub enum BodyError {
     Malformed(String),
 }
 
-impl BodyError {
-    pub fn into_response(self) -> Response {
-        let status = match self {
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Malformed(_) => StatusCode::BAD_REQUEST,
-        };
-        error(status, self)
-    }
-}
-
 /// A JSON body of at most `limit` bytes, decoded inside the handler rather
 /// than by a rejecting filter: a malformed body is the handler's 400, not a
 /// rejection that lets warp try other routes. Without a `content-type`

@@ -3,7 +3,9 @@
 //! does not understand instead of guessing.
 //!
 //! The job carries the number the client was given; nothing downstream
-//! recomputes it.
+//! recomputes it. A job's [`Record`] is a chat or a message with its
+//! number and body: a job that is neither cannot be built, and a payload
+//! that describes neither does not decode.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,11 +13,26 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::counters::Scope;
+use crate::trace::TraceParent;
 
 /// The schema version this code writes and reads.
 pub const VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a job stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// Chat `number` of the application.
+    Chat { number: i64 },
+    /// Message `number` of chat `chat`; the body is never empty.
+    Message {
+        chat: i64,
+        number: i64,
+        body: String,
+    },
+}
+
+/// A record's kind, for metrics, logs and filters (`"chat"`, `"message"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Chat,
@@ -31,31 +48,25 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
-    /// Schema version, [`VERSION`].
-    pub v: u32,
     /// Unique per job; travels through every log line about it.
     pub id: Uuid,
-    pub kind: Kind,
     pub token: String,
-    pub chat_number: i64,
-    /// Present exactly when `kind` is `message`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message_number: Option<i64>,
-    /// Present exactly when `kind` is `message`; never empty.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
+    pub record: Record,
     /// When the api accepted the record, in milliseconds since the epoch.
     pub created_at_ms: u64,
-    /// How many times persisting it has failed so far.
+    /// How many times storing it has failed so far.
     pub attempt: u32,
+    /// The trace of the request that created it (absent in jobs queued
+    /// before traces were carried).
+    pub trace: Option<TraceParent>,
 }
 
 /// Why bytes from the queue are not a job this code can run.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
-    #[error("payload is not a job: {0}")]
+    #[error("payload is not a job")]
     Malformed(#[from] serde_json::Error),
     #[error("unsupported job version {0}, this worker reads {VERSION}")]
     Version(u32),
@@ -64,85 +75,164 @@ pub enum JobError {
 }
 
 impl Job {
-    pub fn chat(token: String, chat_number: i64) -> Self {
-        Self::new(Kind::Chat, token, chat_number, None, None)
-    }
-
-    pub fn message(token: String, chat_number: i64, message_number: i64, body: String) -> Self {
-        Self::new(
-            Kind::Message,
-            token,
-            chat_number,
-            Some(message_number),
-            Some(body),
-        )
-    }
-
-    fn new(
-        kind: Kind,
-        token: String,
-        chat_number: i64,
-        message_number: Option<i64>,
-        body: Option<String>,
-    ) -> Self {
+    pub fn new(token: String, record: Record, trace: Option<TraceParent>) -> Self {
         let created_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.as_millis() as u64);
         Self {
-            v: VERSION,
             id: Uuid::now_v7(),
-            kind,
             token,
-            chat_number,
-            message_number,
-            body,
+            record,
             created_at_ms,
             attempt: 0,
+            trace,
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a job always serializes: plain fields, string keys")
+    pub fn chat(token: String, number: i64) -> Self {
+        Self::new(token, Record::Chat { number }, None)
     }
 
-    /// Parses and checks a payload: right version, the fields of its kind.
-    pub fn decode(bytes: &[u8]) -> Result<Self, JobError> {
-        let job: Self = serde_json::from_slice(bytes)?;
-        if job.v != VERSION {
-            return Err(JobError::Version(job.v));
-        }
-        if job.token.is_empty() {
-            return Err(JobError::Invalid("empty token"));
-        }
-        if job.chat_number <= 0 {
-            return Err(JobError::Invalid("chat number must be positive"));
-        }
-        match (job.kind, job.message_number, job.body.as_deref()) {
-            (Kind::Chat, None, None) => Ok(job),
-            (Kind::Chat, _, _) => Err(JobError::Invalid(
-                "a chat job has no message number or body",
-            )),
-            (Kind::Message, Some(number), Some(body)) if number > 0 && !body.is_empty() => Ok(job),
-            (Kind::Message, _, _) => Err(JobError::Invalid(
-                "a message job needs a positive number and a body",
-            )),
+    pub fn message(token: String, chat: i64, number: i64, body: String) -> Self {
+        Self::new(token, Record::Message { chat, number, body }, None)
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self.record {
+            Record::Chat { .. } => Kind::Chat,
+            Record::Message { .. } => Kind::Message,
         }
     }
 
-    /// The counter this job's number was drawn from.
-    pub fn scope(&self) -> Scope<'_> {
-        match self.kind {
-            Kind::Chat => Scope::Chats { token: &self.token },
-            Kind::Message => Scope::Messages {
-                token: &self.token,
-                chat: self.chat_number,
-            },
+    /// The chat: the record itself, or the message's chat.
+    pub fn chat_number(&self) -> i64 {
+        match self.record {
+            Record::Chat { number } | Record::Message { chat: number, .. } => number,
         }
     }
 
     /// The number the client was given.
     pub fn number(&self) -> i64 {
-        self.message_number.unwrap_or(self.chat_number)
+        match self.record {
+            Record::Chat { number } | Record::Message { number, .. } => number,
+        }
+    }
+
+    /// The counter this job's number was drawn from.
+    pub fn scope(&self) -> Scope<'_> {
+        match self.record {
+            Record::Chat { .. } => Scope::Chats { token: &self.token },
+            Record::Message { chat, .. } => Scope::Messages {
+                token: &self.token,
+                chat,
+            },
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.wire()).expect("a job always serializes: plain fields")
+    }
+
+    /// Parses and checks a payload: right version, the fields of its kind.
+    pub fn decode(bytes: &[u8]) -> Result<Self, JobError> {
+        serde_json::from_slice::<Wire<String>>(bytes)?.try_into()
+    }
+
+    fn wire(&self) -> Wire<&str> {
+        let (message_number, body) = match &self.record {
+            Record::Chat { .. } => (None, None),
+            Record::Message { number, body, .. } => (Some(*number), Some(body.as_str())),
+        };
+        Wire {
+            v: VERSION,
+            id: self.id,
+            kind: self.kind(),
+            token: &self.token,
+            chat_number: self.chat_number(),
+            message_number,
+            body,
+            created_at_ms: self.created_at_ms,
+            attempt: self.attempt,
+            traceparent: self.trace,
+        }
+    }
+}
+
+/// The JSON shape of a job, unchanged since version 1 but for the optional
+/// `traceparent`: `kind`, then `message_number` and `body` for a message.
+#[derive(Serialize, Deserialize)]
+struct Wire<S> {
+    v: u32,
+    id: Uuid,
+    kind: Kind,
+    token: S,
+    chat_number: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message_number: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<S>,
+    created_at_ms: u64,
+    attempt: u32,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_trace"
+    )]
+    traceparent: Option<TraceParent>,
+}
+
+/// A trace is metadata: one that does not parse is dropped, never a
+/// reason to refuse the record it came with.
+fn lenient_trace<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<TraceParent>, D::Error> {
+    let text = Option::<std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+    Ok(text.as_deref().and_then(TraceParent::parse))
+}
+
+impl TryFrom<Wire<String>> for Job {
+    type Error = JobError;
+
+    fn try_from(wire: Wire<String>) -> Result<Self, JobError> {
+        if wire.v != VERSION {
+            return Err(JobError::Version(wire.v));
+        }
+        if wire.token.is_empty() {
+            return Err(JobError::Invalid("empty token"));
+        }
+        if wire.chat_number <= 0 {
+            return Err(JobError::Invalid("chat number must be positive"));
+        }
+        let record = match (wire.kind, wire.message_number, wire.body) {
+            (Kind::Chat, None, None) => Record::Chat {
+                number: wire.chat_number,
+            },
+            (Kind::Chat, _, _) => {
+                return Err(JobError::Invalid(
+                    "a chat job has no message number or body",
+                ));
+            }
+            (Kind::Message, Some(number), Some(body)) if number > 0 && !body.is_empty() => {
+                Record::Message {
+                    chat: wire.chat_number,
+                    number,
+                    body,
+                }
+            }
+            (Kind::Message, _, _) => {
+                return Err(JobError::Invalid(
+                    "a message job needs a positive number and a body",
+                ));
+            }
+        };
+        Ok(Self {
+            id: wire.id,
+            token: wire.token,
+            record,
+            created_at_ms: wire.created_at_ms,
+            attempt: wire.attempt,
+            trace: wire.traceparent,
+        })
     }
 }
 
@@ -153,31 +243,76 @@ mod tests {
     #[test]
     fn a_job_survives_the_round_trip_byte_for_byte() {
         let body = "commas, \"quotes\", slashes / \\ and 你好 🎉\n".to_owned();
-        let job = Job::message("tok".into(), 3, 7, body.clone());
+        let mut job = Job::message("tok".into(), 3, 7, body.clone());
+        job.trace = Some(TraceParent::root());
 
         let decoded = Job::decode(&job.encode()).expect("decodes");
 
         assert_eq!(decoded, job);
-        assert_eq!(decoded.body.as_deref(), Some(body.as_str()));
+        assert!(matches!(decoded.record, Record::Message { body: b, .. } if b == body));
+    }
+
+    /// Jobs queued (and dead letters kept) by the code before the record
+    /// enum, byte for byte as it wrote them, still decode.
+    #[test]
+    fn jobs_in_the_version_1_format_decode() {
+        let chat = br#"{"v":1,"id":"019ad0a5-7f3e-7c52-9a5e-0f5d2b9b7a11","kind":"chat","token":"5f0c9e","chat_number":3,"created_at_ms":1764428400000,"attempt":0}"#;
+        let message = br#"{"v":1,"id":"019ad0a5-7f3e-7c52-9a5e-0f5d2b9b7a12","kind":"message","token":"5f0c9e","chat_number":3,"message_number":9,"body":"hello, world","created_at_ms":1764428400001,"attempt":2}"#;
+
+        let chat = Job::decode(chat).expect("a chat job");
+        let message = Job::decode(message).expect("a message job");
+
+        assert_eq!(chat.record, Record::Chat { number: 3 });
+        assert_eq!((chat.token.as_str(), chat.attempt), ("5f0c9e", 0));
+        assert_eq!(chat.trace, None);
+        assert_eq!(
+            message.record,
+            Record::Message {
+                chat: 3,
+                number: 9,
+                body: "hello, world".into()
+            }
+        );
+        assert_eq!((message.attempt, message.created_at_ms), (2, 1764428400001));
     }
 
     #[test]
-    fn a_chat_job_has_no_message_fields_on_the_wire() {
-        let json: serde_json::Value =
+    fn a_malformed_trace_is_dropped_not_the_job() {
+        let mut value: serde_json::Value =
             serde_json::from_slice(&Job::chat("t".into(), 1).encode()).unwrap();
+        value["traceparent"] = "not a trace".into();
 
-        assert_eq!(json["kind"], "chat");
-        assert!(json.get("message_number").is_none());
-        assert!(json.get("body").is_none());
-        assert_eq!(json["v"], 1);
-        assert_eq!(json["attempt"], 0);
+        let job = Job::decode(&serde_json::to_vec(&value).unwrap()).expect("still a job");
+
+        assert_eq!(job.trace, None);
+    }
+
+    #[test]
+    fn the_wire_format_is_the_version_1_format() {
+        let chat: serde_json::Value =
+            serde_json::from_slice(&Job::chat("t".into(), 1).encode()).unwrap();
+        assert_eq!(chat["kind"], "chat");
+        assert_eq!(chat["chat_number"], 1);
+        assert!(chat.get("message_number").is_none());
+        assert!(chat.get("body").is_none());
+        assert!(chat.get("traceparent").is_none());
+        assert_eq!(chat["v"], 1);
+        assert_eq!(chat["attempt"], 0);
+
+        let message: serde_json::Value =
+            serde_json::from_slice(&Job::message("t".into(), 2, 5, "b".into()).encode()).unwrap();
+        assert_eq!(message["kind"], "message");
+        assert_eq!(message["chat_number"], 2);
+        assert_eq!(message["message_number"], 5);
+        assert_eq!(message["body"], "b");
     }
 
     #[test]
     fn payloads_that_are_not_valid_jobs_are_refused() {
-        let chat = Job::chat("t".into(), 1);
+        let chat = serde_json::from_slice::<serde_json::Value>(&Job::chat("t".into(), 1).encode())
+            .unwrap();
         let with = |edit: fn(&mut serde_json::Value)| {
-            let mut value = serde_json::to_value(&chat).unwrap();
+            let mut value = chat.clone();
             edit(&mut value);
             serde_json::to_vec(&value).unwrap()
         };
@@ -187,11 +322,27 @@ mod tests {
             ("zero chat", with(|v| v["chat_number"] = 0.into())),
             ("empty token", with(|v| v["token"] = "".into())),
             ("chat with body", with(|v| v["body"] = "x".into())),
+            ("chat with number", with(|v| v["message_number"] = 1.into())),
             (
                 "message without body",
                 with(|v| {
                     v["kind"] = "message".into();
                     v["message_number"] = 1.into();
+                }),
+            ),
+            (
+                "message with empty body",
+                with(|v| {
+                    v["kind"] = "message".into();
+                    v["message_number"] = 1.into();
+                    v["body"] = "".into();
+                }),
+            ),
+            (
+                "message without number",
+                with(|v| {
+                    v["kind"] = "message".into();
+                    v["body"] = "x".into();
                 }),
             ),
             ("unknown kind", with(|v| v["kind"] = "thread".into())),

@@ -1,6 +1,7 @@
 //! Tracing set-up, and the one helper that keeps secrets out of log lines.
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{LogFormat, Telemetry};
 
@@ -8,6 +9,24 @@ use crate::config::{LogFormat, Telemetry};
 /// stdout, each tagged with the service name. Call once, first thing in
 /// `main`.
 pub fn init(service: &'static str, config: &Telemetry) {
+    let subscriber = subscriber(service, config, std::io::stdout);
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("init is called once, before anything else logs");
+    tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
+}
+
+/// The subscriber [`init`] installs, writing to `writer`: what a test uses
+/// to read the lines a binary would print. Every line carries the fields
+/// of the spans it is in (`trace_id`, `job_id` ...): in text as
+/// `span{field=value}:`, in JSON under `span` and `spans`.
+pub fn subscriber<W>(
+    service: &'static str,
+    config: &Telemetry,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(&config.rust_log).unwrap_or_else(|error| {
         eprintln!(
             "{service}: ignoring invalid RUST_LOG {:?}: {error}",
@@ -17,12 +36,28 @@ pub fn init(service: &'static str, config: &Telemetry) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .with_writer(writer);
     match config.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
+        LogFormat::Text => Box::new(builder.finish()),
     }
-    tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
+}
+
+/// An error and its causes on one line (`a: b: c`): how every log line
+/// and error header shows an error (`error = %Chain(&error)`).
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(formatter, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
 }
 
 /// An application token is a credential: logs only ever get its first
@@ -62,7 +97,18 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
 
 #[cfg(test)]
 mod tests {
-    use super::short_token;
+    use super::{Chain, short_token};
+
+    #[test]
+    fn an_error_is_shown_with_its_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+
+        let error = Outer(std::io::Error::other("inner"));
+
+        assert_eq!(Chain(&error).to_string(), "outer: inner");
+    }
 
     #[test]
     fn tokens_are_cut_to_six_characters() {

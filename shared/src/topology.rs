@@ -215,27 +215,36 @@ pub fn reconnect_delays() -> backon::ExponentialBuilder {
         .without_max_times()
 }
 
+/// How a watched connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionLost {
+    #[error("RabbitMQ connection failed")]
+    Failed(#[source] lapin::Error),
+    #[error("RabbitMQ connection closed")]
+    Closed,
+}
+
 /// Resolves when `connection` fails (the broker went away, a heartbeat was
-/// missed), with the error's text. lapin does not always end a consumer's
-/// stream or answer a pending ack once its connection is dead, so whoever
-/// holds a connection watches this and gives up on the connection's work.
-/// A connection that died before the call is reported at once: lapin's
-/// I/O runs on a thread of its own, so that can happen between connecting
-/// and watching.
-pub fn lost(connection: &Connection) -> impl Future<Output = String> + Send + 'static {
+/// missed) or closes. lapin does not always end a consumer's stream or
+/// answer a pending ack once its connection is dead, so whoever holds a
+/// connection watches this and gives up on the connection's work. A
+/// connection that died before the call is reported at once: lapin's I/O
+/// runs on a thread of its own, so that can happen between connecting and
+/// watching.
+pub fn lost(connection: &Connection) -> impl Future<Output = ConnectionLost> + Send + 'static {
     let mut events = connection.events_listener();
     // Checked after subscribing: an error from here on is in `events`.
     let dead_already = !connection.status().connected();
     async move {
         if dead_already {
-            return "connection lost before it was watched".into();
+            return ConnectionLost::Closed;
         }
         while let Some(event) = events.next().await {
             if let lapin::Event::Error(error) = event {
-                return error.to_string();
+                return ConnectionLost::Failed(error);
             }
         }
-        "connection closed".into()
+        ConnectionLost::Closed
     }
 }
 
@@ -249,6 +258,7 @@ mod tests {
             amqp_url: String::new(),
             queue_prefix: "t1".into(),
             queue_type: QueueType::Quorum,
+            publish_timeout_ms: 5000,
         };
         let topology = Topology::new(&broker);
 

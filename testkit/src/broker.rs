@@ -12,6 +12,16 @@ pub fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The broker's address, for a [`crate::TcpProxy`] to forward to.
+pub fn amqp_address() -> std::net::SocketAddr {
+    crate::address_of(&amqp_url())
+}
+
+/// [`amqp_url`] reached through `address` (a proxy in front of it).
+pub fn amqp_url_via(address: std::net::SocketAddr) -> String {
+    crate::url_via(&amqp_url(), address)
+}
+
 pub struct TestBroker {
     pub prefix: String,
     queues: Mutex<Vec<String>>,

@@ -1,22 +1,24 @@
 //! The real chat-system, on port 0 with a database of its own, for the
-//! suites that need an upstream to talk to.
+//! suites that need an upstream to talk to, and the requests every suite
+//! makes of it (create an application, store or read records).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::sync::oneshot;
+use serde_json::json;
 
-use crate::{TcpProxy, TestDatabase};
+use crate::http::{self, Answer};
+use crate::{Running, TcpProxy, TestDatabase};
 
 /// A running chat-system; stops and drops its database when dropped.
 pub struct TestChatSystem {
     pub address: SocketAddr,
     pub url: String,
+    pub client: reqwest::Client,
     /// The proxy between the chat-system and PostgreSQL, when asked for.
     pub database_proxy: Option<TcpProxy>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    server: Running,
     // Declared last: dropped after the server stopped.
     pub database: TestDatabase,
 }
@@ -48,60 +50,112 @@ impl TestChatSystem {
             .await
             .expect("building the chat-system");
         let address = application.address();
-        let (stop, stopped) = oneshot::channel();
-        let server = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            application
-                .run_until_stopped(shutdown)
-                .await
-                .expect("the chat-system runs");
+        let server = Running::spawn("the chat-system", |shutdown| {
+            application.run_until_stopped(shutdown)
         });
-        let url = format!("http://{address}");
-        wait_until_ready(&url).await;
-        Self {
+        let chat_system = Self {
             address,
-            url,
+            url: format!("http://{address}"),
+            client: http::client(),
             database_proxy,
-            stop: Some(stop),
-            server: Some(server),
+            server,
             database,
-        }
+        };
+        chat_system.wait_until_ready().await;
+        chat_system
     }
 
     /// Stops the server gracefully and waits for it.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+    pub async fn stop(self) {
+        self.server.stop().await;
+    }
+
+    async fn wait_until_ready(&self) {
+        let readyz = self.url("/readyz");
+        crate::eventually(
+            "the chat-system to be ready",
+            Duration::from_secs(30),
+            || async {
+                let response = self.client.get(&readyz).send().await.ok()?;
+                response.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        http::send(self.client.get(self.url(path))).await
+    }
+
+    /// A new application's token.
+    pub async fn create_application(&self, name: &str) -> String {
+        let request = self
+            .client
+            .post(self.url("/applications"))
+            .json(&json!({ "name": name }));
+        let answer = http::send(request).await;
+        assert_eq!(answer.status, 201, "{}", answer.body);
+        answer.body["token"].as_str().expect("a token").to_owned()
+    }
+
+    pub async fn put_chat(&self, token: &str, chat: i64) -> Answer {
+        let path = format!("/applications/{token}/chats/{chat}");
+        http::send(self.client.put(self.url(&path))).await
+    }
+
+    pub async fn put_message(&self, token: &str, chat: i64, number: i64, body: &str) -> Answer {
+        let path = format!("/applications/{token}/chats/{chat}/messages/{number}");
+        let request = self
+            .client
+            .put(self.url(&path))
+            .json(&json!({ "body": body }));
+        http::send(request).await
+    }
+
+    /// An application with chats `1..=chats` stored.
+    pub async fn application_with_chats(&self, chats: i64) -> String {
+        let token = self.create_application("test").await;
+        for chat in 1..=chats {
+            let answer = self.put_chat(&token, chat).await;
+            assert_eq!(answer.status, 201, "{}", answer.body);
         }
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
+        token
+    }
+
+    /// The application's `chats_count`.
+    pub async fn chats_count(&self, token: &str) -> i64 {
+        let answer = self.get(&format!("/applications/{token}")).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.body["chats_count"].as_i64().expect("a count")
+    }
+
+    /// `(number, body)` of every stored message of a chat, in order; empty
+    /// when the chat is not stored.
+    pub async fn messages(&self, token: &str, chat: i64) -> Vec<(i64, String)> {
+        let mut messages = Vec::new();
+        let mut after = 0;
+        loop {
+            let path =
+                format!("/applications/{token}/chats/{chat}/messages?after={after}&limit=1000");
+            let page = self.get(&path).await;
+            if page.status == 404 {
+                return messages;
+            }
+            assert_eq!(page.status, 200, "{}", page.body);
+            for item in page.body["items"].as_array().expect("items") {
+                messages.push((
+                    item["number"].as_i64().expect("a number"),
+                    item["body"].as_str().expect("a body").to_owned(),
+                ));
+            }
+            match page.body["next_after"].as_i64() {
+                Some(next) => after = next,
+                None => return messages,
+            }
         }
     }
-}
-
-impl Drop for TestChatSystem {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
-    }
-}
-
-async fn wait_until_ready(url: &str) {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("an HTTP client");
-    let readyz = format!("{url}/readyz");
-    crate::eventually(
-        "the chat-system to be ready",
-        Duration::from_secs(30),
-        || async {
-            let response = client.get(&readyz).send().await.ok()?;
-            response.status().is_success().then_some(())
-        },
-    )
-    .await;
 }

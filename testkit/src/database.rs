@@ -34,10 +34,6 @@ impl TestDatabase {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// The URL of this database on the shared server.
     pub fn url(&self) -> String {
         let (credentials, host_port) = server_parts();

@@ -9,17 +9,21 @@
 mod broker;
 mod chat_system;
 mod database;
+pub mod http;
 mod http_proxy;
 mod proxy;
 mod redis_keys;
+mod running;
 mod wait;
 
-pub use broker::{TestBroker, amqp_url};
+pub use broker::{TestBroker, amqp_address, amqp_url, amqp_url_via};
 pub use chat_system::TestChatSystem;
 pub use database::TestDatabase;
+pub use http::Answer;
 pub use http_proxy::{Fault, HttpProxy};
 pub use proxy::TcpProxy;
-pub use redis_keys::{TestRedis, redis_url};
+pub use redis_keys::{TestRedis, redis_address, redis_url, redis_url_via};
+pub use running::{Running, Shutdown};
 pub use wait::eventually;
 
 /// A short random suffix for names that must not collide between tests.
@@ -28,6 +32,27 @@ pub fn unique(prefix: &str) -> String {
         "{prefix}_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
+}
+
+/// The `host:port` of a server URL, resolved.
+fn address_of(url: &str) -> std::net::SocketAddr {
+    let parsed = url::Url::parse(url).unwrap_or_else(|error| panic!("{url}: {error}"));
+    parsed
+        .socket_addrs(|| None)
+        .ok()
+        .and_then(|addresses| addresses.into_iter().next())
+        .unwrap_or_else(|| panic!("{url} names no reachable host and port"))
+}
+
+/// `url` with its host and port replaced by `address`, credentials and
+/// path kept.
+fn url_via(url: &str, address: std::net::SocketAddr) -> String {
+    let mut parsed = url::Url::parse(url).unwrap_or_else(|error| panic!("{url}: {error}"));
+    parsed.set_ip_host(address.ip()).expect("a URL with a host");
+    parsed
+        .set_port(Some(address.port()))
+        .expect("a URL with a host");
+    parsed.to_string()
 }
 
 /// Shows the logs of the code under test when `RUST_LOG` is set

@@ -42,10 +42,6 @@ impl TcpProxy {
         self.address
     }
 
-    pub fn port(&self) -> u16 {
-        self.address.port()
-    }
-
     /// Closes every open connection and refuses new ones until restored.
     pub fn cut(&self) {
         self.up.send_replace(false);

@@ -5,6 +5,16 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// Redis's address, for a [`crate::TcpProxy`] to forward to.
+pub fn redis_address() -> std::net::SocketAddr {
+    crate::address_of(&redis_url())
+}
+
+/// [`redis_url`] reached through `address` (a proxy in front of it).
+pub fn redis_url_via(address: std::net::SocketAddr) -> String {
+    crate::url_via(&redis_url(), address)
+}
+
 pub struct TestRedis {
     pub prefix: String,
 }

@@ -3,8 +3,9 @@
 
 use std::net::SocketAddr;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use shared::config::{Broker, ChatSystem, Counters, Telemetry};
+use shared::job::Kind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,32 +28,26 @@ pub enum Command {
     /// Re-publish dead-lettered jobs to the jobs exchange, attempts reset;
     /// each leaves the dead-letter queue only once its re-publish is
     /// confirmed.
-    Replay(Filter),
+    Replay(Selection),
     /// List the dead-lettered jobs with their reasons; changes nothing.
-    DeadLetters(Filter),
+    DeadLetters(Selection),
 }
 
 /// Which dead letters a replay or a listing takes.
 #[derive(Debug, Clone, Default, Args)]
-pub struct Filter {
+pub struct Selection {
     /// At most this many jobs.
     #[arg(long)]
     pub limit: Option<usize>,
     /// Only jobs of this kind.
     #[arg(long, value_enum)]
-    pub kind: Option<KindFilter>,
+    pub kind: Option<Kind>,
     /// Only jobs of this application token.
     #[arg(long)]
     pub token: Option<String>,
     /// Show what would be replayed without replaying it.
     #[arg(long)]
     pub dry_run: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KindFilter {
-    Chat,
-    Message,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -19,13 +19,25 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
+use shared::telemetry::Chain;
 use shared::topology;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::acks::Acks;
-use crate::handler::{Handled, Handler, Settle};
+use crate::handler::{Handler, Outcome};
+
+/// Why consuming on a connection stopped, other than being told to.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("RabbitMQ refused an operation")]
+    Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Lost(#[from] topology::ConnectionLost),
+    #[error("the broker cancelled the consumer")]
+    Cancelled,
+}
 
 /// What the loop needs besides the handler.
 pub(crate) struct Settings {
@@ -64,7 +76,10 @@ pub(crate) async fn run(
     while !stop.is_cancelled() {
         match session(&handler, &settings, &status, &stop).await {
             Ok(()) => delays = backoff.build(),
-            Err(error) => tracing::warn!(%error, "consuming stopped; reconnecting to RabbitMQ"),
+            Err(error) => tracing::warn!(
+                error = %Chain(&error),
+                "consuming stopped; reconnecting to RabbitMQ"
+            ),
         }
         status.connected.store(false, Ordering::Relaxed);
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
@@ -104,10 +119,8 @@ async fn session(
     settings: &Settings,
     status: &Arc<Status>,
     stop: &CancellationToken,
-) -> Result<(), String> {
-    let (connection, channel, publisher) = open(handler, &settings.amqp_url)
-        .await
-        .map_err(|error| error.to_string())?;
+) -> Result<(), SessionError> {
+    let (connection, channel, publisher) = open(handler, &settings.amqp_url).await?;
     // Cancelled when the connection dies: the consume loop and every job in
     // hand give up then, since lapin may leave them waiting forever; the
     // broker redelivers what was not acknowledged.
@@ -125,7 +138,8 @@ async fn session(
     )
     .await;
     if abandon.is_cancelled() {
-        return Err(watcher.await.unwrap_or_else(|_| "connection lost".into()));
+        let lost = watcher.await.unwrap_or(topology::ConnectionLost::Closed);
+        return Err(lost.into());
     }
     watcher.abort();
     let _ = tokio::time::timeout(
@@ -144,11 +158,10 @@ async fn consume(
     channel: &Channel,
     publisher: &Channel,
     abandon: &CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     channel
         .basic_qos(settings.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(|error| error.to_string())?;
+        .await?;
     let tag = format!("worker-{}", std::process::id());
     let mut deliveries = channel
         .basic_consume(
@@ -157,8 +170,7 @@ async fn consume(
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await
-        .map_err(|error| error.to_string())?;
+        .await?;
     status.connected.store(true, Ordering::Relaxed);
     tracing::info!(
         queue = handler.topology.jobs_queue(),
@@ -174,16 +186,16 @@ async fn consume(
     let ended = loop {
         let permit = tokio::select! {
             () = stop.cancelled() => break Ok(()),
-            () = abandon.cancelled() => break Err("connection lost".to_owned()),
+            () = abandon.cancelled() => break Err(topology::ConnectionLost::Closed.into()),
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
         let delivery = tokio::select! {
             () = stop.cancelled() => break Ok(()),
-            () = abandon.cancelled() => break Err("connection lost".to_owned()),
+            () = abandon.cancelled() => break Err(topology::ConnectionLost::Closed.into()),
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => break Err(error.to_string()),
-                None => break Err("the consumer was cancelled".to_owned()),
+                Some(Err(error)) => break Err(error.into()),
+                None => break Err(SessionError::Cancelled),
             },
         };
         let taken = acks.taken(delivery.delivery_tag);
@@ -196,17 +208,17 @@ async fn consume(
         tasks.spawn(async move {
             metrics::gauge!("worker_jobs_in_flight").increment(1.0);
             tokio::select! {
-                (handled, settle) = handler.process(&delivery, &publisher) => {
-                    if handled == Handled::Stored {
+                outcome = handler.process(&delivery, &publisher) => {
+                    if outcome == Outcome::Stored {
                         status.stored.fetch_add(1, Ordering::Relaxed);
                     }
-                    match settle {
-                        Settle::Ack => taken.done(),
-                        Settle::Requeue => {
-                            if let Err(error) = taken.requeue().await {
-                                tracing::warn!(%error, "could not requeue a delivery; the broker redelivers it");
-                            }
-                        }
+                    if outcome.acknowledged() {
+                        taken.done();
+                    } else if let Err(error) = taken.requeue().await {
+                        tracing::warn!(
+                            error = %Chain(&error),
+                            "could not requeue a delivery; the broker redelivers it"
+                        );
                     }
                 }
                 () = abandon.cancelled() => tracing::debug!("connection lost mid-job; the broker redelivers it"),

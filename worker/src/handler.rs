@@ -1,4 +1,4 @@
-//! One delivery, start to finish: decode the job, persist it, decide its
+//! One delivery, start to finish: decode the job, store it, decide its
 //! fate, and settle the delivery accordingly.
 //!
 //! The delivery is acknowledged only once its fate is safe elsewhere: the
@@ -7,159 +7,215 @@
 //! goes back to the queue (nack with requeue) and is tried again; a
 //! duplicate is harmless, a loss is not. The consume loop batches the acks
 //! ([`crate::acks`]); [`Handler::handle`] settles a single delivery.
+//!
+//! Everything about one job is logged inside its span (`job_id`, `kind`,
+//! `token`, `attempt`, `trace_id`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::{BasicProperties, Channel};
 use shared::job::Job;
+use shared::publish::{self, Message};
+use shared::telemetry::{Chain, short_token};
 use shared::topology::{ROUTING_KEY, Topology};
+use tracing::{Instrument, Span};
 
-use crate::persist::Persister;
-use crate::retry::{Failure, Policy, Reason, Verdict};
+use crate::retry::{Policy, Reason, Verdict, last_error};
+use crate::store::Storage;
 
-/// Longest `x-last-error` kept on a dead letter.
+/// Longest `x-last-error` kept on a retry copy or a dead letter.
 const MAX_ERROR_BYTES: usize = 1024;
 
-/// What became of a delivery.
+/// What became of a delivery. How it is settled follows from it: a
+/// requeued delivery goes back to its queue, every other one is
+/// acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handled {
+pub enum Outcome {
     Stored,
     Retried,
     DeadLettered(Reason),
     /// Put back on the jobs queue: its retry or dead-letter copy could not
-    /// be published, or the worker is stopping.
+    /// be published.
     Requeued,
 }
 
+impl Outcome {
+    /// Acknowledged (its fate is safe elsewhere), or else requeued.
+    pub(crate) fn acknowledged(self) -> bool {
+        self != Self::Requeued
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Stored => "stored",
+            Self::Retried => "retried",
+            Self::DeadLettered(_) => "dead_lettered",
+            Self::Requeued => "requeued",
+        }
+    }
+}
+
 pub(crate) struct Handler {
-    pub(crate) persister: Persister,
+    pub(crate) storage: Storage,
     pub(crate) policy: Policy,
     pub(crate) topology: Topology,
+    /// How long a retry or dead-letter copy may wait for its confirm.
+    pub(crate) publish_timeout: Duration,
 }
 
 impl Handler {
-    /// Decodes and persists a payload, and decides what to do with it.
-    pub(crate) async fn verdict(&self, payload: &[u8]) -> (Option<Job>, Verdict) {
-        let job = match Job::decode(payload) {
-            Ok(job) => job,
-            Err(error) => {
-                let verdict = Verdict::Dead {
-                    reason: Reason::Malformed,
-                    error: error.to_string(),
-                };
-                return (None, verdict);
-            }
-        };
-        let outcome = self.persister.persist(&job).await;
-        if let Err(Failure::Transient(error)) = &outcome {
-            tracing::debug!(job_id = %job.id, attempt = job.attempt, error, "attempt failed");
-        }
-        let verdict = self.policy.decide(job.attempt, outcome);
-        (Some(job), verdict)
-    }
-
     /// Runs one delivery and settles it on its own; `publisher` is a
     /// confirm-mode channel for the retry and dead-letter copies.
     pub(crate) async fn handle(
         &self,
         delivery: &Delivery,
         publisher: &Channel,
-    ) -> lapin::Result<Handled> {
-        let (handled, settle) = self.process(delivery, publisher).await;
-        match settle {
-            Settle::Ack => delivery.ack(BasicAckOptions::default()).await?,
-            Settle::Requeue => delivery.nack(requeue()).await?,
-        };
-        Ok(handled)
+    ) -> lapin::Result<Outcome> {
+        let outcome = self.process(delivery, publisher).await;
+        if outcome.acknowledged() {
+            delivery.ack(BasicAckOptions::default()).await?;
+        } else {
+            delivery.nack(requeue()).await?;
+        }
+        Ok(outcome)
     }
 
-    /// Runs one delivery up to the point of settling it, and says how: the
-    /// caller acknowledges (perhaps together with others) or requeues.
-    pub(crate) async fn process(
+    /// Runs one delivery up to the point of settling it; the caller
+    /// acknowledges (perhaps together with others) or requeues, as the
+    /// outcome says.
+    pub(crate) async fn process(&self, delivery: &Delivery, publisher: &Channel) -> Outcome {
+        let job = Job::decode(&delivery.data);
+        let span = match &job {
+            Ok(job) => job_span(job),
+            Err(_) => tracing::info_span!("job", job_id = %message_id(&delivery.properties)),
+        };
+        async {
+            let kind = job.as_ref().map_or("unknown", |job| job.kind().as_str());
+            let outcome = match job {
+                Ok(job) => {
+                    let stored = self.storage.store(&job).await;
+                    let verdict = self.policy.decide(job.attempt, stored);
+                    self.settle(Some(&job), verdict, delivery, publisher).await
+                }
+                Err(error) => {
+                    let verdict = Verdict::Dead {
+                        reason: Reason::Malformed,
+                        error: last_error(&error),
+                    };
+                    self.settle(None, verdict, delivery, publisher).await
+                }
+            };
+            metrics::counter!("worker_jobs_total", "kind" => kind, "outcome" => outcome.label())
+                .increment(1);
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Carries out a verdict: publishes the retry or dead-letter copy it
+    /// calls for, and says what became of the delivery.
+    async fn settle(
         &self,
+        job: Option<&Job>,
+        verdict: Verdict,
         delivery: &Delivery,
         publisher: &Channel,
-    ) -> (Handled, Settle) {
-        let (job, verdict) = self.verdict(&delivery.data).await;
-        let job_id = job
-            .as_ref()
-            .map(|job| job.id.to_string())
-            .unwrap_or_default();
-        let kind = job.as_ref().map_or("unknown", |job| job.kind.as_str());
-        let copied = match &verdict {
-            Verdict::Done => Ok(Handled::Stored),
-            Verdict::Retry { delay, wait, error } => {
-                let mut job = job.clone().expect("only a decoded job is retried");
+    ) -> Outcome {
+        let (message, outcome) = match verdict {
+            Verdict::Done => {
+                tracing::debug!("job stored");
+                return Outcome::Stored;
+            }
+            Verdict::Retry {
+                delay,
+                wait,
+                failure,
+            } => {
+                let mut job = job.expect("only a decoded job is retried").clone();
                 job.attempt += 1;
-                let properties = properties(&job_id)
-                    .with_expiration(wait.as_millis().to_string().into())
-                    .with_headers(headers(&[("x-last-error", error)]));
-                let queue = self.topology.retry_queue(*delay);
-                publish(publisher, "", &queue, &job.encode(), properties)
-                    .await
-                    .map(|()| Handled::Retried)
+                let error = last_error(failure.error());
+                tracing::info!(?wait, error, "attempt failed, retrying");
+                let properties = publish::job_properties(&job)
+                    .with_expiration(wait.as_millis().to_string().into());
+                let message = Message {
+                    exchange: String::new(),
+                    routing_key: self.topology.retry_queue(delay),
+                    payload: job.encode(),
+                    properties: publish::with_headers(
+                        properties,
+                        &[("x-last-error", truncate(&error, MAX_ERROR_BYTES))],
+                    ),
+                };
+                (message, Outcome::Retried)
             }
             Verdict::Dead { reason, error } => {
-                let attempts = job.as_ref().map_or(1, |job| job.attempt + 1).to_string();
+                tracing::warn!(reason = reason.as_str(), error, "job dead-lettered");
+                metrics::counter!("worker_dead_letters_total", "reason" => reason.as_str())
+                    .increment(1);
+                let attempts = job.map_or(1, |job| job.attempt + 1).to_string();
                 let dead_at = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis())
+                    .map_or(0, |since| since.as_millis())
                     .to_string();
-                let headers = headers(&[
+                let properties = match job {
+                    Some(job) => publish::job_properties(job),
+                    None => publish::json_properties()
+                        .with_message_id(message_id(&delivery.properties).into()),
+                };
+                let headers = [
                     ("x-reason", reason.as_str()),
                     ("x-attempts", &attempts),
-                    ("x-last-error", truncate(error, MAX_ERROR_BYTES)),
+                    ("x-last-error", truncate(&error, MAX_ERROR_BYTES)),
                     ("x-dead-at-ms", &dead_at),
-                ]);
-                let exchange = self.topology.dead_exchange();
-                publish(
-                    publisher,
-                    &exchange,
-                    ROUTING_KEY,
-                    &delivery.data,
-                    properties(&job_id).with_headers(headers),
-                )
-                .await
-                .map(|()| Handled::DeadLettered(*reason))
+                ];
+                let message = Message {
+                    exchange: self.topology.dead_exchange(),
+                    routing_key: ROUTING_KEY.into(),
+                    // The payload as it came: a malformed one byte for byte.
+                    payload: delivery.data.clone(),
+                    properties: publish::with_headers(properties, &headers),
+                };
+                (message, Outcome::DeadLettered(reason))
             }
         };
-        match copied {
-            Ok(handled) => {
-                record(kind, &verdict);
-                match &verdict {
-                    Verdict::Dead { reason, error } => {
-                        tracing::warn!(
-                            job_id,
-                            reason = reason.as_str(),
-                            error,
-                            "job dead-lettered"
-                        );
-                    }
-                    Verdict::Retry { wait, error, .. } => {
-                        tracing::info!(job_id, ?wait, error, "job retried")
-                    }
-                    Verdict::Done => tracing::debug!(job_id, "job stored"),
-                }
-                (handled, Settle::Ack)
-            }
+        match publish::publish(publisher, message, self.publish_timeout).await {
+            Ok(()) => outcome,
             Err(error) => {
-                tracing::warn!(job_id, %error, "could not publish the job's retry or dead-letter copy; requeueing");
-                (Handled::Requeued, Settle::Requeue)
+                tracing::warn!(
+                    error = %Chain(&error),
+                    "could not publish the job's retry or dead-letter copy; requeueing"
+                );
+                Outcome::Requeued
             }
         }
     }
 }
 
-/// How a processed delivery is to be settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settle {
-    /// Its fate is safe elsewhere (stored, or its copy confirmed).
-    Ack,
-    /// Back on the jobs queue, to be tried again.
-    Requeue,
+/// The span of one job: every log line about it carries these.
+fn job_span(job: &Job) -> Span {
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job.id,
+        kind = job.kind().as_str(),
+        token = %short_token(&job.token),
+        number = job.number(),
+        attempt = job.attempt,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(trace) = job.trace {
+        span.record("trace_id", trace.trace_id());
+    }
+    span
+}
+
+fn message_id(properties: &BasicProperties) -> String {
+    properties
+        .message_id()
+        .as_ref()
+        .map_or_else(|| "unknown".to_owned(), |id| id.to_string())
 }
 
 pub(crate) fn requeue() -> BasicNackOptions {
@@ -167,37 +223,6 @@ pub(crate) fn requeue() -> BasicNackOptions {
         requeue: true,
         ..BasicNackOptions::default()
     }
-}
-
-fn record(kind: &'static str, verdict: &Verdict) {
-    let outcome = match verdict {
-        Verdict::Done => "stored",
-        Verdict::Retry { .. } => "retried",
-        Verdict::Dead { reason, .. } => {
-            metrics::counter!("worker_dead_letters_total", "reason" => reason.as_str())
-                .increment(1);
-            "dead_lettered"
-        }
-    };
-    metrics::counter!("worker_jobs_total", "kind" => kind, "outcome" => outcome).increment(1);
-}
-
-fn properties(job_id: &str) -> BasicProperties {
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_message_id(job_id.into())
-}
-
-fn headers(pairs: &[(&str, &str)]) -> FieldTable {
-    let mut table = FieldTable::default();
-    for (key, value) in pairs {
-        table.insert(
-            ShortString::from(*key),
-            AMQPValue::LongString(LongString::from(*value)),
-        );
-    }
-    table
 }
 
 fn truncate(text: &str, max: usize) -> &str {
@@ -209,44 +234,6 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
-}
-
-/// A persistent, mandatory publish, confirmed by the broker.
-pub(crate) async fn publish(
-    channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    payload: &[u8],
-    properties: BasicProperties,
-) -> Result<(), PublishError> {
-    let options = BasicPublishOptions {
-        mandatory: true,
-        ..BasicPublishOptions::default()
-    };
-    let confirm = channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            options,
-            payload,
-            properties,
-        )
-        .await?
-        .await?;
-    match confirm {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(PublishError::Refused("unroutable")),
-        Confirmation::Nack(_) => Err(PublishError::Refused("nacked")),
-        Confirmation::NotRequested => Err(PublishError::Refused("channel not in confirm mode")),
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum PublishError {
-    #[error(transparent)]
-    Broker(#[from] lapin::Error),
-    #[error("the broker refused the publish: {0}")]
-    Refused(&'static str),
 }
 
 #[cfg(test)]

@@ -3,21 +3,21 @@
 //! effect.
 //!
 //! `consumer` runs the consume loop and its reconnects; `handler` takes one
-//! delivery through decode, `persist` (store, then release the number in
-//! Redis) and `retry` (transient or permanent, delay or dead letter), and
-//! acknowledges it only once its fate is safe; `replay` brings dead
-//! letters home.
+//! delivery through decode, `store` (the record through the chat-system,
+//! then its number released in Redis) and `retry` (transient or permanent,
+//! delay or dead letter), and acknowledges it only once its fate is safe
+//! (`acks`); `replay` brings dead letters home.
 
 mod acks;
 pub mod config;
 mod consumer;
 mod handler;
-mod persist;
 pub mod replay;
 pub mod retry;
 mod startup;
+mod store;
 
-pub use config::{Cli, Command, Config, Filter, KindFilter};
+pub use config::{Cli, Command, Config, Selection};
 pub use consumer::Status;
-pub use handler::Handled;
+pub use handler::Outcome;
 pub use startup::Worker;

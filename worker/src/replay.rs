@@ -11,16 +11,14 @@
 
 use std::io::Write;
 
-use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
-use lapin::types::AMQPValue;
-use shared::job::{Job, Kind};
+use shared::job::{Job, Record};
+use shared::publish::{self, Message};
 use shared::telemetry::short_token;
 use shared::topology::{self, ROUTING_KEY, Topology};
 
-use crate::config::{Config, Filter, KindFilter};
-use crate::handler::publish;
+use crate::config::{Config, Selection};
 
 /// Counts of one run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +34,7 @@ pub struct Report {
 }
 
 /// The command: prints one line per dead letter taken and a summary.
-pub async fn run(config: &Config, filter: &Filter, list_only: bool) -> anyhow::Result<()> {
+pub async fn run(config: &Config, filter: &Selection, list_only: bool) -> anyhow::Result<()> {
     let dry_run = list_only || filter.dry_run;
     let report = replay(config, filter, dry_run, &mut std::io::stdout().lock()).await?;
     let verb = if dry_run { "would replay" } else { "replayed" };
@@ -56,7 +54,7 @@ pub async fn run(config: &Config, filter: &Filter, list_only: bool) -> anyhow::R
 /// matching jobs, writing a line per match to `out`.
 pub async fn replay(
     config: &Config,
-    filter: &Filter,
+    filter: &Selection,
     dry_run: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<Report> {
@@ -103,19 +101,14 @@ pub async fn replay(
                 continue;
             }
             job.attempt = 0;
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into())
-                .with_message_id(job.id.to_string().into());
-            if let Err(error) = publish(
-                &publisher,
-                &topology.jobs_exchange(),
-                ROUTING_KEY,
-                &job.encode(),
-                properties,
-            )
-            .await
-            {
+            let message = Message {
+                exchange: topology.jobs_exchange(),
+                routing_key: ROUTING_KEY.into(),
+                payload: job.encode(),
+                properties: publish::job_properties(&job),
+            };
+            let timeout = config.broker.publish_timeout();
+            if let Err(error) = publish::publish(&publisher, message, timeout).await {
                 held.push(delivery);
                 anyhow::bail!("re-publishing job {} failed, stopping: {error}", job.id);
             }
@@ -140,49 +133,36 @@ pub async fn replay(
     outcome.map(|()| report)
 }
 
-fn matches(filter: &Filter, job: &Job) -> bool {
-    let kind = match filter.kind {
-        None => true,
-        Some(KindFilter::Chat) => job.kind == Kind::Chat,
-        Some(KindFilter::Message) => job.kind == Kind::Message,
-    };
-    kind && filter
-        .token
-        .as_deref()
-        .is_none_or(|token| token == job.token)
+fn matches(filter: &Selection, job: &Job) -> bool {
+    filter.kind.is_none_or(|kind| kind == job.kind())
+        && filter
+            .token
+            .as_deref()
+            .is_none_or(|token| token == job.token)
 }
 
 fn describe(job: &Job, delivery: &Delivery) -> String {
-    let number = match job.message_number {
-        Some(message) => format!("chat {} message {message}", job.chat_number),
-        None => format!("chat {}", job.chat_number),
+    let number = match &job.record {
+        Record::Message { chat, number, .. } => format!("chat {chat} message {number}"),
+        Record::Chat { number } => format!("chat {number}"),
     };
+    let headers = delivery.properties.headers().as_ref();
     format!(
         "{} {} token {} {number} reason {} attempts {} last error {}",
         job.id,
-        job.kind.as_str(),
+        job.kind().as_str(),
         short_token(&job.token),
         reason(delivery),
-        header(delivery, "x-attempts").unwrap_or_else(|| job.attempt.to_string()),
-        header(delivery, "x-last-error").unwrap_or_else(|| "-".into()),
+        publish::header(headers, "x-attempts").unwrap_or_else(|| job.attempt.to_string()),
+        publish::header(headers, "x-last-error").unwrap_or_else(|| "-".into()),
     )
 }
 
 /// The worker's `x-reason`, or the broker's own reason for a job it
 /// dead-lettered itself (the delivery limit).
 fn reason(delivery: &Delivery) -> String {
-    header(delivery, "x-reason")
-        .or_else(|| header(delivery, "x-first-death-reason"))
+    let headers = delivery.properties.headers().as_ref();
+    publish::header(headers, "x-reason")
+        .or_else(|| publish::header(headers, "x-first-death-reason"))
         .unwrap_or_else(|| "unknown".into())
-}
-
-fn header(delivery: &Delivery, name: &str) -> Option<String> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get(name)? {
-        AMQPValue::LongString(value) => Some(value.to_string()),
-        AMQPValue::ShortString(value) => Some(value.to_string()),
-        AMQPValue::LongLongInt(value) => Some(value.to_string()),
-        AMQPValue::LongInt(value) => Some(value.to_string()),
-        other => Some(format!("{other:?}")),
-    }
 }

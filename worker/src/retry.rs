@@ -41,42 +41,70 @@ impl Reason {
     }
 }
 
-/// A failed attempt to persist a job.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an attempt to store a job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("chat-system unreachable")]
+    Unreachable(#[source] reqwest::Error),
+    #[error("chat-system answered {status}: {body}")]
+    Status { status: StatusCode, body: String },
+    #[error("chat {0} is not stored yet")]
+    ChatNotStored(i64),
+    #[error("unknown application")]
+    UnknownApplication,
+    #[error("stored, but Redis was unavailable to release the number")]
+    Release(#[source] redis::RedisError),
+}
+
+/// A failed attempt to store a job, sorted.
+#[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// Worth trying again later: the chat-system or Redis is down, slow,
     /// overloaded, or the message's chat is not stored yet.
-    #[error("{0}")]
-    Transient(String),
+    #[error("transient failure")]
+    Transient(#[source] StoreError),
     /// Will fail the same way every time.
-    #[error("{reason:?}: {error}")]
-    Permanent { reason: Reason, error: String },
+    #[error("permanent failure ({})", .reason.as_str())]
+    Permanent {
+        reason: Reason,
+        #[source]
+        error: StoreError,
+    },
+}
+
+impl Failure {
+    /// The cause, for the `x-last-error` header and the log.
+    pub fn error(&self) -> &StoreError {
+        match self {
+            Self::Transient(error) | Self::Permanent { error, .. } => error,
+        }
+    }
 }
 
 /// What a chat-system status means for the job that got it. 404 is left
 /// to the caller: for a message it may only mean that its chat is not
 /// stored yet.
-pub(crate) fn classify(status: StatusCode, body: &str) -> Result<(), Failure> {
-    let error = || format!("chat-system answered {status}: {body}");
+pub(crate) fn classify(status: StatusCode, body: String) -> Result<(), Failure> {
+    let error = StoreError::Status { status, body };
     match status {
         status if status.is_success() => Ok(()),
         StatusCode::CONFLICT => Err(Failure::Permanent {
             reason: Reason::Conflict,
-            error: error(),
+            error,
         }),
         StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
-            Err(Failure::Transient(error()))
+            Err(Failure::Transient(error))
         }
-        status if status.is_server_error() => Err(Failure::Transient(error())),
+        status if status.is_server_error() => Err(Failure::Transient(error)),
         _ => Err(Failure::Permanent {
             reason: Reason::Rejected,
-            error: error(),
+            error,
         }),
     }
 }
 
-/// What happens to a delivery after an attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What is to become of a delivery after an attempt.
+#[derive(Debug)]
 pub enum Verdict {
     /// Stored: acknowledge.
     Done,
@@ -85,7 +113,7 @@ pub enum Verdict {
     Retry {
         delay: Duration,
         wait: Duration,
-        error: String,
+        failure: Failure,
     },
     /// Publish to the dead-letter queue, then acknowledge.
     Dead { reason: Reason, error: String },
@@ -125,25 +153,37 @@ impl Policy {
     /// `failed_before`: the job's `attempt` field, the failures before
     /// this one.
     pub fn decide(&self, failed_before: u32, outcome: Result<(), Failure>) -> Verdict {
-        match outcome {
-            Ok(()) => Verdict::Done,
-            Err(Failure::Permanent { reason, error }) => Verdict::Dead { reason, error },
-            Err(Failure::Transient(error)) => {
-                let attempts = failed_before.saturating_add(1);
-                match self.delays.get(failed_before as usize) {
-                    Some(&delay) if attempts < self.max_attempts => Verdict::Retry {
-                        delay,
-                        wait: equal_jitter(delay),
-                        error,
-                    },
-                    _ => Verdict::Dead {
-                        reason: Reason::Exhausted,
-                        error: format!("gave up after {attempts} attempts: {error}"),
-                    },
-                }
+        let failure = match outcome {
+            Ok(()) => return Verdict::Done,
+            Err(Failure::Permanent { reason, error }) => {
+                return Verdict::Dead {
+                    reason,
+                    error: last_error(&error),
+                };
             }
+            Err(failure) => failure,
+        };
+        let attempts = failed_before.saturating_add(1);
+        match self.delays.get(failed_before as usize) {
+            Some(&delay) if attempts < self.max_attempts => Verdict::Retry {
+                delay,
+                wait: equal_jitter(delay),
+                failure,
+            },
+            _ => Verdict::Dead {
+                reason: Reason::Exhausted,
+                error: format!(
+                    "gave up after {attempts} attempts: {}",
+                    last_error(failure.error())
+                ),
+            },
         }
     }
+}
+
+/// An error and its causes on one line, for the `x-last-error` header.
+pub(crate) fn last_error(error: &(dyn std::error::Error + 'static)) -> String {
+    shared::telemetry::Chain(error).to_string()
 }
 
 /// A wait in `[delay / 2, delay]`: retries of jobs that failed together
@@ -173,7 +213,7 @@ mod tests {
     #[test]
     fn transient_failures_retry_until_the_attempts_are_spent() {
         let policy = policy();
-        let failure = || Err(Failure::Transient("503".into()));
+        let failure = || Err(Failure::Transient(StoreError::ChatNotStored(1)));
         for failed_before in 0..4 {
             match policy.decide(failed_before, failure()) {
                 Verdict::Retry { delay, wait, .. } => {
@@ -200,7 +240,7 @@ mod tests {
     fn permanent_failures_are_dead_lettered_at_once() {
         let failure = Err(Failure::Permanent {
             reason: Reason::Conflict,
-            error: "409".into(),
+            error: StoreError::UnknownApplication,
         });
         assert!(matches!(
             policy().decide(0, failure),
@@ -226,7 +266,7 @@ mod tests {
             (503, Some(true)),
         ];
         for (status, transient) in cases {
-            let outcome = classify(StatusCode::from_u16(status).unwrap(), "");
+            let outcome = classify(StatusCode::from_u16(status).unwrap(), String::new());
             let got = outcome
                 .err()
                 .map(|failure| matches!(failure, Failure::Transient(_)));
@@ -238,7 +278,7 @@ mod tests {
     fn one_attempt_means_no_retry() {
         let policy = Policy::new(1, Duration::from_secs(1), Duration::from_secs(1));
         assert!(matches!(
-            policy.decide(0, Err(Failure::Transient("x".into()))),
+            policy.decide(0, Err(Failure::Transient(StoreError::ChatNotStored(1)))),
             Verdict::Dead { .. }
         ));
     }

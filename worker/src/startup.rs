@@ -19,9 +19,9 @@ use warp::{Filter, Reply};
 
 use crate::config::Config;
 use crate::consumer::{self, Status};
-use crate::handler::{Handled, Handler};
-use crate::persist::Persister;
+use crate::handler::{Handler, Outcome};
 use crate::retry::Policy;
+use crate::store::Storage;
 
 pub struct Worker {
     config: Config,
@@ -47,7 +47,7 @@ impl Worker {
             .set_number_of_retries(1);
         let redis = ConnectionManager::new_lazy_with_config(client, redis_settings)?;
         let keys = Keys::new(&config.counters.redis_prefix);
-        let persister = Persister::new(
+        let storage = Storage::new(
             &config.chat_system,
             redis,
             keys,
@@ -59,9 +59,10 @@ impl Worker {
             Duration::from_millis(config.retry_max_delay_ms),
         );
         let handler = Arc::new(Handler {
-            persister,
+            storage,
             policy,
             topology: Topology::new(&config.broker),
+            publish_timeout: config.broker.publish_timeout(),
         });
         Ok(Self {
             config,
@@ -84,7 +85,7 @@ impl Worker {
 
     /// Takes one delivery off the jobs queue, if there is one, and handles
     /// it completely: the single step tests drive without waiting.
-    pub async fn process_next(&self) -> anyhow::Result<Option<Handled>> {
+    pub async fn process_next(&self) -> anyhow::Result<Option<Outcome>> {
         let (connection, channel, publisher) =
             consumer::open(&self.handler, &self.config.broker.amqp_url).await?;
         let queue = self.handler.topology.jobs_queue();
@@ -150,7 +151,7 @@ async fn serve_metrics(
     let readyz = warp::path!("readyz").and(warp::get()).then(move || {
         let (handler, status) = (handler.clone(), status.clone());
         async move {
-            let ready = status.connected() && handler.persister.ready().await;
+            let ready = status.connected() && handler.storage.ready().await;
             let (code, text) = if ready {
                 (200, "ready")
             } else {

@@ -1,6 +1,7 @@
 //! Every malformed request gets a 4xx JSON error and draws no number.
 
 use serde_json::json;
+use testkit::http;
 
 use crate::helpers::{TestApp, spawn_app};
 
@@ -114,7 +115,7 @@ async fn malformed_requests_get_a_4xx_json_error_and_draw_no_number() {
     let token = app.application(1).await;
 
     for (case, request, status) in bad_requests(&app, &token) {
-        let answer = app.send(request).await;
+        let answer = http::send(request).await;
         assert_eq!(answer.status, status, "{case}: {}", answer.body);
         assert!(!answer.error().is_empty(), "{case}");
     }
@@ -156,12 +157,8 @@ async fn health_readiness_and_metrics_answer() {
     let token = app.application(0).await;
     app.create_chat(&token).await.number("chat number");
 
-    let health = app
-        .send(app.client.get(format!("{}/healthz", app.url)))
-        .await;
-    let ready = app
-        .send(app.client.get(format!("{}/readyz", app.url)))
-        .await;
+    let health = http::send(app.client.get(format!("{}/healthz", app.url))).await;
+    let ready = http::send(app.client.get(format!("{}/readyz", app.url))).await;
     let metrics = app
         .client
         .get(format!("{}/metrics", app.url))

@@ -1,10 +1,10 @@
 use std::time::Duration;
 
 use clap::Parser;
-use serde_json::{Value, json};
+use serde_json::json;
 use shared::job::Job;
-use testkit::{HttpProxy, TcpProxy, TestBroker, TestChatSystem, TestRedis, eventually};
-use tokio::sync::oneshot;
+use testkit::http::{self, Answer};
+use testkit::{HttpProxy, Running, TcpProxy, TestBroker, TestChatSystem, TestRedis, eventually};
 
 pub(crate) struct TestApp {
     pub(crate) url: String,
@@ -18,31 +18,7 @@ pub(crate) struct TestApp {
     pub(crate) amqp_proxy: TcpProxy,
     pub(crate) broker: TestBroker,
     pub(crate) redis: TestRedis,
-    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
-    server: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// A status and a parsed JSON body.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    pub(crate) body: Value,
-    pub(crate) retry_after: Option<String>,
-}
-
-impl Answer {
-    pub(crate) fn error(&self) -> &str {
-        self.body["error"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no error in {}", self.body))
-    }
-
-    pub(crate) fn number(&self, key: &str) -> i64 {
-        assert_eq!(self.status, 200, "{}", self.body);
-        self.body[key]
-            .as_i64()
-            .unwrap_or_else(|| panic!("no {key:?} in {}", self.body))
-    }
+    server: Running,
 }
 
 pub(crate) async fn spawn_app() -> TestApp {
@@ -53,13 +29,13 @@ pub(crate) async fn spawn_app_with(flags: &[&str]) -> TestApp {
     let chat_system = TestChatSystem::start().await;
     let upstream_link = TcpProxy::start(chat_system.address).await;
     let upstream = HttpProxy::start(&format!("http://{}", upstream_link.address())).await;
-    let redis_proxy = TcpProxy::start("127.0.0.1:6379".parse().expect("an address")).await;
-    let amqp_proxy = TcpProxy::start("127.0.0.1:5672".parse().expect("an address")).await;
+    let redis_proxy = TcpProxy::start(testkit::redis_address()).await;
+    let amqp_proxy = TcpProxy::start(testkit::amqp_address()).await;
     let broker = TestBroker::new();
     let redis = TestRedis::new();
 
-    let redis_url = format!("redis://{}", redis_proxy.address());
-    let amqp_url = format!("amqp://guest:guest@{}/%2f", amqp_proxy.address());
+    let redis_url = testkit::redis_url_via(redis_proxy.address());
+    let amqp_url = testkit::amqp_url_via(amqp_proxy.address());
     let mut arguments = vec![
         "api",
         "--addr",
@@ -87,23 +63,12 @@ pub(crate) async fn spawn_app_with(flags: &[&str]) -> TestApp {
         .await
         .expect("building the api");
     let url = format!("http://{}", application.address());
-    let (stop, stopped) = oneshot::channel();
-    let server = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        application
-            .run_until_stopped(shutdown)
-            .await
-            .expect("the api runs");
+    let server = Running::spawn("the api", |shutdown| {
+        application.run_until_stopped(shutdown)
     });
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("an HTTP client");
     let app = TestApp {
         url,
-        client,
+        client: http::client(),
         chat_system,
         upstream,
         upstream_link,
@@ -111,8 +76,7 @@ pub(crate) async fn spawn_app_with(flags: &[&str]) -> TestApp {
         amqp_proxy,
         broker,
         redis,
-        stop: std::sync::Mutex::new(Some(stop)),
-        server: std::sync::Mutex::new(Some(server)),
+        server,
     };
     app.wait_until_ready().await;
     app
@@ -132,26 +96,8 @@ impl TestApp {
         .await;
     }
 
-    pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Answer {
-        let response = request.send().await.expect("the api answers");
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .map(|value| value.to_str().expect("ASCII").to_owned());
-        let text = response.text().await.expect("a body");
-        let body =
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON, got {status} {text:?}"));
-        Answer {
-            status,
-            body,
-            retry_after,
-        }
-    }
-
     pub(crate) async fn post(&self, path: &str) -> Answer {
-        self.send(self.client.post(format!("{}{path}", self.url)))
-            .await
+        http::send(self.client.post(format!("{}{path}", self.url))).await
     }
 
     pub(crate) async fn create_chat(&self, token: &str) -> Answer {
@@ -173,55 +119,26 @@ impl TestApp {
 
     pub(crate) async fn create_message_json(&self, token: &str, chat: i64, body: &str) -> Answer {
         let url = format!("{}/applications/{token}/chats/{chat}/messages", self.url);
-        self.send(self.client.post(url).json(&json!({ "body": body })))
-            .await
+        http::send(self.client.post(url).json(&json!({ "body": body }))).await
     }
 
     /// An application registered in the chat-system (directly, not through
     /// the proxy), with chats `1..=chats` stored.
     pub(crate) async fn application(&self, chats: i64) -> String {
-        let base = &self.chat_system.url;
-        let created: Value = self
-            .client
-            .post(format!("{base}/applications"))
-            .json(&json!({ "name": "test" }))
-            .send()
-            .await
-            .expect("the chat-system answers")
-            .json()
-            .await
-            .expect("JSON");
-        let token = created["token"].as_str().expect("a token").to_owned();
-        for chat in 1..=chats {
-            self.store_chat(&token, chat).await;
-        }
-        token
+        self.chat_system.application_with_chats(chats).await
     }
 
     pub(crate) async fn store_chat(&self, token: &str, chat: i64) {
-        let url = format!("{}/applications/{token}/chats/{chat}", self.chat_system.url);
-        let status = self
-            .client
-            .put(url)
-            .send()
-            .await
-            .expect("the chat-system answers")
-            .status();
-        assert!(status.is_success(), "{status}");
+        let answer = self.chat_system.put_chat(token, chat).await;
+        assert!(answer.status < 300, "{}", answer.body);
     }
 
     pub(crate) async fn store_message(&self, token: &str, chat: i64, number: i64) {
-        let url = format!(
-            "{}/applications/{token}/chats/{chat}/messages/{number}",
-            self.chat_system.url
-        );
-        let request = self.client.put(url).json(&json!({ "body": "stored" }));
-        let status = request
-            .send()
-            .await
-            .expect("the chat-system answers")
-            .status();
-        assert!(status.is_success(), "{status}");
+        let answer = self
+            .chat_system
+            .put_message(token, chat, number, "stored")
+            .await;
+        assert!(answer.status < 300, "{}", answer.body);
     }
 
     /// Every job now on the jobs queue, taken off it.
@@ -249,20 +166,6 @@ impl TestApp {
 
     /// Sends the shutdown signal and waits for the api to finish.
     pub(crate) async fn stop(&self) {
-        if let Some(stop) = self.stop.lock().expect("stop lock").take() {
-            let _ = stop.send(());
-        }
-        let server = self.server.lock().expect("server lock").take();
-        if let Some(server) = server {
-            let _ = server.await;
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.lock().expect("server lock").take() {
-            server.abort();
-        }
+        self.server.stop().await;
     }
 }

@@ -1,6 +1,6 @@
 //! The job on the queue is the record the client was answered for.
 
-use shared::job::Kind;
+use shared::job::{Kind, Record};
 
 use crate::helpers::spawn_app;
 
@@ -38,9 +38,9 @@ async fn a_chat_job_carries_the_token_and_the_number_answered() {
     let number = app.create_chat(&token).await.number("chat number");
 
     let jobs = app.expect_jobs(1).await;
-    assert_eq!(jobs[0].kind, Kind::Chat);
+    assert_eq!(jobs[0].kind(), Kind::Chat);
     assert_eq!(jobs[0].token, token);
-    assert_eq!(jobs[0].chat_number, number);
+    assert_eq!(jobs[0].record, Record::Chat { number });
     assert_eq!(jobs[0].attempt, 0);
 }
 
@@ -57,11 +57,13 @@ async fn a_message_in_the_path_reaches_the_queue_byte_for_byte() {
 
     let jobs = app.expect_jobs(BODIES.len()).await;
     for (job, (number, body)) in jobs.iter().zip(&answered) {
-        assert_eq!(job.kind, Kind::Message);
         assert_eq!(job.token, token);
-        assert_eq!(job.chat_number, 1);
-        assert_eq!(job.message_number, Some(*number));
-        assert_eq!(job.body.as_deref(), Some(*body), "{body:?}");
+        let expected = Record::Message {
+            chat: 1,
+            number: *number,
+            body: (*body).to_owned(),
+        };
+        assert_eq!(job.record, expected, "{body:?}");
     }
 }
 
@@ -84,7 +86,10 @@ async fn a_message_in_a_json_body_reaches_the_queue_byte_for_byte() {
     let jobs = app.expect_jobs(bodies.len()).await;
     let queued: Vec<&str> = jobs
         .iter()
-        .map(|job| job.body.as_deref().expect("a body"))
+        .map(|job| match &job.record {
+            Record::Message { body, .. } => body.as_str(),
+            Record::Chat { .. } => panic!("a message job"),
+        })
         .collect();
     assert_eq!(queued, bodies);
 }

@@ -23,7 +23,7 @@ async fn a_thousand_concurrent_chat_creates_get_exactly_1_to_1000() {
         .expect_jobs(1000)
         .await
         .iter()
-        .map(|job| job.chat_number)
+        .map(|job| job.chat_number())
         .collect();
     assert_eq!(queued, numbers, "one job per number handed out");
 }
@@ -42,7 +42,7 @@ async fn a_thousand_concurrent_messages_in_one_chat_get_exactly_1_to_1000() {
         .collect();
     assert_eq!(numbers, (1..=1000).collect::<BTreeSet<i64>>());
     let jobs = app.expect_jobs(1000).await;
-    let queued: BTreeSet<i64> = jobs.iter().filter_map(|job| job.message_number).collect();
+    let queued: BTreeSet<i64> = jobs.iter().map(|job| job.number()).collect();
     assert_eq!(queued, numbers);
 }
 

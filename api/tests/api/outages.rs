@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use testkit::{Fault, eventually};
 
-use crate::helpers::{Answer, TestApp, spawn_app};
+use testkit::Answer;
+
+use crate::helpers::{TestApp, spawn_app};
 
 fn assert_unavailable(answer: &Answer, started: Instant) {
     assert_eq!(answer.status, 503, "{}", answer.body);
@@ -59,7 +61,12 @@ async fn rabbitmq_down_is_a_503_and_recovered_from() {
     app.amqp_proxy.restore();
     let after = recovers(&app, &token).await;
     assert!(after >= 2);
-    let queued: Vec<i64> = app.jobs().await.iter().map(|job| job.chat_number).collect();
+    let queued: Vec<i64> = app
+        .jobs()
+        .await
+        .iter()
+        .map(|job| job.chat_number())
+        .collect();
     assert!(queued.contains(&1) && queued.contains(&after), "{queued:?}");
 }
 

@@ -1,4 +1,5 @@
 use serde_json::json;
+use testkit::http;
 
 use crate::helpers::spawn_app;
 
@@ -6,13 +7,12 @@ use crate::helpers::spawn_app;
 async fn an_application_is_created_with_a_token_and_read_back() {
     let app = spawn_app().await;
 
-    let created = app
-        .send(
-            app.client
-                .post(app.url("/applications"))
-                .json(&json!({ "name": "shop" })),
-        )
-        .await;
+    let created = http::send(
+        app.client
+            .post(app.url("/applications"))
+            .json(&json!({ "name": "shop" })),
+    )
+    .await;
 
     assert_eq!(created.status, 201);
     let token = created.body["token"].as_str().expect("a token");
@@ -115,7 +115,7 @@ async fn bad_application_bodies_get_a_4xx_json_error() {
         ),
     ];
     for (case, request, status) in cases {
-        let answer = app.send(request).await;
+        let answer = http::send(request).await;
         assert_eq!(answer.status, status, "{case}: {}", answer.body);
         assert!(!answer.error().is_empty(), "{case}");
     }
@@ -127,12 +127,11 @@ async fn unknown_routes_and_methods_get_json_errors() {
     let token = app.create_application("a").await;
 
     let no_route = app.get("/nothing/here").await;
-    let wrong_method = app
-        .send(
-            app.client
-                .delete(app.url(&format!("/applications/{token}"))),
-        )
-        .await;
+    let wrong_method = http::send(
+        app.client
+            .delete(app.url(&format!("/applications/{token}"))),
+    )
+    .await;
 
     assert_eq!(no_route.status, 404);
     assert_eq!(wrong_method.status, 405);

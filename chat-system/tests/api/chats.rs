@@ -1,4 +1,5 @@
 use serde_json::json;
+use testkit::http;
 
 use crate::helpers::spawn_app;
 
@@ -74,12 +75,11 @@ async fn chat_numbers_must_be_positive_integers() {
     ];
 
     for raw in cases {
-        let put = app
-            .send(
-                app.client
-                    .put(app.url(&format!("/applications/{token}/chats/{raw}"))),
-            )
-            .await;
+        let put = http::send(
+            app.client
+                .put(app.url(&format!("/applications/{token}/chats/{raw}"))),
+        )
+        .await;
         let get = app.get(&format!("/applications/{token}/chats/{raw}")).await;
 
         assert_eq!(put.status, 400, "PUT {raw}: {}", put.body);
@@ -115,7 +115,7 @@ async fn chats_are_listed_in_number_order_page_by_page() {
         .get(&format!("/applications/{token}/chats?limit=2&after=4"))
         .await;
 
-    let numbers = |answer: &crate::helpers::Answer| -> Vec<i64> {
+    let numbers = |answer: &testkit::Answer| -> Vec<i64> {
         answer.body["items"]
             .as_array()
             .expect("items")

@@ -1,4 +1,5 @@
 use serde_json::json;
+use testkit::http;
 
 use crate::helpers::spawn_app;
 
@@ -148,7 +149,7 @@ async fn bad_message_input_gets_a_4xx_json_error() {
         ("no content-length", app.client.put(url("1", "1")), 411),
     ];
     for (case, request, status) in cases {
-        let answer = app.send(request).await;
+        let answer = http::send(request).await;
         assert_eq!(answer.status, status, "{case}: {}", answer.body);
         assert!(!answer.error().is_empty(), "{case}");
     }

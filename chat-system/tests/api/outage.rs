@@ -5,19 +5,11 @@ use std::time::Duration;
 
 use testkit::{TestChatSystem, eventually};
 
-use crate::helpers;
-
 #[tokio::test]
 async fn a_database_outage_is_answered_with_503_and_recovered_from() {
-    let chat_system =
-        TestChatSystem::start_with(true, &["--database-acquire-timeout-ms", "300"]).await;
-    let app = helpers::from(chat_system);
+    let app = TestChatSystem::start_with(true, &["--database-acquire-timeout-ms", "300"]).await;
     let token = app.application_with_chats(1).await;
-    let proxy = app
-        .chat_system
-        .database_proxy
-        .as_ref()
-        .expect("a database proxy");
+    let proxy = app.database_proxy.as_ref().expect("a database proxy");
 
     proxy.cut();
     let started = std::time::Instant::now();

@@ -1,4 +1,5 @@
 use crate::helpers::spawn_app;
+use testkit::http;
 
 fn numbers(body: &serde_json::Value) -> Vec<i64> {
     body["items"]
@@ -70,7 +71,7 @@ async fn search_syntax_and_sql_in_the_query_are_just_text() {
             .client
             .get(app.url(&format!("/applications/{token}/chats/1/messages/search")))
             .query(&[("q", query)]);
-        let answer = app.send(request).await;
+        let answer = http::send(request).await;
         assert_eq!(answer.status, 200, "{query:?}: {}", answer.body);
     }
     let still_there = app

@@ -5,22 +5,27 @@ use std::time::Duration;
 
 use clap::Parser;
 use futures::future::join_all;
-use testkit::eventually;
-use tokio::sync::oneshot;
+use testkit::{Running, eventually};
 
 use crate::helpers::TestStack;
 
 /// The api on port 0, on this stack's prefixes, straight to RabbitMQ and
-/// the chat-system.
-async fn spawn_api(stack: &TestStack) -> (String, oneshot::Sender<()>) {
+/// the chat-system; stopped when the returned [`Running`] is dropped.
+async fn spawn_api(stack: &TestStack) -> (String, Running) {
+    let redis_url = testkit::redis_url();
+    let amqp_url = testkit::amqp_url();
     let arguments = [
         "api",
         "--addr",
         "127.0.0.1:0",
         "--log",
         "warn",
+        "--redis-url",
+        &redis_url,
         "--redis-prefix",
         &stack.redis.prefix,
+        "--amqp-url",
+        &amqp_url,
         "--queue-prefix",
         &stack.broker.prefix,
         "--chat-system-url",
@@ -30,16 +35,16 @@ async fn spawn_api(stack: &TestStack) -> (String, oneshot::Sender<()>) {
         .await
         .expect("an api");
     let url = format!("http://{}", application.address());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(application.run_until_stopped(async {
-        let _ = stopped.await;
-    }));
+    let running = Running::spawn("the api", |shutdown| {
+        application.run_until_stopped(shutdown)
+    });
+    let client = testkit::http::client();
     eventually("the api to be ready", Duration::from_secs(20), || async {
-        let response = reqwest::get(format!("{url}/readyz")).await.ok()?;
+        let response = client.get(format!("{url}/readyz")).send().await.ok()?;
         response.status().is_success().then_some(())
     })
     .await;
-    (url, stop)
+    (url, running)
 }
 
 #[tokio::test]

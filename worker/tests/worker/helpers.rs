@@ -2,14 +2,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use serde_json::{Value, json};
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use shared::job::Job;
+use shared::publish::{self, Message};
 use shared::topology::{ROUTING_KEY, Topology};
-use testkit::{HttpProxy, TcpProxy, TestBroker, TestChatSystem, TestRedis, eventually};
-use tokio::sync::oneshot;
+use testkit::{HttpProxy, Running, TcpProxy, TestBroker, TestChatSystem, TestRedis, eventually};
 use worker::retry::Policy;
 use worker::{Status, Worker};
 
@@ -21,28 +19,17 @@ pub(crate) struct TestStack {
     pub(crate) amqp_proxy: TcpProxy,
     pub(crate) broker: TestBroker,
     pub(crate) redis: TestRedis,
-    pub(crate) client: reqwest::Client,
 }
 
 /// A worker running in this process.
 pub(crate) struct RunningWorker {
     pub(crate) status: Arc<Status>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    running: Running,
 }
 
 impl RunningWorker {
-    pub(crate) async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for RunningWorker {
-    fn drop(&mut self) {
-        self.task.abort();
+    pub(crate) async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
@@ -61,18 +48,13 @@ impl TestStack {
         testkit::logs();
         let chat_system = TestChatSystem::start().await;
         let upstream = HttpProxy::start(&chat_system.url).await;
-        let amqp_proxy = TcpProxy::start("127.0.0.1:5672".parse().expect("an address")).await;
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("an HTTP client");
+        let amqp_proxy = TcpProxy::start(testkit::amqp_address()).await;
         Self {
             chat_system,
             upstream,
             amqp_proxy,
             broker: TestBroker::new(),
             redis: TestRedis::new(),
-            client,
         }
     }
 
@@ -84,7 +66,9 @@ impl TestStack {
             "--log",
             "warn",
             "--amqp-url",
-            &format!("amqp://guest:guest@{}/%2f", self.amqp_proxy.address()),
+            &testkit::amqp_url_via(self.amqp_proxy.address()),
+            "--redis-url",
+            &testkit::redis_url(),
             "--queue-prefix",
             &self.broker.prefix,
             "--redis-prefix",
@@ -135,25 +119,12 @@ impl TestStack {
     pub(crate) async fn spawn_worker(&self, extra: &[&str]) -> RunningWorker {
         let worker = self.worker(extra).await;
         let status = worker.status();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            worker
-                .run_until_stopped(shutdown)
-                .await
-                .expect("the worker runs");
-        });
+        let running = Running::spawn("the worker", |shutdown| worker.run_until_stopped(shutdown));
         eventually("the worker to consume", Duration::from_secs(10), || async {
             status.connected().then_some(())
         })
         .await;
-        RunningWorker {
-            status,
-            stop: Some(stop),
-            task,
-        }
+        RunningWorker { status, running }
     }
 
     /// The worker binary, as a child process of its own.
@@ -181,22 +152,15 @@ impl TestStack {
             .await
             .expect("confirm mode");
         for payload in payloads {
-            let confirm = channel
-                .basic_publish(
-                    topology.jobs_exchange().into(),
-                    ROUTING_KEY.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    payload,
-                    BasicProperties::default().with_delivery_mode(2),
-                )
+            let message = Message {
+                exchange: topology.jobs_exchange(),
+                routing_key: ROUTING_KEY.into(),
+                payload: payload.clone(),
+                properties: publish::json_properties(),
+            };
+            publish::publish(&channel, message, Duration::from_secs(10))
                 .await
-                .expect("publishing")
-                .await
-                .expect("a confirm");
-            assert!(confirm.is_ack());
+                .expect("a confirmed publish");
         }
     }
 
@@ -254,54 +218,16 @@ impl TestStack {
 
     /// An application, registered directly in the chat-system.
     pub(crate) async fn application(&self) -> String {
-        let created: Value = self
-            .client
-            .post(format!("{}/applications", self.chat_system.url))
-            .json(&json!({ "name": "test" }))
-            .send()
-            .await
-            .expect("the chat-system answers")
-            .json()
-            .await
-            .expect("JSON");
-        created["token"].as_str().expect("a token").to_owned()
+        self.chat_system.create_application("test").await
     }
 
-    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(format!("{}{path}", self.chat_system.url))
-            .send()
-            .await
-            .expect("the chat-system answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+    pub(crate) async fn get(&self, path: &str) -> testkit::Answer {
+        self.chat_system.get(path).await
     }
 
     /// `(number, body)` of every stored message of a chat, in order.
     pub(crate) async fn messages(&self, token: &str, chat: i64) -> Vec<(i64, String)> {
-        let mut messages = Vec::new();
-        let mut after = 0;
-        loop {
-            let (status, page) = self
-                .get(&format!(
-                    "/applications/{token}/chats/{chat}/messages?after={after}&limit=1000"
-                ))
-                .await;
-            if status != 200 {
-                return messages;
-            }
-            for item in page["items"].as_array().expect("items") {
-                messages.push((
-                    item["number"].as_i64().unwrap(),
-                    item["body"].as_str().unwrap().to_owned(),
-                ));
-            }
-            match page["next_after"].as_i64() {
-                Some(next) => after = next,
-                None => return messages,
-            }
-        }
+        self.chat_system.messages(token, chat).await
     }
 
     /// Waits until chat `chat` holds `count` messages.
@@ -323,18 +249,13 @@ impl TestStack {
     }
 
     pub(crate) async fn chats_count(&self, token: &str) -> i64 {
-        self.get(&format!("/applications/{token}")).await.1["chats_count"]
-            .as_i64()
-            .unwrap_or(-1)
+        self.chat_system.chats_count(token).await
     }
 }
 
 /// A header of a dead letter, as text.
 pub(crate) fn header(headers: &FieldTable, name: &str) -> String {
-    match headers.inner().get(name) {
-        Some(AMQPValue::LongString(value)) => value.to_string(),
-        other => panic!("header {name}: {other:?}"),
-    }
+    publish::header(Some(headers), name).unwrap_or_else(|| panic!("no header {name}"))
 }
 
 /// Jobs for chat 1 of `token` and `count` messages in it.

@@ -2,7 +2,7 @@
 //! dead-lettered with its reason, never dropped, never overwriting.
 
 use shared::job::Job;
-use worker::Handled;
+use worker::Outcome;
 use worker::retry::Reason;
 
 use crate::helpers::{TestStack, chat_with_messages, header};
@@ -15,7 +15,7 @@ async fn a_chat_and_its_messages_are_stored_with_their_numbers_and_bodies() {
     let worker = stack.worker(&[]).await;
 
     for _ in 0..4 {
-        assert_eq!(worker.process_next().await.unwrap(), Some(Handled::Stored));
+        assert_eq!(worker.process_next().await.unwrap(), Some(Outcome::Stored));
     }
 
     assert_eq!(
@@ -44,12 +44,15 @@ async fn a_redelivered_job_yields_one_row() {
     let worker = stack.worker(&[]).await;
 
     for _ in 0..4 {
-        assert_eq!(worker.process_next().await.unwrap(), Some(Handled::Stored));
+        assert_eq!(worker.process_next().await.unwrap(), Some(Outcome::Stored));
     }
 
     assert_eq!(stack.chats_count(&token).await, 1);
     assert_eq!(stack.messages(&token, 1).await.len(), 1);
-    let (_, chat) = stack.get(&format!("/applications/{token}/chats/1")).await;
+    let chat = stack
+        .get(&format!("/applications/{token}/chats/1"))
+        .await
+        .body;
     assert_eq!(chat["messages_count"], 1);
 }
 
@@ -70,7 +73,7 @@ async fn the_same_number_with_another_body_is_dead_lettered_as_a_conflict() {
         worker.process_next().await.unwrap(),
     ];
 
-    assert_eq!(outcomes[2], Some(Handled::DeadLettered(Reason::Conflict)));
+    assert_eq!(outcomes[2], Some(Outcome::DeadLettered(Reason::Conflict)));
     assert_eq!(
         stack.messages(&token, 1).await,
         [(1, "original".into())],
@@ -104,11 +107,11 @@ async fn a_job_of_an_unknown_application_is_dead_lettered_at_once() {
 
     assert_eq!(
         chat,
-        Some(Handled::DeadLettered(Reason::UnknownApplication))
+        Some(Outcome::DeadLettered(Reason::UnknownApplication))
     );
     assert_eq!(
         message,
-        Some(Handled::DeadLettered(Reason::UnknownApplication))
+        Some(Outcome::DeadLettered(Reason::UnknownApplication))
     );
     let reasons: Vec<String> = stack
         .dead_letters()
@@ -131,11 +134,11 @@ async fn a_payload_that_is_not_a_job_is_dead_lettered_byte_for_byte() {
 
     assert_eq!(
         worker.process_next().await.unwrap(),
-        Some(Handled::DeadLettered(Reason::Malformed))
+        Some(Outcome::DeadLettered(Reason::Malformed))
     );
     assert_eq!(
         worker.process_next().await.unwrap(),
-        Some(Handled::DeadLettered(Reason::Malformed))
+        Some(Outcome::DeadLettered(Reason::Malformed))
     );
 
     let letters = stack.dead_letters().await;

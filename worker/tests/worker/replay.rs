@@ -2,8 +2,9 @@
 //! leave the others in place.
 
 use shared::job::Job;
+use shared::job::Kind;
 use testkit::Fault;
-use worker::{Filter, KindFilter};
+use worker::Selection;
 
 use crate::helpers::{TestStack, eventually_chats};
 
@@ -27,7 +28,7 @@ async fn replay_stores_every_dead_letter_and_empties_the_queue() {
     let config = stack.worker_config(&[]);
 
     let mut output = Vec::new();
-    let report = worker::replay::replay(&config, &Filter::default(), false, &mut output)
+    let report = worker::replay::replay(&config, &Selection::default(), false, &mut output)
         .await
         .unwrap();
 
@@ -55,9 +56,9 @@ async fn a_dry_run_lists_and_changes_nothing() {
     let config = stack.worker_config(&[]);
 
     let mut output = Vec::new();
-    let filter = Filter {
+    let filter = Selection {
         dry_run: true,
-        ..Filter::default()
+        ..Selection::default()
     };
     let report = worker::replay::replay(&config, &filter, true, &mut output)
         .await
@@ -88,8 +89,8 @@ async fn filters_and_limits_choose_what_is_replayed() {
     dead_lettered(&stack, &jobs).await;
     let config = stack.worker_config(&[]);
 
-    let filter = Filter {
-        kind: Some(KindFilter::Chat),
+    let filter = Selection {
+        kind: Some(Kind::Chat),
         token: Some(first.clone()),
         limit: Some(1),
         dry_run: false,
@@ -107,7 +108,11 @@ async fn filters_and_limits_choose_what_is_replayed() {
     let replayed = stack.broker.drain(&stack.broker.jobs_queue()).await;
     let replayed = Job::decode(&replayed[0]).unwrap();
     assert_eq!(
-        (replayed.token, replayed.chat_number, replayed.attempt),
-        (first, 1, 0)
+        (
+            replayed.token.as_str(),
+            replayed.chat_number(),
+            replayed.attempt
+        ),
+        (first.as_str(), 1, 0)
     );
 }

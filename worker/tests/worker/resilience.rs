@@ -16,7 +16,10 @@ async fn assert_all_stored_once(stack: &TestStack, token: &str) {
         .map(|n| (n, format!("message {n}, ok")))
         .collect();
     assert_eq!(messages, expected);
-    let (_, chat) = stack.get(&format!("/applications/{token}/chats/1")).await;
+    let chat = stack
+        .get(&format!("/applications/{token}/chats/1"))
+        .await
+        .body;
     assert_eq!(chat["messages_count"], JOBS, "no row twice");
     assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
 }

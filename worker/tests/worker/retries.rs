@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use shared::job::Job;
 use testkit::{Fault, eventually};
-use worker::Handled;
+use worker::Outcome;
 use worker::retry::Reason;
 
 use crate::helpers::{TestStack, header};
@@ -28,7 +28,7 @@ async fn a_failed_attempt_waits_in_a_retry_queue_not_in_the_consumer() {
     let started = std::time::Instant::now();
     let first = worker.process_next().await.unwrap();
 
-    assert_eq!(first, Some(Handled::Retried));
+    assert_eq!(first, Some(Outcome::Retried));
     assert_eq!(
         stack.queue_len(&stack.broker.jobs_queue()).await,
         0,
@@ -45,7 +45,7 @@ async fn a_failed_attempt_waits_in_a_retry_queue_not_in_the_consumer() {
         || async { worker.process_next().await.unwrap() },
     )
     .await;
-    assert_eq!(retried, Handled::Stored);
+    assert_eq!(retried, Outcome::Stored);
     assert!(
         started.elapsed() >= Duration::from_millis(750),
         "waited at least half its delay: {:?}",

@@ -1,8 +1,8 @@
-//! Running one job: store its record through the chat-system's idempotent
-//! `PUT`s, then take its number out of flight in Redis so the counter may
+//! Storing one job: its record through the chat-system's idempotent
+//! `PUT`s, then its number taken out of flight in Redis so the counter may
 //! expire again (the release half of `shared::counters`).
 //!
-//! A job counts as done only when both happened. If the release fails the
+//! A job counts as stored only when both happened. If the release fails the
 //! job is retried: the `PUT` answers 200 the second time and the release is
 //! idempotent.
 
@@ -11,13 +11,14 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use reqwest::{StatusCode, Url};
-use shared::counters::{self, Keys, Outcome};
-use shared::job::{Job, Kind};
+use shared::counters::{self, Keys, Release};
+use shared::job::{Job, Record};
+use shared::trace::TraceParent;
 use tokio::time::Instant;
 
-use crate::retry::{Failure, Reason, classify};
+use crate::retry::{Failure, Reason, StoreError, classify};
 
-pub(crate) struct Persister {
+pub(crate) struct Storage {
     client: reqwest::Client,
     base: Url,
     redis: ConnectionManager,
@@ -26,7 +27,7 @@ pub(crate) struct Persister {
     counter_ttl: Duration,
 }
 
-impl Persister {
+impl Storage {
     pub(crate) fn new(
         chat_system: &shared::config::ChatSystem,
         redis: ConnectionManager,
@@ -53,19 +54,19 @@ impl Persister {
     }
 
     /// Stores the job's record and releases its number.
-    pub(crate) async fn persist(&self, job: &Job) -> Result<(), Failure> {
+    pub(crate) async fn store(&self, job: &Job) -> Result<(), Failure> {
         let started = Instant::now();
-        let stored = self.store(job).await;
-        metrics::histogram!("worker_persist_duration_seconds", "kind" => job.kind.as_str())
+        let stored = self.store_record(job).await;
+        metrics::histogram!("worker_store_duration_seconds", "kind" => job.kind().as_str())
             .record(started.elapsed().as_secs_f64());
         stored?;
-        self.release(job).await
+        self.release_number(job).await
     }
 
-    async fn store(&self, job: &Job) -> Result<(), Failure> {
-        let chat = job.chat_number.to_string();
-        let request = match (job.kind, job.message_number, &job.body) {
-            (Kind::Message, Some(number), Some(body)) => {
+    async fn store_record(&self, job: &Job) -> Result<(), Failure> {
+        let chat = job.chat_number().to_string();
+        let request = match &job.record {
+            Record::Message { number, body, .. } => {
                 let number = number.to_string();
                 let url = self.url(&[
                     "applications",
@@ -79,21 +80,28 @@ impl Persister {
                     .put(url)
                     .json(&serde_json::json!({ "body": body }))
             }
-            _ => self
-                .client
-                .put(self.url(&["applications", &job.token, "chats", &chat])),
+            Record::Chat { .. } => {
+                self.client
+                    .put(self.url(&["applications", &job.token, "chats", &chat]))
+            }
         };
+        // The chat-system's request is a child of the job's trace (a new
+        // trace for a job queued without one).
+        let trace = job
+            .trace
+            .map_or_else(TraceParent::root, |trace| trace.child());
         let response = request
             .header("x-job-id", job.id.to_string())
+            .header(shared::publish::TRACEPARENT, trace.to_string())
             .send()
             .await
-            .map_err(|error| Failure::Transient(format!("chat-system unreachable: {error}")))?;
+            .map_err(|error| Failure::Transient(StoreError::Unreachable(error)))?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         if status == StatusCode::NOT_FOUND {
             return Err(self.not_found(job).await);
         }
-        classify(status, &body)
+        classify(status, body)
     }
 
     /// A 404 on a chat means its application is unknown: permanent. On a
@@ -103,11 +111,11 @@ impl Persister {
     async fn not_found(&self, job: &Job) -> Failure {
         let unknown = || Failure::Permanent {
             reason: Reason::UnknownApplication,
-            error: "unknown application".into(),
+            error: StoreError::UnknownApplication,
         };
-        if job.kind == Kind::Chat {
+        let Record::Message { chat, .. } = job.record else {
             return unknown();
-        }
+        };
         match self
             .client
             .get(self.url(&["applications", &job.token]))
@@ -116,30 +124,29 @@ impl Persister {
         {
             Ok(response) if response.status() == StatusCode::NOT_FOUND => unknown(),
             Ok(response) if response.status().is_success() => {
-                Failure::Transient(format!("chat {} is not stored yet", job.chat_number))
+                Failure::Transient(StoreError::ChatNotStored(chat))
             }
-            Ok(response) => {
-                Failure::Transient(format!("chat-system answered {}", response.status()))
-            }
-            Err(error) => Failure::Transient(format!("chat-system unreachable: {error}")),
+            Ok(response) => Failure::Transient(StoreError::Status {
+                status: response.status(),
+                body: String::new(),
+            }),
+            Err(error) => Failure::Transient(StoreError::Unreachable(error)),
         }
     }
 
-    async fn release(&self, job: &Job) -> Result<(), Failure> {
+    async fn release_number(&self, job: &Job) -> Result<(), Failure> {
         let number = job.number();
         let released: Result<i64, _> = self
             .release
             .key(self.keys.release_keys(job.scope(), number))
             .arg(number)
             .arg(self.counter_ttl.as_millis().to_string())
-            .arg(Outcome::Stored.as_arg())
+            .arg(Release::Stored.as_arg())
             .invoke_async(&mut self.redis.clone())
             .await;
-        released.map(|_| ()).map_err(|error| {
-            Failure::Transient(format!(
-                "stored, but redis unavailable to release the number: {error}"
-            ))
-        })
+        released
+            .map(|_| ())
+            .map_err(|error| Failure::Transient(StoreError::Release(error)))
     }
 
     /// For `/readyz`.

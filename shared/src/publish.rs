@@ -1,0 +1,205 @@
+//! The one confirmed publish: persistent, `mandatory`, and done only when
+//! the broker confirmed it. The api publishes jobs with it, the worker its
+//! retry and dead-letter copies, `worker replay` the jobs it brings back,
+//! the bench its ceiling and backlog, the tests their fixtures: one path,
+//! one error type.
+//!
+//! The error tells apart what the caller must: whether the broker certainly
+//! does not hold the message (not connected, not routed, refused), so that
+//! a number can be given back, or may hold it (no confirm, or not in time).
+
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation};
+
+use crate::job::Job;
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+const PERSISTENT: u8 = 2;
+
+/// The header that carries a job's W3C trace context.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// How a confirmed publish failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The channel was closed: nothing was sent.
+    #[error("not connected to RabbitMQ")]
+    NotConnected,
+    /// The broker returned it (`mandatory`): no queue is bound for it.
+    #[error("RabbitMQ could not route the message to a queue")]
+    Unroutable,
+    /// The broker nacked it: it did not take it.
+    #[error("RabbitMQ refused the message")]
+    Nacked,
+    /// It may have been sent, but no confirm came: the channel or the
+    /// connection failed first. The broker may hold it.
+    #[error("no confirm from RabbitMQ")]
+    Unconfirmed(#[source] lapin::Error),
+    /// It may have been sent, but the confirm did not come in time (a slow
+    /// or blocked broker). The broker may hold it.
+    #[error("no confirm from RabbitMQ within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl PublishError {
+    /// A label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotConnected => "not_connected",
+            Self::Unroutable => "unroutable",
+            Self::Nacked => "nacked",
+            Self::Unconfirmed(_) => "unconfirmed",
+            Self::TimedOut(_) => "timed_out",
+        }
+    }
+
+    /// The broker certainly does not hold the message.
+    pub fn never_queued(&self) -> bool {
+        matches!(self, Self::NotConnected | Self::Unroutable | Self::Nacked)
+    }
+}
+
+/// What to publish, and where.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub exchange: String,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+/// Publishes `message` persistent and `mandatory` on `channel` (which must
+/// be in confirm mode) and waits at most `timeout` for the broker's
+/// confirm. `Ok` means the message is on a durable queue.
+pub async fn publish(
+    channel: &Channel,
+    message: Message,
+    timeout: Duration,
+) -> Result<(), PublishError> {
+    if !channel.status().connected() {
+        return Err(PublishError::NotConnected);
+    }
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    // The timeout covers sending too: a connection the broker blocked (a
+    // resource alarm) holds the frames back.
+    let confirmed = async {
+        let confirm = channel
+            .basic_publish(
+                message.exchange.into(),
+                message.routing_key.into(),
+                options,
+                &message.payload,
+                message.properties.with_delivery_mode(PERSISTENT),
+            )
+            .await?;
+        confirm.await
+    };
+    match tokio::time::timeout(timeout, confirmed).await {
+        Err(_) => Err(PublishError::TimedOut(timeout)),
+        Ok(Err(error)) => Err(PublishError::Unconfirmed(error)),
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Unroutable),
+        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Unconfirmed(
+            std::io::Error::other("the channel is not in confirm mode").into(),
+        )),
+    }
+}
+
+/// The properties of a job's message: JSON, its id as `message_id`, its
+/// kind as `type`, and its trace context as the `traceparent` header.
+pub fn job_properties(job: &Job) -> BasicProperties {
+    let properties = json_properties()
+        .with_message_id(job.id.to_string().into())
+        .with_type(job.kind().as_str().into());
+    match job.trace {
+        Some(trace) => with_headers(properties, &[(TRACEPARENT, &trace.to_string())]),
+        None => properties,
+    }
+}
+
+/// The properties of any JSON message of the topology.
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type("application/json".into())
+}
+
+/// `properties` with `pairs` added to its headers (replacing any of the
+/// same name).
+pub fn with_headers(properties: BasicProperties, pairs: &[(&str, &str)]) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    for (name, value) in pairs {
+        headers.insert(
+            ShortString::from(*name),
+            AMQPValue::LongString(LongString::from(*value)),
+        );
+    }
+    properties.with_headers(headers)
+}
+
+/// A header of a received message as text, whatever AMQP type it came as.
+pub fn header(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(value) => Some(value.to_string()),
+        AMQPValue::ShortString(value) => Some(value.to_string()),
+        AMQPValue::LongLongInt(value) => Some(value.to_string()),
+        AMQPValue::LongInt(value) => Some(value.to_string()),
+        AMQPValue::ShortInt(value) => Some(value.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::TraceParent;
+
+    #[test]
+    fn a_jobs_message_says_what_it_is_and_carries_its_trace() {
+        let mut job = Job::message("t".into(), 1, 2, "b".into());
+        let trace = TraceParent::root();
+        job.trace = Some(trace);
+
+        let properties = job_properties(&job);
+
+        assert_eq!(properties.delivery_mode(), &Some(PERSISTENT));
+        assert_eq!(
+            properties.message_id().as_ref().map(|id| id.as_str()),
+            Some(job.id.to_string().as_str())
+        );
+        assert_eq!(
+            properties.kind().as_ref().map(|kind| kind.as_str()),
+            Some("message")
+        );
+        assert_eq!(
+            header(properties.headers().as_ref(), TRACEPARENT),
+            Some(trace.to_string())
+        );
+    }
+
+    #[test]
+    fn added_headers_keep_the_ones_there() {
+        let properties = with_headers(json_properties(), &[("a", "1"), ("b", "2")]);
+        let properties = with_headers(properties, &[("b", "3")]);
+        let headers = properties.headers().as_ref();
+        assert_eq!(header(headers, "a").as_deref(), Some("1"));
+        assert_eq!(header(headers, "b").as_deref(), Some("3"));
+        assert_eq!(header(headers, "c"), None);
+    }
+
+    #[test]
+    fn only_certain_refusals_count_as_never_queued() {
+        assert!(PublishError::NotConnected.never_queued());
+        assert!(PublishError::Unroutable.never_queued());
+        assert!(PublishError::Nacked.never_queued());
+        assert!(!PublishError::TimedOut(Duration::from_secs(1)).never_queued());
+        assert!(!PublishError::Unconfirmed(std::io::Error::other("x").into()).never_queued());
+    }
+}
