@@ -1,37 +1,56 @@
-//! `ApiError`: everything a chat-system request can fail with, and the
-//! status each one answers. Storage failures are sorted here, once, into
-//! "PostgreSQL is unreachable" (503, retry later) and bugs (500, logged).
+//! The chat-system's two error types: `StoreError`, what storage can fail
+//! with (sorted here, once, from `sqlx`'s errors into "PostgreSQL is
+//! unreachable", "the value was refused" and bugs), and `HttpError`, what
+//! a request can fail with, mapped to its status in one place.
 
 use warp::http::StatusCode;
 use warp::reply::Response;
 
+/// What was not found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Missing {
+    Application,
+    Chat,
+    Message,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(match self {
+            Self::Application => "application",
+            Self::Chat => "chat",
+            Self::Message => "message",
+        })
+    }
+}
+
+/// How a storage call failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotFound(&'static str),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("content-type must be application/json")]
-    UnsupportedMediaType,
-    #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+pub(crate) enum StoreError {
+    #[error("unknown {0}")]
+    NotFound(Missing),
+    /// The number is taken by another body; the stored row is unchanged.
+    #[error("message {number} of chat {chat} already exists with a different body")]
+    Conflict { chat: i64, number: i64 },
+    /// The schema is not in place yet (the service just started).
     #[error("database is not ready yet")]
     Starting,
-    #[error("internal error")]
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// PostgreSQL refused a value (class 22): the routes check their input,
+    /// this is the safety net for what they did not foresee.
+    #[error("input the database cannot store")]
+    Refused(#[source] sqlx::Error),
+    #[error("database error")]
     Internal(#[source] sqlx::Error),
 }
 
-impl From<sqlx::Error> for ApiError {
+impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         if is_unavailable(&error) {
             Self::Unavailable(error)
         } else if is_bad_data(&error) {
-            // The routes check their input; this is the safety net for text
-            // PostgreSQL refuses that they did not foresee.
-            tracing::warn!(%error, "input refused by the database");
-            Self::BadRequest("input the database cannot store".into())
+            Self::Refused(error)
         } else {
             Self::Internal(error)
         }
@@ -62,21 +81,50 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
-impl ApiError {
+impl StoreError {
+    /// The HTTP status this failure answers.
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Refused(_) => StatusCode::BAD_REQUEST,
+            Self::Starting | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Logs what the operator must see (the cause chain goes to the log,
+    /// not to the client).
+    pub(crate) fn log(&self) {
+        let error = shared::telemetry::Chain(self);
+        match self {
+            Self::Unavailable(_) => tracing::warn!(error = %error, "database unavailable"),
+            Self::Refused(_) => tracing::warn!(error = %error, "input refused by the database"),
+            Self::Internal(_) => tracing::error!(error = %error, "request failed"),
+            Self::NotFound(_) | Self::Conflict { .. } | Self::Starting => {}
+        }
+    }
+}
+
+/// How a request failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HttpError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("content-type must be application/json")]
+    UnsupportedMediaType,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl HttpError {
     pub(crate) fn into_response(self) -> Response {
         let status = match &self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unavailable(error) => {
-                tracing::warn!(%error, "database unavailable");
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(error) => {
-                tracing::error!(?error, "request failed");
-                StatusCode::INTERNAL_SERVER_ERROR
+            Self::Store(error) => {
+                error.log();
+                error.status()
             }
         };
         shared::http::error(status, self)

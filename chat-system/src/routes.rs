@@ -15,8 +15,10 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use shared::http::{BodyError, decode_segment, json_body, json_with_status, positive_number};
+use shared::trace::TraceParent;
+use tracing::{Instrument, Span};
 
-use crate::error::ApiError;
+use crate::error::{HttpError, Missing, StoreError};
 use crate::store::{Outcome, Store};
 
 const DEFAULT_PAGE: i64 = 100;
@@ -48,7 +50,8 @@ pub(crate) fn routes(
     let put_chat = warp::path!("applications" / String / "chats" / String)
         .and(warp::put())
         .and(store.clone())
-        .then(put_chat);
+        .and(write_span())
+        .then(|token, chat, store, span: Span| put_chat(token, chat, store).instrument(span));
     let get_chat = warp::path!("applications" / String / "chats" / String)
         .and(warp::get())
         .and(store.clone())
@@ -68,7 +71,10 @@ pub(crate) fn routes(
         .and(warp::put())
         .and(json_body::<NewMessage>(max_body_bytes))
         .and(store.clone())
-        .then(put_message);
+        .and(write_span())
+        .then(|token, chat, message, body, store, span: Span| {
+            put_message(token, chat, message, body, store).instrument(span)
+        });
     let get_message = warp::path!("applications" / String / "chats" / String / "messages" / String)
         .and(warp::get())
         .and(store.clone())
@@ -103,6 +109,34 @@ pub(crate) fn routes(
         .unify()
 }
 
+/// The span of a write: its log lines carry the trace id of the caller's
+/// `traceparent` and the worker's `x-job-id`, so a record can be followed
+/// here from the api's request. The path is left out: it holds the
+/// application token.
+fn write_span() -> impl Filter<Extract = (Span,), Error = Infallible> + Clone {
+    let header = |name: &'static str| {
+        warp::header::optional::<String>(name)
+            .or(warp::any().map(|| None))
+            .unify()
+    };
+    header(shared::publish::TRACEPARENT)
+        .and(header("x-job-id"))
+        .map(|traceparent: Option<String>, job_id: Option<String>| {
+            let span = tracing::info_span!(
+                "write",
+                trace_id = tracing::field::Empty,
+                job_id = tracing::field::Empty,
+            );
+            if let Some(trace) = traceparent.as_deref().and_then(TraceParent::parse) {
+                span.record("trace_id", trace.trace_id());
+            }
+            if let Some(job_id) = job_id {
+                span.record("job_id", job_id);
+            }
+            span
+        })
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewApplication {
@@ -115,38 +149,38 @@ struct NewMessage {
     body: String,
 }
 
-fn answer(result: Result<Response, ApiError>) -> Response {
-    result.unwrap_or_else(ApiError::into_response)
+fn answer(result: Result<Response, HttpError>) -> Response {
+    result.unwrap_or_else(HttpError::into_response)
 }
 
 /// A token that cannot exist (not UTF-8, or holding a NUL, which
 /// PostgreSQL text cannot store) is simply unknown.
-fn token(raw: &str) -> Result<String, ApiError> {
+fn token(raw: &str) -> Result<String, HttpError> {
     decode_segment(raw)
         .filter(|token| !token.contains('\0'))
-        .ok_or(ApiError::NotFound("unknown application"))
+        .ok_or(HttpError::Store(StoreError::NotFound(Missing::Application)))
 }
 
-fn number(raw: &str, what: &str) -> Result<i64, ApiError> {
+fn number(raw: &str, what: &str) -> Result<i64, HttpError> {
     positive_number(raw)
-        .ok_or_else(|| ApiError::BadRequest(format!("{what} must be a positive integer")))
+        .ok_or_else(|| HttpError::BadRequest(format!("{what} must be a positive integer")))
 }
 
 /// `?after=N&limit=M`: numbers above `after` (default 0), at most `limit`
 /// of them (default 100, at most 1000).
-fn page(query: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+fn page(query: &HashMap<String, String>) -> Result<(i64, i64), HttpError> {
     let after = match query.get("after") {
         None => 0,
         Some(raw) => raw
             .parse::<i64>()
             .ok()
             .filter(|after| *after >= 0)
-            .ok_or_else(|| ApiError::BadRequest("after must be a non-negative integer".into()))?,
+            .ok_or_else(|| HttpError::BadRequest("after must be a non-negative integer".into()))?,
     };
     Ok((after, limit(query)?))
 }
 
-fn limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
+fn limit(query: &HashMap<String, String>) -> Result<i64, HttpError> {
     match query.get("limit") {
         None => Ok(DEFAULT_PAGE),
         Some(raw) => raw
@@ -154,16 +188,16 @@ fn limit(query: &HashMap<String, String>) -> Result<i64, ApiError> {
             .ok()
             .filter(|limit| (1..=MAX_PAGE).contains(limit))
             .ok_or_else(|| {
-                ApiError::BadRequest(format!("limit must be an integer from 1 to {MAX_PAGE}"))
+                HttpError::BadRequest(format!("limit must be an integer from 1 to {MAX_PAGE}"))
             }),
     }
 }
 
-fn body_error(error: BodyError) -> ApiError {
+fn body_error(error: BodyError) -> HttpError {
     match error {
-        BodyError::UnsupportedMediaType => ApiError::UnsupportedMediaType,
+        BodyError::UnsupportedMediaType => HttpError::UnsupportedMediaType,
         BodyError::Malformed(reason) => {
-            ApiError::BadRequest(format!("request body is not valid JSON: {reason}"))
+            HttpError::BadRequest(format!("request body is not valid JSON: {reason}"))
         }
     }
 }
@@ -181,7 +215,7 @@ async fn create_application(body: Result<NewApplication, BodyError>, store: Stor
             let name = body.map_err(body_error)?.name;
             let name = name.trim();
             if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-                return Err(ApiError::BadRequest(format!(
+                return Err(HttpError::BadRequest(format!(
                     "name must be 1 to {MAX_NAME_CHARS} characters"
                 )));
             }
@@ -218,6 +252,7 @@ async fn put_chat(token_raw: String, chat_raw: String, store: Store) -> Response
         async {
             let chat = number(&chat_raw, "chat number")?;
             let (chat, outcome) = store.put_chat(&token(&token_raw)?, chat).await?;
+            tracing::debug!(chat = chat.number, ?outcome, "chat stored");
             Ok(json_with_status(&chat, status(outcome)))
         }
         .await,
@@ -265,12 +300,12 @@ async fn search_messages(
             let chat = number(&chat_raw, "chat number")?;
             let text = query.get("q").map(|q| q.trim()).unwrap_or_default();
             if text.is_empty() {
-                return Err(ApiError::BadRequest(
+                return Err(HttpError::BadRequest(
                     "q must be a non-empty search query".into(),
                 ));
             }
             if text.contains('\0') {
-                return Err(ApiError::BadRequest(
+                return Err(HttpError::BadRequest(
                     "q must not contain NUL characters".into(),
                 ));
             }
@@ -296,18 +331,19 @@ async fn put_message(
             let message = number(&message_raw, "message number")?;
             let body = body.map_err(body_error)?.body;
             if body.is_empty() {
-                return Err(ApiError::BadRequest("body must not be empty".into()));
+                return Err(HttpError::BadRequest("body must not be empty".into()));
             }
             // PostgreSQL text cannot hold U+0000: refuse it here, as bad input,
             // rather than fail in the database.
             if body.contains('\0') {
-                return Err(ApiError::BadRequest(
+                return Err(HttpError::BadRequest(
                     "body must not contain NUL characters".into(),
                 ));
             }
             let (message, outcome) = store
                 .put_message(&token(&token_raw)?, chat, message, &body)
                 .await?;
+            tracing::debug!(chat, message = message.number, ?outcome, "message stored");
             Ok(json_with_status(&message, status(outcome)))
         }
         .await,

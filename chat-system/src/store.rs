@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::postgres::PgPool;
 
 use crate::database::Readiness;
-use crate::error::ApiError;
+use crate::error::{Missing, StoreError};
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub(crate) struct Application {
@@ -78,20 +78,20 @@ impl Store {
     }
 
     /// The pool, once migrations have run; 503 before.
-    fn db(&self) -> Result<&PgPool, ApiError> {
+    fn db(&self) -> Result<&PgPool, StoreError> {
         if self.readiness.is_ready() {
             Ok(&self.pool)
         } else {
-            Err(ApiError::Starting)
+            Err(StoreError::Starting)
         }
     }
 
-    pub(crate) async fn ping(&self) -> Result<(), ApiError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(self.db()?).await?;
         Ok(())
     }
 
-    pub(crate) async fn create_application(&self, name: &str) -> Result<Application, ApiError> {
+    pub(crate) async fn create_application(&self, name: &str) -> Result<Application, StoreError> {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let application = sqlx::query_as(
             "INSERT INTO applications (token, name) VALUES ($1, $2)
@@ -104,25 +104,25 @@ impl Store {
         Ok(application)
     }
 
-    pub(crate) async fn application(&self, token: &str) -> Result<Application, ApiError> {
+    pub(crate) async fn application(&self, token: &str) -> Result<Application, StoreError> {
         sqlx::query_as(
             "SELECT token, name, chats_count, last_chat_number FROM applications WHERE token = $1",
         )
         .bind(token)
         .fetch_optional(self.db()?)
         .await?
-        .ok_or(ApiError::NotFound("unknown application"))
+        .ok_or(StoreError::NotFound(Missing::Application))
     }
 
-    async fn application_id(&self, token: &str) -> Result<i64, ApiError> {
+    async fn application_id(&self, token: &str) -> Result<i64, StoreError> {
         sqlx::query_scalar("SELECT id FROM applications WHERE token = $1")
             .bind(token)
             .fetch_optional(self.db()?)
             .await?
-            .ok_or(ApiError::NotFound("unknown application"))
+            .ok_or(StoreError::NotFound(Missing::Application))
     }
 
-    async fn chat_id(&self, token: &str, chat: i64) -> Result<i64, ApiError> {
+    async fn chat_id(&self, token: &str, chat: i64) -> Result<i64, StoreError> {
         let id = sqlx::query_scalar(
             "SELECT c.id FROM chats c JOIN applications a ON a.id = c.application_id
              WHERE a.token = $1 AND c.number = $2",
@@ -139,9 +139,9 @@ impl Store {
 
     /// The 404 for a chat that was not found: its application's, when that
     /// is missing too.
-    async fn missing_chat(&self, token: &str) -> ApiError {
+    async fn missing_chat(&self, token: &str) -> StoreError {
         match self.application_id(token).await {
-            Ok(_) => ApiError::NotFound("unknown chat"),
+            Ok(_) => StoreError::NotFound(Missing::Chat),
             Err(error) => error,
         }
     }
@@ -150,7 +150,7 @@ impl Store {
         &self,
         token: &str,
         number: i64,
-    ) -> Result<(Chat, Outcome), ApiError> {
+    ) -> Result<(Chat, Outcome), StoreError> {
         let (application_found, created): (bool, bool) = sqlx::query_as(
             "WITH application AS (SELECT id FROM applications WHERE token = $1),
              inserted AS (
@@ -168,7 +168,7 @@ impl Store {
         .fetch_one(self.db()?)
         .await?;
         if !application_found {
-            return Err(ApiError::NotFound("unknown application"));
+            return Err(StoreError::NotFound(Missing::Application));
         }
         if created {
             let chat = Chat {
@@ -181,7 +181,7 @@ impl Store {
         Ok((self.chat(token, number).await?, Outcome::AlreadyThere))
     }
 
-    pub(crate) async fn chat(&self, token: &str, number: i64) -> Result<Chat, ApiError> {
+    pub(crate) async fn chat(&self, token: &str, number: i64) -> Result<Chat, StoreError> {
         let chat = sqlx::query_as(
             "SELECT c.number, c.messages_count, c.last_message_number
              FROM chats c JOIN applications a ON a.id = c.application_id
@@ -202,7 +202,7 @@ impl Store {
         token: &str,
         after: i64,
         limit: i64,
-    ) -> Result<Page<Chat>, ApiError> {
+    ) -> Result<Page<Chat>, StoreError> {
         let application = self.application_id(token).await?;
         let chats = sqlx::query_as(
             "SELECT number, messages_count, last_message_number FROM chats
@@ -225,7 +225,7 @@ impl Store {
         chat: i64,
         number: i64,
         body: &str,
-    ) -> Result<(Message, Outcome), ApiError> {
+    ) -> Result<(Message, Outcome), StoreError> {
         let (chat_id, created): (Option<i64>, bool) = sqlx::query_as(
             "WITH chat AS (
                  SELECT c.id FROM chats c JOIN applications a ON a.id = c.application_id
@@ -268,9 +268,7 @@ impl Store {
         if stored == body {
             Ok((message, Outcome::AlreadyThere))
         } else {
-            Err(ApiError::Conflict(format!(
-                "message {number} of chat {chat} already exists with a different body"
-            )))
+            Err(StoreError::Conflict { chat, number })
         }
     }
 
@@ -279,14 +277,14 @@ impl Store {
         token: &str,
         chat: i64,
         number: i64,
-    ) -> Result<Message, ApiError> {
+    ) -> Result<Message, StoreError> {
         let chat_id = self.chat_id(token, chat).await?;
         sqlx::query_as("SELECT number, body FROM messages WHERE chat_id = $1 AND number = $2")
             .bind(chat_id)
             .bind(number)
             .fetch_optional(self.db()?)
             .await?
-            .ok_or(ApiError::NotFound("unknown message"))
+            .ok_or(StoreError::NotFound(Missing::Message))
     }
 
     pub(crate) async fn messages(
@@ -295,7 +293,7 @@ impl Store {
         chat: i64,
         after: i64,
         limit: i64,
-    ) -> Result<Page<Message>, ApiError> {
+    ) -> Result<Page<Message>, StoreError> {
         let chat_id = self.chat_id(token, chat).await?;
         let messages = sqlx::query_as(
             "SELECT number, body FROM messages
@@ -320,7 +318,7 @@ impl Store {
         chat: i64,
         query: &str,
         limit: i64,
-    ) -> Result<Vec<SearchHit>, ApiError> {
+    ) -> Result<Vec<SearchHit>, StoreError> {
         let chat_id = self.chat_id(token, chat).await?;
         let hits = sqlx::query_as(
             "SELECT m.number, m.body, ts_rank(m.search, q) AS rank

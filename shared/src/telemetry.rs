@@ -9,7 +9,9 @@ use crate::config::{LogFormat, Telemetry};
 /// stdout, each tagged with the service name. Call once, first thing in
 /// `main`.
 pub fn init(service: &'static str, config: &Telemetry) {
-    let subscriber = subscriber(service, config, std::io::stdout);
+    use std::io::IsTerminal;
+    let colours = std::io::stdout().is_terminal();
+    let subscriber = build(service, config, std::io::stdout, colours);
     tracing::subscriber::set_global_default(subscriber)
         .expect("init is called once, before anything else logs");
     tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
@@ -27,6 +29,20 @@ pub fn subscriber<W>(
 where
     W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
 {
+    build(service, config, writer, false)
+}
+
+/// Text lines get terminal colours only when `colours` (a terminal reads
+/// them); files and collectors get plain text.
+fn build<W>(
+    service: &'static str,
+    config: &Telemetry,
+    writer: W,
+    colours: bool,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(&config.rust_log).unwrap_or_else(|error| {
         eprintln!(
             "{service}: ignoring invalid RUST_LOG {:?}: {error}",
@@ -37,6 +53,7 @@ where
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
+        .with_ansi(colours)
         .with_writer(writer);
     match config.log_format {
         LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),

@@ -27,8 +27,16 @@ struct Script {
     always: Option<Fault>,
     /// Applied to the next `n` requests, before `always`.
     next: Vec<Fault>,
-    /// `METHOD path` of every request seen.
-    seen: Vec<String>,
+    /// Every request seen.
+    seen: Vec<Seen>,
+}
+
+/// A request that reached the proxy.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
 }
 
 pub struct HttpProxy {
@@ -64,7 +72,11 @@ impl HttpProxy {
                     async move {
                         let fault = {
                             let mut script = state.lock().expect("proxy lock");
-                            script.seen.push(format!("{method} {}", path.as_str()));
+                            script.seen.push(Seen {
+                                method: method.clone(),
+                                path: path.as_str().to_owned(),
+                                headers: headers.clone(),
+                            });
                             if script.next.is_empty() {
                                 script.always
                             } else {
@@ -138,13 +150,19 @@ impl HttpProxy {
     /// How many requests so far were `method` on a path starting with
     /// `prefix` and ending with `suffix`.
     pub fn count(&self, method: &str, prefix: &str, suffix: &str) -> usize {
-        let wanted = format!("{method} {prefix}");
-        let script = self.script.lock().expect("proxy lock");
-        script
-            .seen
+        self.seen()
             .iter()
-            .filter(|seen| seen.starts_with(&wanted) && seen.ends_with(suffix))
+            .filter(|seen| {
+                seen.method == method
+                    && seen.path.starts_with(prefix)
+                    && seen.path.ends_with(suffix)
+            })
             .count()
+    }
+
+    /// Every request so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.script.lock().expect("proxy lock").seen.clone()
     }
 }
 

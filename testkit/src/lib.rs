@@ -11,6 +11,7 @@ mod chat_system;
 mod database;
 pub mod http;
 mod http_proxy;
+pub mod logs;
 mod proxy;
 mod redis_keys;
 mod running;
@@ -20,7 +21,7 @@ pub use broker::{TestBroker, amqp_address, amqp_url, amqp_url_via};
 pub use chat_system::TestChatSystem;
 pub use database::TestDatabase;
 pub use http::Answer;
-pub use http_proxy::{Fault, HttpProxy};
+pub use http_proxy::{Fault, HttpProxy, Seen};
 pub use proxy::TcpProxy;
 pub use redis_keys::{TestRedis, redis_address, redis_url, redis_url_via};
 pub use running::{Running, Shutdown};
@@ -53,15 +54,4 @@ fn url_via(url: &str, address: std::net::SocketAddr) -> String {
         .set_port(Some(address.port()))
         .expect("a URL with a host");
     parsed.to_string()
-}
-
-/// Shows the logs of the code under test when `RUST_LOG` is set
-/// (`RUST_LOG=worker=debug cargo test ... -- --nocapture`); silent otherwise.
-pub fn logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
 }

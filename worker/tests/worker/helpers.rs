@@ -45,7 +45,7 @@ pub(crate) const FAST_RETRIES: &[&str] = &[
 
 impl TestStack {
     pub(crate) async fn start() -> Self {
-        testkit::logs();
+        testkit::logs::show();
         let chat_system = TestChatSystem::start().await;
         let upstream = HttpProxy::start(&chat_system.url).await;
         let amqp_proxy = TcpProxy::start(testkit::amqp_address()).await;
