@@ -127,6 +127,44 @@ impl TestStack {
         RunningWorker { status, running }
     }
 
+    /// The api on port 0, on this stack's prefixes, straight to RabbitMQ and
+    /// the chat-system; stopped when the returned [`Running`] is dropped.
+    pub(crate) async fn spawn_api(&self) -> (String, Running) {
+        let redis_url = testkit::redis_url();
+        let amqp_url = testkit::amqp_url();
+        let arguments = [
+            "api",
+            "--addr",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--redis-url",
+            &redis_url,
+            "--redis-prefix",
+            &self.redis.prefix,
+            "--amqp-url",
+            &amqp_url,
+            "--queue-prefix",
+            &self.broker.prefix,
+            "--chat-system-url",
+            &self.chat_system.url,
+        ];
+        let application = api::Application::build(api::Config::parse_from(arguments))
+            .await
+            .expect("an api");
+        let url = format!("http://{}", application.address());
+        let running = Running::spawn("the api", |shutdown| {
+            application.run_until_stopped(shutdown)
+        });
+        let client = testkit::http::client();
+        eventually("the api to be ready", Duration::from_secs(20), || async {
+            let response = client.get(format!("{url}/readyz")).send().await.ok()?;
+            response.status().is_success().then_some(())
+        })
+        .await;
+        (url, running)
+    }
+
     /// The worker binary, as a child process of its own.
     pub(crate) fn worker_process(&self, extra: &[&str]) -> tokio::process::Child {
         // Parsed for its retry queues, which the broker fixture then deletes.
