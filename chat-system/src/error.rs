@@ -73,9 +73,14 @@ fn is_unavailable(error: &sqlx::Error) -> bool {
         | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => true,
         // Class 08 is connection exceptions, 57P0x an administrator or
-        // crash shutdown, 53300 too many connections.
+        // crash shutdown, 53300 too many connections, class 40 a rolled
+        // back transaction (a deadlock or serialization failure): each is
+        // worth trying again.
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("57P") || code == "53300"
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "53300"
+                || code.starts_with("40")
         }),
         _ => false,
     }

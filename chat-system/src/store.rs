@@ -1,11 +1,4 @@
-//! The only module that speaks SQL.
-//!
-//! Every write is one statement: the insert and the counter update it
-//! implies run in one data-modifying CTE, so they commit together and the
-//! counts stay exact under concurrent writers (the `UPDATE` takes the
-//! parent row's lock, and re-reads it, after any concurrent insert
-//! committed). Inserts are `ON CONFLICT DO NOTHING`: a redelivered job finds
-//! its row and changes nothing.
+//! Where SQL is spoken: the reads here, the one write path in `records`.
 
 use serde::Serialize;
 use sqlx::postgres::PgPool;
@@ -41,7 +34,7 @@ pub(crate) struct SearchHit {
     pub(crate) rank: f32,
 }
 
-/// Whether a `PUT` stored a new row or found the same one already there.
+/// Whether a write stored a new row or found the same one already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Created,
@@ -78,7 +71,7 @@ impl Store {
     }
 
     /// The pool, once migrations have run; 503 before.
-    fn db(&self) -> Result<&PgPool, StoreError> {
+    pub(crate) fn db(&self) -> Result<&PgPool, StoreError> {
         if self.readiness.is_ready() {
             Ok(&self.pool)
         } else {
@@ -146,41 +139,6 @@ impl Store {
         }
     }
 
-    pub(crate) async fn put_chat(
-        &self,
-        token: &str,
-        number: i64,
-    ) -> Result<(Chat, Outcome), StoreError> {
-        let (application_found, created): (bool, bool) = sqlx::query_as(
-            "WITH application AS (SELECT id FROM applications WHERE token = $1),
-             inserted AS (
-                 INSERT INTO chats (application_id, number) SELECT id, $2 FROM application
-                 ON CONFLICT (application_id, number) DO NOTHING
-                 RETURNING application_id),
-             counted AS (
-                 UPDATE applications
-                 SET chats_count = chats_count + 1, last_chat_number = GREATEST(last_chat_number, $2)
-                 WHERE id IN (SELECT application_id FROM inserted))
-             SELECT EXISTS (SELECT 1 FROM application), EXISTS (SELECT 1 FROM inserted)",
-        )
-        .bind(token)
-        .bind(number)
-        .fetch_one(self.db()?)
-        .await?;
-        if !application_found {
-            return Err(StoreError::NotFound(Missing::Application));
-        }
-        if created {
-            let chat = Chat {
-                number,
-                messages_count: 0,
-                last_message_number: 0,
-            };
-            return Ok((chat, Outcome::Created));
-        }
-        Ok((self.chat(token, number).await?, Outcome::AlreadyThere))
-    }
-
     pub(crate) async fn chat(&self, token: &str, number: i64) -> Result<Chat, StoreError> {
         let chat = sqlx::query_as(
             "SELECT c.number, c.messages_count, c.last_message_number
@@ -214,62 +172,6 @@ impl Store {
         .fetch_all(self.db()?)
         .await?;
         Ok(Page::new(chats, limit, |chat: &Chat| chat.number))
-    }
-
-    /// Stores message `number` of chat `chat` unless that number is taken.
-    /// Taken by the same body is a success (a redelivery); by another body
-    /// a conflict, and the stored row is left as it was.
-    pub(crate) async fn put_message(
-        &self,
-        token: &str,
-        chat: i64,
-        number: i64,
-        body: &str,
-    ) -> Result<(Message, Outcome), StoreError> {
-        let (chat_id, created): (Option<i64>, bool) = sqlx::query_as(
-            "WITH chat AS (
-                 SELECT c.id FROM chats c JOIN applications a ON a.id = c.application_id
-                 WHERE a.token = $1 AND c.number = $2),
-             inserted AS (
-                 INSERT INTO messages (chat_id, number, body) SELECT id, $3, $4 FROM chat
-                 ON CONFLICT (chat_id, number) DO NOTHING
-                 RETURNING chat_id),
-             counted AS (
-                 UPDATE chats
-                 SET messages_count = messages_count + 1,
-                     last_message_number = GREATEST(last_message_number, $3)
-                 WHERE id IN (SELECT chat_id FROM inserted))
-             SELECT (SELECT id FROM chat), EXISTS (SELECT 1 FROM inserted)",
-        )
-        .bind(token)
-        .bind(chat)
-        .bind(number)
-        .bind(body)
-        .fetch_one(self.db()?)
-        .await?;
-        let Some(chat_id) = chat_id else {
-            return Err(self.missing_chat(token).await);
-        };
-        let message = Message {
-            number,
-            body: body.to_owned(),
-        };
-        if created {
-            return Ok((message, Outcome::Created));
-        }
-        // A fresh statement, so a row committed by a concurrent writer after
-        // the insert's snapshot is seen.
-        let stored: String =
-            sqlx::query_scalar("SELECT body FROM messages WHERE chat_id = $1 AND number = $2")
-                .bind(chat_id)
-                .bind(number)
-                .fetch_one(self.db()?)
-                .await?;
-        if stored == body {
-            Ok((message, Outcome::AlreadyThere))
-        } else {
-            Err(StoreError::Conflict { chat, number })
-        }
     }
 
     pub(crate) async fn message(

@@ -7,4 +7,5 @@ mod concurrency;
 mod helpers;
 mod messages;
 mod outage;
+mod records;
 mod search;

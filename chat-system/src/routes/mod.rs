@@ -1,5 +1,6 @@
 //! The HTTP contract (`docs/chat-system.openapi.yaml`): parses and checks
-//! every input, calls `store`, and shapes the answer.
+//! every input, calls `store`, and shapes the answer. `records` holds the
+//! bulk write, `POST /records`.
 //!
 //! Handlers never reject: bad input is answered here with a 4xx, so warp
 //! does not go on to try other routes and report a misleading 405. Only
@@ -19,7 +20,10 @@ use shared::trace::TraceParent;
 use tracing::{Instrument, Span};
 
 use crate::error::{HttpError, Missing, StoreError};
+use crate::records::NewRecord;
 use crate::store::{Outcome, Store};
+
+mod records;
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
@@ -75,6 +79,11 @@ pub(crate) fn routes(
         .then(|token, chat, message, body, store, span: Span| {
             put_message(token, chat, message, body, store).instrument(span)
         });
+    let store_records = warp::path!("records")
+        .and(warp::post())
+        .and(json_body::<records::Request>(max_body_bytes))
+        .and(store.clone())
+        .then(records::store_records);
     let get_message = warp::path!("applications" / String / "chats" / String / "messages" / String)
         .and(warp::get())
         .and(store.clone())
@@ -104,6 +113,8 @@ pub(crate) fn routes(
         .or(put_message)
         .unify()
         .or(get_message)
+        .unify()
+        .or(store_records)
         .unify()
         .recover(shared::http::recover)
         .unify()
@@ -159,6 +170,19 @@ fn token(raw: &str) -> Result<String, HttpError> {
     decode_segment(raw)
         .filter(|token| !token.contains('\0'))
         .ok_or(HttpError::Store(StoreError::NotFound(Missing::Application)))
+}
+
+/// A message body PostgreSQL can store and a reader can see: not empty,
+/// and no U+0000 (which PostgreSQL text cannot hold: refused here as bad
+/// input rather than failing in the database).
+fn check_body(body: &str) -> Result<(), String> {
+    if body.is_empty() {
+        return Err("body must not be empty".into());
+    }
+    if body.contains('\0') {
+        return Err("body must not contain NUL characters".into());
+    }
+    Ok(())
 }
 
 fn number(raw: &str, what: &str) -> Result<i64, HttpError> {
@@ -250,13 +274,26 @@ async fn list_chats(token_raw: String, query: HashMap<String, String>, store: St
 async fn put_chat(token_raw: String, chat_raw: String, store: Store) -> Response {
     answer(
         async {
-            let chat = number(&chat_raw, "chat number")?;
-            let (chat, outcome) = store.put_chat(&token(&token_raw)?, chat).await?;
-            tracing::debug!(chat = chat.number, ?outcome, "chat stored");
+            let number = number(&chat_raw, "chat number")?;
+            let token = token(&token_raw)?;
+            let record = NewRecord::Chat {
+                token: token.clone(),
+                number,
+            };
+            let outcome = store_one(&store, record).await?;
+            tracing::debug!(chat = number, ?outcome, "chat stored");
+            let chat = store.chat(&token, number).await?;
             Ok(json_with_status(&chat, status(outcome)))
         }
         .await,
     )
+}
+
+/// Stores one record through the batch path: its result, or the batch's
+/// error.
+async fn store_one(store: &Store, record: NewRecord) -> Result<Outcome, HttpError> {
+    let mut results = store.store(std::slice::from_ref(&record)).await?;
+    Ok(results.pop().expect("one result per record")?)
 }
 
 async fn get_chat(token_raw: String, chat_raw: String, store: Store) -> Response {
@@ -330,20 +367,19 @@ async fn put_message(
             let chat = number(&chat_raw, "chat number")?;
             let message = number(&message_raw, "message number")?;
             let body = body.map_err(body_error)?.body;
-            if body.is_empty() {
-                return Err(HttpError::BadRequest("body must not be empty".into()));
-            }
-            // PostgreSQL text cannot hold U+0000: refuse it here, as bad input,
-            // rather than fail in the database.
-            if body.contains('\0') {
-                return Err(HttpError::BadRequest(
-                    "body must not contain NUL characters".into(),
-                ));
-            }
-            let (message, outcome) = store
-                .put_message(&token(&token_raw)?, chat, message, &body)
-                .await?;
-            tracing::debug!(chat, message = message.number, ?outcome, "message stored");
+            check_body(&body).map_err(HttpError::BadRequest)?;
+            let record = NewRecord::Message {
+                token: token(&token_raw)?,
+                chat,
+                number: message,
+                body: body.clone(),
+            };
+            let outcome = store_one(&store, record).await?;
+            tracing::debug!(chat, message, ?outcome, "message stored");
+            let message = crate::store::Message {
+                number: message,
+                body,
+            };
             Ok(json_with_status(&message, status(outcome)))
         }
         .await,

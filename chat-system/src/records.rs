@@ -1,0 +1,354 @@
+//! The one write path: storing a batch of chats and messages, of any
+//! applications, in one transaction with a few set-based statements. The
+//! single `PUT`s are batches of one.
+//!
+//! Per batch: lock the applications that get chats, insert the chats and
+//! move their applications' counters in one statement; lock the chats that
+//! get messages (chats of this batch included, so a chat and its first
+//! messages can travel together), insert the messages and move their
+//! chats' counters in one statement; read back the bodies of numbers that
+//! were taken, to tell a redelivery (same body) from a conflict. Parent
+//! rows are locked in id order, applications before chats, so concurrent
+//! batches (and single writes, which lock one row) cannot deadlock. Inserts
+//! are `ON CONFLICT DO NOTHING`, so a redelivered record changes nothing,
+//! and the counters move by exactly the rows inserted.
+//!
+//! Each record gets its own result with the meaning of the single `PUT`s.
+//! Within a batch the first record of a number wins; a later one of the
+//! same number is a redelivery or a conflict, as it would be later on.
+
+use std::collections::HashMap;
+
+use sqlx::{Postgres, Transaction};
+
+use crate::error::{Missing, StoreError};
+use crate::store::{Outcome, Store};
+
+/// A record to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NewRecord {
+    Chat {
+        token: String,
+        number: i64,
+    },
+    Message {
+        token: String,
+        chat: i64,
+        number: i64,
+        body: String,
+    },
+}
+
+/// What became of one record: stored now or already there, or why not
+/// (`NotFound`, `Conflict`).
+pub(crate) type Stored = Result<Outcome, StoreError>;
+
+impl Store {
+    /// Stores `records` and answers a result per record, in order. An
+    /// error of the whole batch (the database is unreachable) stores
+    /// nothing.
+    pub(crate) async fn store(&self, records: &[NewRecord]) -> Result<Vec<Stored>, StoreError> {
+        let mut results: Vec<Option<Stored>> = records.iter().map(|_| None).collect();
+        let mut transaction = self.db()?.begin().await?;
+        store_chats(&mut transaction, records, &mut results).await?;
+        store_messages(&mut transaction, records, &mut results).await?;
+        transaction.commit().await?;
+        Ok(results
+            .into_iter()
+            .map(|result| result.expect("every record got a result"))
+            .collect())
+    }
+}
+
+/// Index of each record, by a key: the first record of the key, and the
+/// later ones (duplicates within the batch).
+struct FirstOf<K> {
+    first: HashMap<K, usize>,
+    later: Vec<(usize, K)>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> FirstOf<K> {
+    fn new() -> Self {
+        Self {
+            first: HashMap::new(),
+            later: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, key: K, index: usize) {
+        match self.first.entry(key) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                self.later.push((index, first.key().clone()));
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(index);
+            }
+        }
+    }
+}
+
+async fn store_chats(
+    transaction: &mut Transaction<'_, Postgres>,
+    records: &[NewRecord],
+    results: &mut [Option<Stored>],
+) -> Result<(), StoreError> {
+    let chats: Vec<(usize, &str, i64)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(index, record)| match record {
+            NewRecord::Chat { token, number } => Some((index, token.as_str(), *number)),
+            NewRecord::Message { .. } => None,
+        })
+        .collect();
+    if chats.is_empty() {
+        return Ok(());
+    }
+    let tokens = distinct(chats.iter().map(|(_, token, _)| *token));
+    let applications = lock_applications(transaction, &tokens).await?;
+
+    let mut keys = FirstOf::new();
+    for &(index, token, number) in &chats {
+        match applications.get(token) {
+            Some(&application) => keys.add((application, number), index),
+            None => results[index] = Some(Err(StoreError::NotFound(Missing::Application))),
+        }
+    }
+    let (application_ids, numbers): (Vec<i64>, Vec<i64>) = keys.first.keys().copied().unzip();
+    let inserted: Vec<(i64, i64)> = sqlx::query_as(
+        "WITH inserted AS (
+             INSERT INTO chats (application_id, number)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[])
+             ON CONFLICT (application_id, number) DO NOTHING
+             RETURNING application_id, number),
+         counted AS (
+             UPDATE applications a
+             SET chats_count = a.chats_count + c.created,
+                 last_chat_number = GREATEST(a.last_chat_number, c.highest)
+             FROM (SELECT application_id, count(*) AS created, max(number) AS highest
+                   FROM inserted GROUP BY application_id) c
+             WHERE a.id = c.application_id)
+         SELECT application_id, number FROM inserted",
+    )
+    .bind(&application_ids)
+    .bind(&numbers)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let created: std::collections::HashSet<(i64, i64)> = inserted.into_iter().collect();
+    for (key, &index) in &keys.first {
+        results[index] = Some(Ok(if created.contains(key) {
+            Outcome::Created
+        } else {
+            Outcome::AlreadyThere
+        }));
+    }
+    for (index, _) in keys.later {
+        results[index] = Some(Ok(Outcome::AlreadyThere));
+    }
+    Ok(())
+}
+
+async fn store_messages(
+    transaction: &mut Transaction<'_, Postgres>,
+    records: &[NewRecord],
+    results: &mut [Option<Stored>],
+) -> Result<(), StoreError> {
+    let messages: Vec<(usize, &str, i64, i64, &str)> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(index, record)| match record {
+            NewRecord::Message {
+                token,
+                chat,
+                number,
+                body,
+            } => Some((index, token.as_str(), *chat, *number, body.as_str())),
+            NewRecord::Chat { .. } => None,
+        })
+        .collect();
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let wanted = distinct(messages.iter().map(|&(_, token, chat, _, _)| (token, chat)));
+    let chats = lock_chats(transaction, &wanted).await?;
+    let missing_tokens = distinct(
+        wanted
+            .iter()
+            .filter(|key| !chats.contains_key(*key))
+            .map(|(token, _)| *token),
+    );
+    let known = known_applications(transaction, &missing_tokens).await?;
+
+    let mut keys = FirstOf::new();
+    for &(index, token, chat, number, _) in &messages {
+        match chats.get(&(token, chat)) {
+            Some(&chat_id) => keys.add((chat_id, number), index),
+            None if known.contains(token) => {
+                results[index] = Some(Err(StoreError::NotFound(Missing::Chat)));
+            }
+            None => results[index] = Some(Err(StoreError::NotFound(Missing::Application))),
+        }
+    }
+    let mut chat_ids = Vec::with_capacity(keys.first.len());
+    let mut numbers = Vec::with_capacity(keys.first.len());
+    let mut bodies = Vec::with_capacity(keys.first.len());
+    for (&(chat_id, number), &index) in &keys.first {
+        chat_ids.push(chat_id);
+        numbers.push(number);
+        bodies.push(messages_body(records, index));
+    }
+    let inserted: Vec<(i64, i64)> = sqlx::query_as(
+        "WITH inserted AS (
+             INSERT INTO messages (chat_id, number, body)
+             SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[])
+             ON CONFLICT (chat_id, number) DO NOTHING
+             RETURNING chat_id, number),
+         counted AS (
+             UPDATE chats c
+             SET messages_count = c.messages_count + m.created,
+                 last_message_number = GREATEST(c.last_message_number, m.highest)
+             FROM (SELECT chat_id, count(*) AS created, max(number) AS highest
+                   FROM inserted GROUP BY chat_id) m
+             WHERE c.id = m.chat_id)
+         SELECT chat_id, number FROM inserted",
+    )
+    .bind(&chat_ids)
+    .bind(&numbers)
+    .bind(&bodies)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let created: std::collections::HashSet<(i64, i64)> = inserted.into_iter().collect();
+
+    // Numbers that were taken already, or twice in this batch: their
+    // stored bodies decide between a redelivery and a conflict.
+    let taken: Vec<(usize, (i64, i64))> = keys
+        .first
+        .iter()
+        .filter(|(key, _)| !created.contains(*key))
+        .map(|(key, &index)| (index, *key))
+        .chain(keys.later.iter().map(|&(index, key)| (index, key)))
+        .collect();
+    for (key, &index) in &keys.first {
+        if created.contains(key) {
+            results[index] = Some(Ok(Outcome::Created));
+        }
+    }
+    if taken.is_empty() {
+        return Ok(());
+    }
+    let stored = stored_bodies(transaction, taken.iter().map(|(_, key)| *key)).await?;
+    for (index, (chat_id, number)) in taken {
+        let NewRecord::Message { chat, body, .. } = &records[index] else {
+            unreachable!("only message records are in `taken`");
+        };
+        results[index] = Some(match stored.get(&(chat_id, number)) {
+            Some(stored) if stored == body => Ok(Outcome::AlreadyThere),
+            _ => Err(StoreError::Conflict {
+                chat: *chat,
+                number,
+            }),
+        });
+    }
+    Ok(())
+}
+
+fn messages_body(records: &[NewRecord], index: usize) -> &str {
+    match &records[index] {
+        NewRecord::Message { body, .. } => body,
+        NewRecord::Chat { .. } => unreachable!("only message records are keyed by chat id"),
+    }
+}
+
+/// `token → id` of the applications among `tokens`, locked (in id order)
+/// until the transaction ends.
+async fn lock_applications(
+    transaction: &mut Transaction<'_, Postgres>,
+    tokens: &[&str],
+) -> Result<HashMap<String, i64>, StoreError> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, token FROM applications WHERE token = ANY($1)
+         ORDER BY id FOR NO KEY UPDATE",
+    )
+    .bind(tokens)
+    .fetch_all(&mut **transaction)
+    .await?;
+    Ok(rows.into_iter().map(|(id, token)| (token, id)).collect())
+}
+
+/// `(token, number) → id` of the chats among `wanted`, locked (in id
+/// order) until the transaction ends.
+async fn lock_chats<'a>(
+    transaction: &mut Transaction<'_, Postgres>,
+    wanted: &[(&'a str, i64)],
+) -> Result<HashMap<(&'a str, i64), i64>, StoreError> {
+    let (tokens, numbers): (Vec<&str>, Vec<i64>) = wanted.iter().copied().unzip();
+    let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+        "SELECT c.id, a.token, c.number
+         FROM chats c
+         JOIN applications a ON a.id = c.application_id
+         JOIN unnest($1::text[], $2::bigint[]) AS k(token, number)
+           ON a.token = k.token AND c.number = k.number
+         ORDER BY c.id FOR NO KEY UPDATE OF c",
+    )
+    .bind(&tokens)
+    .bind(&numbers)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let by_key: HashMap<(String, i64), i64> = rows
+        .into_iter()
+        .map(|(id, token, number)| ((token, number), id))
+        .collect();
+    Ok(wanted
+        .iter()
+        .filter_map(|&(token, number)| {
+            by_key
+                .get(&(token.to_owned(), number))
+                .map(|&id| ((token, number), id))
+        })
+        .collect())
+}
+
+/// Which of `tokens` name an application.
+async fn known_applications(
+    transaction: &mut Transaction<'_, Postgres>,
+    tokens: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if tokens.is_empty() {
+        return Ok(Default::default());
+    }
+    let known: Vec<String> =
+        sqlx::query_scalar("SELECT token FROM applications WHERE token = ANY($1)")
+            .bind(tokens)
+            .fetch_all(&mut **transaction)
+            .await?;
+    Ok(known.into_iter().collect())
+}
+
+/// The stored body of each `(chat id, number)` there is.
+async fn stored_bodies(
+    transaction: &mut Transaction<'_, Postgres>,
+    keys: impl Iterator<Item = (i64, i64)>,
+) -> Result<HashMap<(i64, i64), String>, StoreError> {
+    let (chat_ids, numbers): (Vec<i64>, Vec<i64>) = keys.unzip();
+    // A fresh statement: it sees rows committed by concurrent writers after
+    // the insert's snapshot, and this batch's own.
+    let rows: Vec<(i64, i64, String)> = sqlx::query_as(
+        "SELECT m.chat_id, m.number, m.body
+         FROM messages m
+         JOIN unnest($1::bigint[], $2::bigint[]) AS k(chat_id, number)
+           ON m.chat_id = k.chat_id AND m.number = k.number",
+    )
+    .bind(&chat_ids)
+    .bind(&numbers)
+    .fetch_all(&mut **transaction)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(chat_id, number, body)| ((chat_id, number), body))
+        .collect())
+}
+
+/// The distinct items, in first-seen order.
+fn distinct<T: std::hash::Hash + Eq + Copy>(items: impl Iterator<Item = T>) -> Vec<T> {
+    let mut seen = std::collections::HashSet::new();
+    items.filter(|item| seen.insert(*item)).collect()
+}

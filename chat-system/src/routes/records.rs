@@ -1,0 +1,222 @@
+//! `POST /records`: many chats and messages, of any applications, stored
+//! at once (the worker's write), with a result per record that means what
+//! the single `PUT`'s status means.
+//!
+//! A record that is not valid is answered `400` on its own and the others
+//! are stored. An error of the whole request (a malformed body, the
+//! database unreachable) answers the request as a single write would.
+
+use serde::{Deserialize, Serialize};
+use shared::trace::TraceParent;
+use warp::Reply;
+use warp::reply::Response;
+
+use super::{body_error, check_body};
+use crate::error::{HttpError, Missing, StoreError};
+use crate::records::NewRecord;
+use crate::store::{Outcome, Store};
+
+/// More records than this in one request is refused (413): the worker
+/// sends far fewer, and one transaction should stay short.
+pub(crate) const MAX_RECORDS: usize = 5000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Request {
+    records: Vec<Record>,
+}
+
+/// One record of the request, as the worker sends it. `job_id` and
+/// `traceparent` only go to the log lines about it.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Record {
+    Chat {
+        token: String,
+        number: i64,
+        #[serde(default)]
+        job_id: Option<String>,
+        #[serde(default)]
+        traceparent: Option<String>,
+    },
+    Message {
+        token: String,
+        chat: i64,
+        number: i64,
+        body: String,
+        #[serde(default)]
+        job_id: Option<String>,
+        #[serde(default)]
+        traceparent: Option<String>,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct Answer {
+    results: Vec<RecordResult>,
+}
+
+/// A record's result: `status` as its single `PUT` would answer it, and
+/// `result` in words (`created`, `exists`, `conflict`,
+/// `unknown_application`, `unknown_chat`, `invalid`).
+#[derive(Debug, Serialize)]
+struct RecordResult {
+    status: u16,
+    result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl RecordResult {
+    fn stored(outcome: Outcome) -> Self {
+        let (status, result) = match outcome {
+            Outcome::Created => (201, "created"),
+            Outcome::AlreadyThere => (200, "exists"),
+        };
+        Self {
+            status,
+            result,
+            error: None,
+        }
+    }
+
+    fn failed(error: &StoreError) -> Self {
+        let result = match error {
+            StoreError::NotFound(Missing::Application) => "unknown_application",
+            StoreError::NotFound(_) => "unknown_chat",
+            StoreError::Conflict { .. } => "conflict",
+            _ => "invalid",
+        };
+        Self {
+            status: error.status().as_u16(),
+            result,
+            error: Some(error.to_string()),
+        }
+    }
+
+    fn invalid(reason: String) -> Self {
+        Self {
+            status: 400,
+            result: "invalid",
+            error: Some(reason),
+        }
+    }
+}
+
+impl Record {
+    /// The record to store, or why it cannot be one. A token PostgreSQL
+    /// cannot hold (a NUL) names no application, as in the single `PUT`s.
+    fn check(self) -> Result<NewRecord, RecordResult> {
+        let positive = |value: i64, what: &str| {
+            if value > 0 {
+                Ok(value)
+            } else {
+                Err(RecordResult::invalid(format!(
+                    "{what} must be a positive integer"
+                )))
+            }
+        };
+        let unknown = || RecordResult::failed(&StoreError::NotFound(Missing::Application));
+        match self {
+            Record::Chat { token, number, .. } => {
+                let number = positive(number, "chat number")?;
+                if token.is_empty() || token.contains('\0') {
+                    return Err(unknown());
+                }
+                Ok(NewRecord::Chat { token, number })
+            }
+            Record::Message {
+                token,
+                chat,
+                number,
+                body,
+                ..
+            } => {
+                let chat = positive(chat, "chat number")?;
+                let number = positive(number, "message number")?;
+                check_body(&body).map_err(RecordResult::invalid)?;
+                if token.is_empty() || token.contains('\0') {
+                    return Err(unknown());
+                }
+                Ok(NewRecord::Message {
+                    token,
+                    chat,
+                    number,
+                    body,
+                })
+            }
+        }
+    }
+
+    /// `(job id, trace id)`, for the log line about this record.
+    fn origin(&self) -> (Option<String>, Option<String>) {
+        let (Record::Chat {
+            job_id,
+            traceparent,
+            ..
+        }
+        | Record::Message {
+            job_id,
+            traceparent,
+            ..
+        }) = self;
+        let trace_id = traceparent
+            .as_deref()
+            .and_then(TraceParent::parse)
+            .map(|trace| trace.trace_id());
+        (job_id.clone(), trace_id)
+    }
+}
+
+pub(crate) async fn store_records(
+    body: Result<Request, shared::http::BodyError>,
+    store: Store,
+) -> Response {
+    super::answer(
+        async {
+            let records = body.map_err(body_error)?.records;
+            if records.len() > MAX_RECORDS {
+                return Ok(shared::http::error(
+                    warp::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("at most {MAX_RECORDS} records per request"),
+                ));
+            }
+            let origins: Vec<_> = records.iter().map(Record::origin).collect();
+            let mut results: Vec<Option<RecordResult>> = Vec::with_capacity(records.len());
+            let mut valid = Vec::with_capacity(records.len());
+            let mut positions = Vec::with_capacity(records.len());
+            for (index, record) in records.into_iter().enumerate() {
+                match record.check() {
+                    Ok(record) => {
+                        valid.push(record);
+                        positions.push(index);
+                        results.push(None);
+                    }
+                    Err(invalid) => results.push(Some(invalid)),
+                }
+            }
+            let stored = store.store(&valid).await.map_err(HttpError::Store)?;
+            for (index, stored) in positions.into_iter().zip(stored) {
+                results[index] = Some(match stored {
+                    Ok(outcome) => RecordResult::stored(outcome),
+                    Err(error) => RecordResult::failed(&error),
+                });
+            }
+            let results: Vec<RecordResult> = results
+                .into_iter()
+                .map(|result| result.expect("every record got a result"))
+                .collect();
+            for (result, (job_id, trace_id)) in results.iter().zip(origins) {
+                tracing::debug!(
+                    job_id,
+                    trace_id,
+                    status = result.status,
+                    result = result.result,
+                    "record written"
+                );
+            }
+            Ok(warp::reply::json(&Answer { results }).into_response())
+        }
+        .await,
+    )
+}
