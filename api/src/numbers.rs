@@ -191,12 +191,12 @@ impl Numbers {
     /// out of flight, so its counter can expire again, and for a chat its
     /// message counter removed, so messages to it get 404.
     pub(crate) async fn give_back(&self, scope: Scope<'_>, number: i64) -> Result<(), NumberError> {
+        let ttl = self.timings.counter_ttl;
+        let call = self.keys.release(scope, &[number], ttl, Release::Refused);
         let _: i64 = self
             .release
-            .key(self.keys.release_keys(scope, number))
-            .arg(number)
-            .arg(millis(self.timings.counter_ttl))
-            .arg(Release::Refused.as_arg())
+            .key(call.keys)
+            .arg(call.args)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Ok(())

@@ -22,6 +22,8 @@
 //! Every key of a token carries `{token}` as a Redis Cluster hash tag: all
 //! keys a script touches share one slot.
 
+use std::time::Duration;
+
 /// Which counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope<'a> {
@@ -97,20 +99,38 @@ impl Keys {
         format!("{}:unknown", self.base(scope))
     }
 
-    /// The KEYS of [`RELEASE`] for number `number` of `scope`: for a chat,
-    /// its own message counter and in-flight set too.
-    pub fn release_keys(&self, scope: Scope<'_>, number: i64) -> Vec<String> {
-        let mut keys = vec![self.counter(scope), self.in_flight(scope)];
-        if let Scope::Chats { token } = scope {
-            let chat = Scope::Messages {
-                token,
-                chat: number,
-            };
-            keys.push(self.counter(chat));
-            keys.push(self.in_flight(chat));
+    /// The invocation of [`RELEASE`] that takes `numbers` of `scope` out
+    /// of flight, `why` they leave it; counters get `ttl` back.
+    pub fn release(
+        &self,
+        scope: Scope<'_>,
+        numbers: &[i64],
+        ttl: Duration,
+        why: Release,
+    ) -> Invocation {
+        let (head, tail) = match scope {
+            Scope::Chats { token } => self.message_counter_parts(token),
+            Scope::Messages { .. } => (String::new(), String::new()),
+        };
+        let mut args = vec![
+            ttl.as_millis().to_string(),
+            why.as_arg().to_owned(),
+            head,
+            tail,
+        ];
+        args.extend(numbers.iter().map(i64::to_string));
+        Invocation {
+            keys: vec![self.counter(scope), self.in_flight(scope)],
+            args,
         }
-        keys
     }
+}
+
+/// The KEYS and ARGV of one script call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub keys: Vec<String>,
+    pub args: Vec<String>,
 }
 
 /// Why a number leaves flight, the third ARGV of [`RELEASE`].
@@ -219,20 +239,31 @@ pub const UNLOCK: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
-/// Takes a number out of flight: after its record was stored (the worker)
-/// or after the broker refused its job (the api). When the scope has
-/// nothing left in flight, the counter gets its TTL back.
+/// Takes numbers of one scope out of flight: after their records were
+/// stored (the worker) or after the broker refused their jobs (the api).
+/// When the scope has nothing left in flight, its counter gets its TTL
+/// back.
 ///
-/// KEYS: counter, in-flight set; for a chat job also that chat's message
-/// counter and message in-flight set.
-/// ARGV: number, TTL milliseconds, and for a chat job `expire` (stored: its
-/// message counter may now expire) or `delete` (refused: the chat does not
-/// exist, so its message counter goes and messages to it get 404).
-pub const RELEASE: &str = "redis.call('SREM', KEYS[2], ARGV[1])
-if redis.call('SCARD', KEYS[2]) == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if #KEYS == 4 and redis.call('SCARD', KEYS[4]) == 0 then
-  if ARGV[3] == 'delete' then redis.call('DEL', KEYS[3]) else redis.call('PEXPIRE', KEYS[3], ARGV[2]) end
+/// KEYS: counter, in-flight set.
+/// ARGV: TTL milliseconds; `expire` (stored) or `delete` (refused); for an
+/// application's chats the head and tail of their message counters' keys
+/// (empty strings for a chat's messages); then the numbers. Each chat
+/// number's own message counter, `head .. n .. tail` (in the same slot, as
+/// in [`DRAW`]), once nothing of it is in flight either gets its TTL
+/// (`expire`: the chat is stored) or is deleted (`delete`: the chat will
+/// never exist, so messages to it get 404). `SREM` is idempotent: a
+/// redelivered job cannot release anything early.
+pub const RELEASE: &str = "local ttl, mode, head, tail = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+for i = 5, #ARGV do
+  redis.call('SREM', KEYS[2], ARGV[i])
+  if head ~= '' then
+    local messages = head .. ARGV[i] .. tail
+    if redis.call('SCARD', messages .. ':inflight') == 0 then
+      if mode == 'delete' then redis.call('DEL', messages) else redis.call('PEXPIRE', messages, ttl) end
+    end
+  end
 end
+if redis.call('SCARD', KEYS[2]) == 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1";
 
 #[cfg(test)]
@@ -256,6 +287,30 @@ mod tests {
         assert_eq!(keys.in_flight(messages), "p:{abc}:chat:5:messages:inflight");
         let (head, tail) = keys.message_counter_parts("abc");
         assert_eq!(format!("{head}5{tail}"), keys.counter(messages));
+        assert_eq!(
+            format!("{}:inflight", keys.counter(messages)),
+            keys.in_flight(messages),
+            "RELEASE builds a chat's message in-flight key so"
+        );
+    }
+
+    #[test]
+    fn a_release_names_its_scope_and_numbers() {
+        let keys = Keys::new("p");
+        let ttl = Duration::from_secs(2);
+        let chats = keys.release(Scope::Chats { token: "t" }, &[3, 4], ttl, Release::Refused);
+        assert_eq!(chats.keys, ["p:{t}:chats", "p:{t}:chats:inflight"]);
+        assert_eq!(
+            chats.args,
+            ["2000", "delete", "p:{t}:chat:", ":messages", "3", "4"]
+        );
+        let messages = Scope::Messages {
+            token: "t",
+            chat: 3,
+        };
+        let released = keys.release(messages, &[9], ttl, Release::Stored);
+        assert_eq!(released.keys[0], "p:{t}:chat:3:messages");
+        assert_eq!(released.args, ["2000", "expire", "", "", "9"]);
     }
 
     #[test]

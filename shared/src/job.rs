@@ -6,6 +6,11 @@
 //! recomputes it. A job's [`Record`] is a chat or a message with its
 //! number and body: a job that is neither cannot be built, and a payload
 //! that describes neither does not decode.
+//!
+//! A message of the jobs queue holds one job, or a batch of the jobs the
+//! api gathered while a confirm was pending (AMQP `type` [`BATCH_TYPE`],
+//! `{"v":1,"jobs":[job, ...]}`). Each job of a batch decodes on its own:
+//! one that does not is refused alone, with its own bytes.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,6 +22,12 @@ use crate::trace::TraceParent;
 
 /// The schema version this code writes and reads.
 pub const VERSION: u32 = 1;
+
+/// The AMQP `type` of a message holding a batch of jobs.
+pub const BATCH_TYPE: &str = "batch";
+
+/// The AMQP header that counts the jobs of a message (absent: one).
+pub const JOBS_HEADER: &str = "x-jobs";
 
 /// What a job stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +166,58 @@ impl Job {
             attempt: self.attempt,
             traceparent: self.trace,
         }
+    }
+}
+
+/// `jobs` as one batch message's payload.
+pub fn encode_batch(jobs: &[Job]) -> Vec<u8> {
+    let mut payload = format!("{{\"v\":{VERSION},\"jobs\":[").into_bytes();
+    for (index, job) in jobs.iter().enumerate() {
+        if index > 0 {
+            payload.push(b',');
+        }
+        serde_json::to_writer(&mut payload, &job.wire()).expect("a job always serializes");
+    }
+    payload.extend_from_slice(b"]}");
+    payload
+}
+
+/// One job of a message as it came, decoded or not: a job that does not
+/// decode keeps its bytes, to be dead-lettered as they are.
+#[derive(Debug)]
+pub struct Unpacked<'a> {
+    pub job: Result<Job, JobError>,
+    pub bytes: &'a [u8],
+}
+
+/// The jobs of a message of AMQP type `kind`: one, or those of a batch.
+pub fn unpack<'a>(kind: Option<&str>, payload: &'a [u8]) -> Vec<Unpacked<'a>> {
+    let whole = |job| {
+        vec![Unpacked {
+            job,
+            bytes: payload,
+        }]
+    };
+    if kind != Some(BATCH_TYPE) {
+        return whole(Job::decode(payload));
+    }
+    #[derive(Deserialize)]
+    struct Batch<'a> {
+        v: u32,
+        #[serde(borrow)]
+        jobs: Vec<&'a serde_json::value::RawValue>,
+    }
+    match serde_json::from_slice::<Batch<'a>>(payload) {
+        Ok(batch) if batch.v == VERSION => batch
+            .jobs
+            .into_iter()
+            .map(|raw| Unpacked {
+                job: Job::decode(raw.get().as_bytes()),
+                bytes: raw.get().as_bytes(),
+            })
+            .collect(),
+        Ok(batch) => whole(Err(JobError::Version(batch.v))),
+        Err(error) => whole(Err(JobError::Malformed(error))),
     }
 }
 
@@ -305,6 +368,43 @@ mod tests {
         assert_eq!(message["chat_number"], 2);
         assert_eq!(message["message_number"], 5);
         assert_eq!(message["body"], "b");
+    }
+
+    #[test]
+    fn a_batch_unpacks_into_its_jobs_each_on_its_own() {
+        let jobs = vec![
+            Job::chat("t".into(), 1),
+            Job::message("t".into(), 1, 1, "a, \"b\"".into()),
+        ];
+        let mut payload = encode_batch(&jobs);
+        // A third job that is not one, spliced in before the closing `]}`.
+        payload.truncate(payload.len() - 2);
+        payload.extend_from_slice(br#",{"v":1,"kind":"thread"}]}"#);
+
+        let unpacked = unpack(Some(BATCH_TYPE), &payload);
+
+        assert_eq!(unpacked.len(), 3);
+        assert_eq!(unpacked[0].job.as_ref().unwrap(), &jobs[0]);
+        assert_eq!(unpacked[1].job.as_ref().unwrap(), &jobs[1]);
+        assert_eq!(unpacked[1].bytes, jobs[1].encode());
+        assert!(unpacked[2].job.is_err());
+        assert_eq!(unpacked[2].bytes, br#"{"v":1,"kind":"thread"}"#);
+    }
+
+    #[test]
+    fn a_single_job_or_an_unreadable_batch_unpacks_whole() {
+        let job = Job::chat("t".into(), 1);
+        let single = job.encode();
+        let unpacked = unpack(Some("chat"), &single);
+        assert_eq!(unpacked.len(), 1);
+        assert_eq!(unpacked[0].job.as_ref().unwrap(), &job);
+
+        for payload in [&b"nope"[..], br#"{"v":2,"jobs":[]}"#] {
+            let unpacked = unpack(Some(BATCH_TYPE), payload);
+            assert_eq!(unpacked.len(), 1, "{payload:?}");
+            assert!(unpacked[0].job.is_err());
+            assert_eq!(unpacked[0].bytes, payload);
+        }
     }
 
     #[test]

@@ -215,6 +215,24 @@ pub fn reconnect_delays() -> backon::ExponentialBuilder {
         .without_max_times()
 }
 
+/// The blocked state of `connection` as it changes: `true` when the
+/// broker blocks it (a memory or disk alarm: publishes on it wait), `false`
+/// when the block is lifted.
+pub fn blocked(
+    connection: &Connection,
+) -> impl futures::Stream<Item = bool> + Send + Unpin + 'static {
+    connection
+        .events_listener()
+        .filter_map(|event| async move {
+            match event {
+                lapin::Event::ConnectionBlocked(_) => Some(true),
+                lapin::Event::ConnectionUnblocked => Some(false),
+                _ => None,
+            }
+        })
+        .boxed()
+}
+
 /// How a watched connection ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionLost {

@@ -37,6 +37,7 @@ pub struct Seen {
     pub method: Method,
     pub path: String,
     pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 pub struct HttpProxy {
@@ -76,6 +77,7 @@ impl HttpProxy {
                                 method: method.clone(),
                                 path: path.as_str().to_owned(),
                                 headers: headers.clone(),
+                                body: body.clone(),
                             });
                             if script.next.is_empty() {
                                 script.always

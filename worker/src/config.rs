@@ -52,13 +52,24 @@ pub struct Selection {
 
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Deliveries the broker hands this worker before it acknowledges any.
-    #[arg(long, env = "WORKER_PREFETCH", default_value_t = 64)]
+    /// Deliveries the broker hands this worker before it acknowledges any
+    /// (a delivery holds one job, or a batch the api gathered).
+    #[arg(long, env = "WORKER_PREFETCH", default_value_t = 256)]
     pub prefetch: u16,
 
-    /// Jobs persisted at once.
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32)]
+    /// Batches stored at once (bulk requests in flight).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 2)]
     pub concurrency: usize,
+
+    /// Most jobs one batch takes, and one bulk request to the chat-system
+    /// carries.
+    #[arg(long, env = "WORKER_BATCH_MAX", default_value_t = 256)]
+    pub batch_max: usize,
+
+    /// Most bytes of jobs one batch takes, and of records one bulk request
+    /// carries; must stay under the chat-system's `MAX_BODY_BYTES`.
+    #[arg(long, env = "WORKER_BATCH_BYTES", default_value_t = 512 * 1024)]
+    pub batch_bytes: usize,
 
     /// Attempts before a job that keeps failing transiently is
     /// dead-lettered.

@@ -1,31 +1,45 @@
-//! The consume loop: one connection at a time, reconnected with backoff
-//! when it breaks; deliveries handled concurrently up to
-//! `WORKER_CONCURRENCY`, with at most `WORKER_PREFETCH` unacknowledged.
+//! The consume loop: a consume connection and a publish connection at a
+//! time, reconnected with backoff when either breaks; deliveries gathered
+//! into batches and handled `WORKER_CONCURRENCY` batches at once, with at
+//! most `WORKER_PREFETCH` unacknowledged.
+//!
+//! Group commit without waiting: once a batch slot is free, the loop takes
+//! the next delivery and whatever else has already arrived, up to
+//! `WORKER_BATCH_MAX` jobs or `WORKER_BATCH_BYTES`, and never waits for
+//! more. An idle worker handles a lone job at once; a busy one takes in one
+//! batch what arrived while its slots were full.
+//!
+//! Publishing (retry and dead-letter copies) has its own connection, as
+//! RabbitMQ advises: a resource alarm blocks publishing connections, and a
+//! blocked publish must not hold back the consume connection's acks.
 //!
 //! Acknowledgements are batched per channel ([`crate::acks`]).
 //!
 //! Stopping (SIGTERM): cancel the consumer so no new delivery arrives,
-//! finish and settle the ones being handled, send the last acks, close. Deliveries prefetched
-//! but not started are returned to the queue by the channel's close.
+//! finish and settle the batches in hand, send the last acks, close.
+//! Deliveries prefetched but not taken are returned to the queue by the
+//! channel's close.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use lapin::message::Delivery;
 use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::{Channel, Connection, Consumer};
+use shared::job::JOBS_HEADER;
 use shared::telemetry::Chain;
 use shared::topology;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::acks::Acks;
+use crate::acks::{Acks, Taken};
 use crate::handler::{Handler, Outcome};
 
 /// Why consuming on a connection stopped, other than being told to.
@@ -44,6 +58,9 @@ pub(crate) struct Settings {
     pub(crate) amqp_url: String,
     pub(crate) prefetch: u16,
     pub(crate) concurrency: usize,
+    /// Jobs and bytes one batch takes at most (a delivery is never split).
+    pub(crate) batch_jobs: usize,
+    pub(crate) batch_bytes: usize,
 }
 
 /// Live facts about this worker, for `/readyz` and tests.
@@ -51,6 +68,7 @@ pub(crate) struct Settings {
 pub struct Status {
     connected: AtomicBool,
     stored: AtomicU64,
+    publish_blocked: AtomicBool,
 }
 
 impl Status {
@@ -61,6 +79,11 @@ impl Status {
     /// Jobs this worker stored since it started.
     pub fn stored(&self) -> u64 {
         self.stored.load(Ordering::Relaxed)
+    }
+
+    /// The broker blocks the publish connection (a resource alarm).
+    pub fn publish_blocked(&self) -> bool {
+        self.publish_blocked.load(Ordering::Relaxed)
     }
 }
 
@@ -90,64 +113,106 @@ pub(crate) async fn run(
     }
 }
 
-/// Opens a connection with the topology, a consume channel and a
-/// confirm-mode publish channel.
-pub(crate) async fn open(
-    handler: &Handler,
-    amqp_url: &str,
-) -> lapin::Result<(Connection, Channel, Channel)> {
-    let connection = topology::connect(amqp_url, "worker").await?;
-    let channel = connection.create_channel().await?;
-    handler.topology.declare(&channel).await?;
-    for delay in handler.policy.queues() {
-        handler
-            .topology
-            .declare_retry_queue(&channel, delay)
-            .await?;
-    }
-    let publisher = connection.create_channel().await?;
-    publisher
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok((connection, channel, publisher))
+/// The two connections of a session and their channels.
+pub(crate) struct Link {
+    pub(crate) consume_connection: Connection,
+    pub(crate) publish_connection: Connection,
+    /// Consumes and acknowledges.
+    pub(crate) channel: Channel,
+    /// Confirm mode: the retry and dead-letter copies.
+    pub(crate) publisher: Channel,
 }
 
-/// One connection's worth of consuming. `Ok` when stopped on purpose,
-/// the reason otherwise.
+impl Link {
+    /// Opens both connections, declares the topology and the retry queues.
+    pub(crate) async fn open(handler: &Handler, amqp_url: &str) -> lapin::Result<Self> {
+        let consume_connection = topology::connect(amqp_url, "worker-consume").await?;
+        let publish_connection = topology::connect(amqp_url, "worker-publish").await?;
+        let channel = consume_connection.create_channel().await?;
+        handler.topology.declare(&channel).await?;
+        for delay in handler.policy.queues() {
+            handler
+                .topology
+                .declare_retry_queue(&channel, delay)
+                .await?;
+        }
+        let publisher = publish_connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            consume_connection,
+            publish_connection,
+            channel,
+            publisher,
+        })
+    }
+
+    pub(crate) async fn close(&self) {
+        for connection in [&self.consume_connection, &self.publish_connection] {
+            let closing = connection.close(200, "worker stopping".into());
+            let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
+        }
+    }
+}
+
+/// One session's worth of consuming. `Ok` when stopped on purpose, the
+/// reason otherwise.
 async fn session(
     handler: &Arc<Handler>,
     settings: &Settings,
     status: &Arc<Status>,
     stop: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let (connection, channel, publisher) = open(handler, &settings.amqp_url).await?;
-    // Cancelled when the connection dies: the consume loop and every job in
-    // hand give up then, since lapin may leave them waiting forever; the
-    // broker redelivers what was not acknowledged.
+    let link = Link::open(handler, &settings.amqp_url).await?;
+    // Cancelled when either connection dies: the consume loop and every
+    // batch in hand give up then, since lapin may leave them waiting
+    // forever; the broker redelivers what was not acknowledged.
     let abandon = CancellationToken::new();
     let watcher = tokio::spawn({
-        let (lost, abandon) = (topology::lost(&connection), abandon.clone());
+        let consume = topology::lost(&link.consume_connection);
+        let publish = topology::lost(&link.publish_connection);
+        let abandon = abandon.clone();
         async move {
-            let error = lost.await;
+            let lost = tokio::select! {
+                lost = consume => lost,
+                lost = publish => lost,
+            };
             abandon.cancel();
-            error
+            lost
         }
     });
-    let ended = consume(
-        handler, settings, status, stop, &channel, &publisher, &abandon,
-    )
-    .await;
+    let blocked = tokio::spawn(watch_blocked(
+        topology::blocked(&link.publish_connection),
+        status.clone(),
+    ));
+    let ended = consume(handler, settings, status, stop, &link, &abandon).await;
+    blocked.abort();
+    status.publish_blocked.store(false, Ordering::Relaxed);
     if abandon.is_cancelled() {
         let lost = watcher.await.unwrap_or(topology::ConnectionLost::Closed);
         return Err(lost.into());
     }
     watcher.abort();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        connection.close(200, "worker stopping".into()),
-    )
-    .await;
+    link.close().await;
     ended
+}
+
+/// Mirrors the publish connection's blocked state into `status` and the
+/// `worker_publish_blocked` gauge.
+async fn watch_blocked(
+    mut changes: impl futures::Stream<Item = bool> + Unpin,
+    status: Arc<Status>,
+) {
+    while let Some(blocked) = changes.next().await {
+        status.publish_blocked.store(blocked, Ordering::Relaxed);
+        metrics::gauge!("worker_publish_blocked").set(if blocked { 1.0 } else { 0.0 });
+        if blocked {
+            tracing::warn!("RabbitMQ blocks the publish connection (a resource alarm)");
+        } else {
+            tracing::info!("RabbitMQ unblocked the publish connection");
+        }
+    }
 }
 
 async fn consume(
@@ -155,15 +220,15 @@ async fn consume(
     settings: &Settings,
     status: &Arc<Status>,
     stop: &CancellationToken,
-    channel: &Channel,
-    publisher: &Channel,
+    link: &Link,
     abandon: &CancellationToken,
 ) -> Result<(), SessionError> {
-    channel
+    link.channel
         .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await?;
     let tag = format!("worker-{}", std::process::id());
-    let mut deliveries = channel
+    let mut deliveries = link
+        .channel
         .basic_consume(
             handler.topology.jobs_queue().into(),
             tag.as_str().into(),
@@ -178,58 +243,82 @@ async fn consume(
         "consuming"
     );
 
-    let hold = usize::from(settings.prefetch).saturating_sub(settings.concurrency);
-    let (acks, sending) = Acks::new(channel.clone(), hold);
+    // Done deliveries may wait behind an unsettled one for a shared ack;
+    // at most half the window does, so a slow batch cannot starve the rest.
+    let hold = usize::from(settings.prefetch) / 2;
+    let (acks, sending) = Acks::new(link.channel.clone(), hold);
     let sending = tokio::spawn(sending);
     let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let tasks = TaskTracker::new();
-    let ended = loop {
+    let mut ended = None;
+    while ended.is_none() {
         let permit = tokio::select! {
-            () = stop.cancelled() => break Ok(()),
-            () = abandon.cancelled() => break Err(topology::ConnectionLost::Closed.into()),
+            () = stop.cancelled() => break,
+            () = abandon.cancelled() => {
+                ended = Some(Err(topology::ConnectionLost::Closed.into()));
+                break;
+            }
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
-        let delivery = tokio::select! {
-            () = stop.cancelled() => break Ok(()),
-            () = abandon.cancelled() => break Err(topology::ConnectionLost::Closed.into()),
+        let first = tokio::select! {
+            () = stop.cancelled() => break,
+            () = abandon.cancelled() => {
+                ended = Some(Err(topology::ConnectionLost::Closed.into()));
+                break;
+            }
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => break Err(error.into()),
-                None => break Err(SessionError::Cancelled),
+                Some(Err(error)) => {
+                    ended = Some(Err(error.into()));
+                    break;
+                }
+                None => {
+                    ended = Some(Err(SessionError::Cancelled));
+                    break;
+                }
             },
         };
-        let taken = acks.taken(delivery.delivery_tag);
+        let (batch, stopped) = gather(first, &mut deliveries, settings);
+        ended = stopped;
+        let taken: Vec<Taken> = batch
+            .iter()
+            .map(|delivery| acks.taken(delivery.delivery_tag))
+            .collect();
         let (handler, publisher, status, abandon) = (
             handler.clone(),
-            publisher.clone(),
+            link.publisher.clone(),
             status.clone(),
             abandon.clone(),
         );
         tasks.spawn(async move {
-            metrics::gauge!("worker_jobs_in_flight").increment(1.0);
+            metrics::gauge!("worker_batches_in_flight").increment(1.0);
             tokio::select! {
-                outcome = handler.process(&delivery, &publisher) => {
-                    if outcome == Outcome::Stored {
-                        status.stored.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if outcome.acknowledged() {
-                        taken.done();
-                    } else if let Err(error) = taken.requeue().await {
-                        tracing::warn!(
-                            error = %Chain(&error),
-                            "could not requeue a delivery; the broker redelivers it"
-                        );
+                settled = handler.process(&batch, &publisher) => {
+                    for (taken, settled) in taken.into_iter().zip(settled) {
+                        let stored = settled.outcomes.iter().filter(|outcome| **outcome == Outcome::Stored).count();
+                        status.stored.fetch_add(stored as u64, Ordering::Relaxed);
+                        if settled.acknowledged() {
+                            taken.done();
+                        } else if let Err(error) = taken.requeue().await {
+                            tracing::warn!(
+                                error = %Chain(&error),
+                                "could not requeue a delivery; the broker redelivers it"
+                            );
+                        }
                     }
                 }
-                () = abandon.cancelled() => tracing::debug!("connection lost mid-job; the broker redelivers it"),
+                () = abandon.cancelled() => tracing::debug!("connection lost mid-batch; the broker redelivers it"),
             }
-            metrics::gauge!("worker_jobs_in_flight").decrement(1.0);
+            metrics::gauge!("worker_batches_in_flight").decrement(1.0);
             drop(permit);
         });
-    };
+    }
+    let ended = ended.unwrap_or(Ok(()));
     if ended.is_ok() {
-        tracing::info!("stopping: no new deliveries; finishing the jobs in hand");
-        let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+        tracing::info!("stopping: no new deliveries; finishing the batches in hand");
+        let cancel = link
+            .channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
         tokio::select! {
             _ = cancel => {}
             () = abandon.cancelled() => {}
@@ -237,16 +326,50 @@ async fn consume(
     }
     tasks.close();
     tasks.wait().await;
-    // Every job in hand is settled; the last acks go out before the
+    // Every delivery in hand is settled; the last acks go out before the
     // connection closes.
     drop(acks);
     tokio::select! {
         sent = sending => {
             if let Ok(Err(error)) = sent {
-                tracing::warn!(%error, "could not send the last acks; the broker redelivers those jobs");
+                tracing::warn!(error = %Chain(&error), "could not send the last acks; the broker redelivers those jobs");
             }
         }
         () = abandon.cancelled() => {}
     }
     ended
+}
+
+/// `first` and the deliveries that have already arrived after it, up to the
+/// batch limits, without waiting for more; and the end of the consumer, if
+/// it ended meanwhile.
+fn gather(
+    first: Delivery,
+    deliveries: &mut Consumer,
+    settings: &Settings,
+) -> (Vec<Delivery>, Option<Result<(), SessionError>>) {
+    let mut jobs = jobs_in(&first);
+    let mut bytes = first.data.len();
+    let mut batch = vec![first];
+    while jobs < settings.batch_jobs && bytes < settings.batch_bytes {
+        match deliveries.next().now_or_never() {
+            Some(Some(Ok(delivery))) => {
+                jobs += jobs_in(&delivery);
+                bytes += delivery.data.len();
+                batch.push(delivery);
+            }
+            Some(Some(Err(error))) => return (batch, Some(Err(error.into()))),
+            Some(None) => return (batch, Some(Err(SessionError::Cancelled))),
+            None => break,
+        }
+    }
+    metrics::histogram!("worker_batch_deliveries").record(batch.len() as f64);
+    (batch, None)
+}
+
+/// How many jobs a delivery holds (`x-jobs`, set by the api on a batch).
+fn jobs_in(delivery: &Delivery) -> usize {
+    shared::publish::header(delivery.properties.headers().as_ref(), JOBS_HEADER)
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(1)
 }

@@ -1,52 +1,52 @@
-//! One delivery, start to finish: decode the job, store it, decide its
-//! fate, and settle the delivery accordingly.
+//! A batch of deliveries, start to finish: unpack their jobs (a delivery
+//! holds one job, or a batch the api gathered), store them all (bulk
+//! requests, one Redis round trip), decide each job's fate by its own
+//! result, publish the retry and dead-letter copies those fates call for,
+//! and say for each delivery whether it may be acknowledged.
 //!
-//! The delivery is acknowledged only once its fate is safe elsewhere: the
-//! chat-system stored the record, or the retry or dead-letter copy was
-//! confirmed by the broker. If that copy cannot be published, the delivery
-//! goes back to the queue (nack with requeue) and is tried again; a
-//! duplicate is harmless, a loss is not. The consume loop batches the acks
-//! ([`crate::acks`]); [`Handler::handle`] settles a single delivery.
+//! A delivery is acknowledged only once the fate of every job in it is safe
+//! elsewhere: the chat-system stored the record, or the job's retry or
+//! dead-letter copy was confirmed by the broker. If a copy cannot be
+//! published, its delivery goes back to the queue whole (nack with requeue)
+//! and is tried again; a duplicate is harmless (writes are idempotent), a
+//! loss is not. The consume loop batches the acks ([`crate::acks`]).
 //!
 //! Everything about one job is logged inside its span (`job_id`, `kind`,
-//! `token`, `attempt`, `trace_id`).
+//! `token`, `number`, `attempt`, `trace_id`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::future::join_all;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicNackOptions;
 use lapin::{BasicProperties, Channel};
-use shared::job::Job;
+use shared::job::{self, Job, Unpacked};
 use shared::publish::{self, Message};
 use shared::telemetry::{Chain, short_token};
 use shared::topology::{ROUTING_KEY, Topology};
 use tracing::{Instrument, Span};
 
-use crate::retry::{Policy, Reason, Verdict, last_error};
+use crate::retry::{Attempts, Policy, Reason, Verdict, last_error};
 use crate::store::Storage;
 
 /// Longest `x-last-error` kept on a retry copy or a dead letter.
 const MAX_ERROR_BYTES: usize = 1024;
 
-/// What became of a delivery. How it is settled follows from it: a
-/// requeued delivery goes back to its queue, every other one is
-/// acknowledged.
+/// The header counting a job's failed releases (see [`Attempts`]).
+const RELEASE_ATTEMPTS: &str = "x-release-attempts";
+
+/// What became of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Stored,
     Retried,
     DeadLettered(Reason),
-    /// Put back on the jobs queue: its retry or dead-letter copy could not
-    /// be published.
+    /// Its retry or dead-letter copy could not be published: its delivery
+    /// goes back to the jobs queue.
     Requeued,
 }
 
 impl Outcome {
-    /// Acknowledged (its fate is safe elsewhere), or else requeued.
-    pub(crate) fn acknowledged(self) -> bool {
-        self != Self::Requeued
-    }
-
     fn label(self) -> &'static str {
         match self {
             Self::Stored => "stored",
@@ -54,6 +54,19 @@ impl Outcome {
             Self::DeadLettered(_) => "dead_lettered",
             Self::Requeued => "requeued",
         }
+    }
+}
+
+/// What became of one delivery's jobs. How the delivery is settled follows
+/// from them: acknowledged unless one of them was requeued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Settled {
+    pub(crate) outcomes: Vec<Outcome>,
+}
+
+impl Settled {
+    pub(crate) fn acknowledged(&self) -> bool {
+        !self.outcomes.contains(&Outcome::Requeued)
     }
 }
 
@@ -65,96 +78,103 @@ pub(crate) struct Handler {
     pub(crate) publish_timeout: Duration,
 }
 
+/// One job of a delivery, decoded or not.
+struct Unit<'a> {
+    delivery: usize,
+    unpacked: Unpacked<'a>,
+    before: Attempts,
+}
+
 impl Handler {
-    /// Runs one delivery and settles it on its own; `publisher` is a
-    /// confirm-mode channel for the retry and dead-letter copies.
-    pub(crate) async fn handle(
+    /// Runs a batch of deliveries up to the point of settling them; the
+    /// caller acknowledges (perhaps several at once) or requeues each as
+    /// its [`Settled`] says. `publisher` is a confirm-mode channel for the
+    /// copies.
+    pub(crate) async fn process(
         &self,
-        delivery: &Delivery,
+        deliveries: &[Delivery],
         publisher: &Channel,
-    ) -> lapin::Result<Outcome> {
-        let outcome = self.process(delivery, publisher).await;
-        if outcome.acknowledged() {
-            delivery.ack(BasicAckOptions::default()).await?;
-        } else {
-            delivery.nack(requeue()).await?;
-        }
-        Ok(outcome)
-    }
+    ) -> Vec<Settled> {
+        let units = unpack(deliveries);
+        let jobs: Vec<&Job> = units
+            .iter()
+            .filter_map(|unit| unit.unpacked.job.as_ref().ok())
+            .collect();
+        let span = tracing::debug_span!("batch", deliveries = deliveries.len(), jobs = jobs.len());
+        let mut stored = self.storage.store(&jobs).instrument(span).await.into_iter();
 
-    /// Runs one delivery up to the point of settling it; the caller
-    /// acknowledges (perhaps together with others) or requeues, as the
-    /// outcome says.
-    pub(crate) async fn process(&self, delivery: &Delivery, publisher: &Channel) -> Outcome {
-        let job = Job::decode(&delivery.data);
-        let span = match &job {
-            Ok(job) => job_span(job),
-            Err(_) => tracing::info_span!("job", job_id = %message_id(&delivery.properties)),
-        };
-        async {
-            let kind = job.as_ref().map_or("unknown", |job| job.kind().as_str());
-            let outcome = match job {
-                Ok(job) => {
-                    let stored = self.storage.store(&job).await;
-                    let verdict = self.policy.decide(job.attempt, stored);
-                    self.settle(Some(&job), verdict, delivery, publisher).await
+        let settling = units.iter().map(|unit| {
+            let verdict = match &unit.unpacked.job {
+                Ok(_) => {
+                    let stored = stored.next().expect("a result per decoded job");
+                    self.policy.decide(unit.before, stored)
                 }
-                Err(error) => {
-                    let verdict = Verdict::Dead {
-                        reason: Reason::Malformed,
-                        error: last_error(&error),
-                    };
-                    self.settle(None, verdict, delivery, publisher).await
-                }
+                Err(error) => Verdict::Dead {
+                    reason: Reason::Malformed,
+                    error: last_error(error),
+                },
             };
-            metrics::counter!("worker_jobs_total", "kind" => kind, "outcome" => outcome.label())
-                .increment(1);
-            outcome
+            let delivery = &deliveries[unit.delivery];
+            self.settle(unit, verdict, delivery, publisher)
+                .instrument(job_span(unit, delivery))
+        });
+        let outcomes = join_all(settling).await;
+
+        let mut settled = vec![
+            Settled {
+                outcomes: Vec::new()
+            };
+            deliveries.len()
+        ];
+        for (unit, outcome) in units.iter().zip(outcomes) {
+            settled[unit.delivery].outcomes.push(outcome);
         }
-        .instrument(span)
-        .await
+        settled
     }
 
-    /// Carries out a verdict: publishes the retry or dead-letter copy it
-    /// calls for, and says what became of the delivery.
+    /// Carries out a job's verdict: publishes the retry or dead-letter copy
+    /// it calls for, and says what became of the job.
     async fn settle(
         &self,
-        job: Option<&Job>,
+        unit: &Unit<'_>,
         verdict: Verdict,
         delivery: &Delivery,
         publisher: &Channel,
     ) -> Outcome {
+        let job = unit.unpacked.job.as_ref().ok();
+        let kind = job.map_or("unknown", |job| job.kind().as_str());
         let (message, outcome) = match verdict {
             Verdict::Done => {
                 tracing::debug!("job stored");
-                return Outcome::Stored;
+                return record(kind, Outcome::Stored);
             }
             Verdict::Retry {
                 delay,
                 wait,
+                attempts,
                 failure,
             } => {
                 let mut job = job.expect("only a decoded job is retried").clone();
-                job.attempt += 1;
+                job.attempt = attempts.failed;
                 let error = last_error(failure.error());
                 tracing::info!(?wait, error, "attempt failed, retrying");
                 let properties = publish::job_properties(&job)
                     .with_expiration(wait.as_millis().to_string().into());
+                let releases = attempts.releases_failed.to_string();
+                let headers = [
+                    ("x-last-error", truncate(&error, MAX_ERROR_BYTES)),
+                    (RELEASE_ATTEMPTS, &releases),
+                ];
                 let message = Message {
                     exchange: String::new(),
                     routing_key: self.topology.retry_queue(delay),
                     payload: job.encode(),
-                    properties: publish::with_headers(
-                        properties,
-                        &[("x-last-error", truncate(&error, MAX_ERROR_BYTES))],
-                    ),
+                    properties: publish::with_headers(properties, &headers),
                 };
                 (message, Outcome::Retried)
             }
             Verdict::Dead { reason, error } => {
                 tracing::warn!(reason = reason.as_str(), error, "job dead-lettered");
-                metrics::counter!("worker_dead_letters_total", "reason" => reason.as_str())
-                    .increment(1);
                 let attempts = job.map_or(1, |job| job.attempt + 1).to_string();
                 let dead_at = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -174,28 +194,71 @@ impl Handler {
                 let message = Message {
                     exchange: self.topology.dead_exchange(),
                     routing_key: ROUTING_KEY.into(),
-                    // The payload as it came: a malformed one byte for byte.
-                    payload: delivery.data.clone(),
+                    // The job as it came: a malformed one byte for byte.
+                    payload: unit.unpacked.bytes.to_vec(),
                     properties: publish::with_headers(properties, &headers),
                 };
                 (message, Outcome::DeadLettered(reason))
             }
         };
         match publish::publish(publisher, message, self.publish_timeout).await {
-            Ok(()) => outcome,
+            Ok(()) => {
+                if let Outcome::DeadLettered(reason) = outcome {
+                    metrics::counter!("worker_dead_letters_total", "reason" => reason.as_str())
+                        .increment(1);
+                }
+                record(kind, outcome)
+            }
             Err(error) => {
                 tracing::warn!(
                     error = %Chain(&error),
-                    "could not publish the job's retry or dead-letter copy; requeueing"
+                    "could not publish the job's retry or dead-letter copy; requeueing its delivery"
                 );
-                Outcome::Requeued
+                record(kind, Outcome::Requeued)
             }
         }
     }
 }
 
+fn record(kind: &'static str, outcome: Outcome) -> Outcome {
+    metrics::counter!("worker_jobs_total", "kind" => kind, "outcome" => outcome.label())
+        .increment(1);
+    outcome
+}
+
+/// Every job of every delivery, in order.
+fn unpack(deliveries: &[Delivery]) -> Vec<Unit<'_>> {
+    let mut units = Vec::new();
+    for (index, delivery) in deliveries.iter().enumerate() {
+        let kind = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .map(|kind| kind.as_str());
+        let headers = delivery.properties.headers().as_ref();
+        let releases_failed = publish::header(headers, RELEASE_ATTEMPTS)
+            .and_then(|count| count.parse().ok())
+            .unwrap_or(0);
+        for unpacked in job::unpack(kind, &delivery.data) {
+            let failed = unpacked.job.as_ref().map_or(0, |job| job.attempt);
+            units.push(Unit {
+                delivery: index,
+                unpacked,
+                before: Attempts {
+                    failed,
+                    releases_failed,
+                },
+            });
+        }
+    }
+    units
+}
+
 /// The span of one job: every log line about it carries these.
-fn job_span(job: &Job) -> Span {
+fn job_span(unit: &Unit<'_>, delivery: &Delivery) -> Span {
+    let Ok(job) = &unit.unpacked.job else {
+        return tracing::info_span!("job", job_id = %message_id(&delivery.properties));
+    };
     let span = tracing::info_span!(
         "job",
         job_id = %job.id,

@@ -9,6 +9,7 @@
 //! its delay (`{prefix}.retry.{ms}ms`) and comes back to the jobs exchange
 //! when its TTL runs out. No consumer slot is held while it waits.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -44,8 +45,10 @@ impl Reason {
 /// Why an attempt to store a job failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The request failed in transport (refused, reset, timed out). The
+    /// error has no URL: URLs hold application tokens.
     #[error("chat-system unreachable")]
-    Unreachable(#[source] reqwest::Error),
+    Unreachable(#[source] Arc<reqwest::Error>),
     #[error("chat-system answered {status}: {body}")]
     Status { status: StatusCode, body: String },
     #[error("chat {0} is not stored yet")]
@@ -53,7 +56,7 @@ pub enum StoreError {
     #[error("unknown application")]
     UnknownApplication,
     #[error("stored, but Redis was unavailable to release the number")]
-    Release(#[source] redis::RedisError),
+    Release(#[source] Arc<redis::RedisError>),
 }
 
 /// A failed attempt to store a job, sorted.
@@ -103,16 +106,30 @@ pub(crate) fn classify(status: StatusCode, body: String) -> Result<(), Failure> 
     }
 }
 
-/// What is to become of a delivery after an attempt.
+/// How often a job has failed so far: the job's own `attempt` field, and
+/// the `x-release-attempts` header of its retry copies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attempts {
+    /// Attempts that failed to store the record (they count toward
+    /// `RETRY_MAX_ATTEMPTS`).
+    pub failed: u32,
+    /// Attempts that stored the record but could not release its number
+    /// (they never exhaust a job: its record is safe, only its number is
+    /// still in flight).
+    pub releases_failed: u32,
+}
+
+/// What is to become of a job after an attempt.
 #[derive(Debug)]
 pub enum Verdict {
     /// Stored: acknowledge.
     Done,
-    /// Publish to the retry queue of `delay` (waiting `wait`, at most
-    /// `delay`), then acknowledge.
+    /// Publish a copy with `attempts` to the retry queue of `delay`
+    /// (waiting `wait`, at most `delay`), then acknowledge.
     Retry {
         delay: Duration,
         wait: Duration,
+        attempts: Attempts,
         failure: Failure,
     },
     /// Publish to the dead-letter queue, then acknowledge.
@@ -123,13 +140,14 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Delay before retry `n` (index `n - 1`); one retry queue each.
+    /// Never empty: a release is retried even when a job gets one attempt.
     delays: Vec<Duration>,
     max_attempts: u32,
 }
 
 impl Policy {
     pub fn new(max_attempts: u32, initial: Duration, max: Duration) -> Self {
-        let retries = max_attempts.saturating_sub(1) as usize;
+        let retries = max_attempts.saturating_sub(1).max(1) as usize;
         let delays = ExponentialBuilder::default()
             .with_factor(2.0)
             .with_min_delay(initial)
@@ -150,9 +168,8 @@ impl Policy {
         delays
     }
 
-    /// `failed_before`: the job's `attempt` field, the failures before
-    /// this one.
-    pub fn decide(&self, failed_before: u32, outcome: Result<(), Failure>) -> Verdict {
+    /// What becomes of a job that failed `before` and now got `outcome`.
+    pub fn decide(&self, before: Attempts, outcome: Result<(), Failure>) -> Verdict {
         let failure = match outcome {
             Ok(()) => return Verdict::Done,
             Err(Failure::Permanent { reason, error }) => {
@@ -163,17 +180,34 @@ impl Policy {
             }
             Err(failure) => failure,
         };
-        let attempts = failed_before.saturating_add(1);
-        match self.delays.get(failed_before as usize) {
-            Some(&delay) if attempts < self.max_attempts => Verdict::Retry {
+        if let StoreError::Release(_) = failure.error() {
+            // Stored; only its number could not leave flight (Redis is
+            // away). Retried on the schedule for as long as it takes.
+            let index = (before.releases_failed as usize).min(self.delays.len() - 1);
+            let delay = self.delays[index];
+            let attempts = Attempts {
+                releases_failed: before.releases_failed.saturating_add(1),
+                ..before
+            };
+            return Verdict::Retry {
                 delay,
                 wait: equal_jitter(delay),
+                attempts,
+                failure,
+            };
+        }
+        let failed = before.failed.saturating_add(1);
+        match self.delays.get(before.failed as usize) {
+            Some(&delay) if failed < self.max_attempts => Verdict::Retry {
+                delay,
+                wait: equal_jitter(delay),
+                attempts: Attempts { failed, ..before },
                 failure,
             },
             _ => Verdict::Dead {
                 reason: Reason::Exhausted,
                 error: format!(
-                    "gave up after {attempts} attempts: {}",
+                    "gave up after {failed} attempts: {}",
                     last_error(failure.error())
                 ),
             },
@@ -215,8 +249,18 @@ mod tests {
         let policy = policy();
         let failure = || Err(Failure::Transient(StoreError::ChatNotStored(1)));
         for failed_before in 0..4 {
-            match policy.decide(failed_before, failure()) {
-                Verdict::Retry { delay, wait, .. } => {
+            let before = Attempts {
+                failed: failed_before,
+                releases_failed: 0,
+            };
+            match policy.decide(before, failure()) {
+                Verdict::Retry {
+                    delay,
+                    wait,
+                    attempts,
+                    ..
+                } => {
+                    assert_eq!(attempts.failed, failed_before + 1);
                     assert_eq!(delay, policy.delays[failed_before as usize]);
                     assert!(
                         wait >= delay / 2 && wait <= delay,
@@ -227,8 +271,12 @@ mod tests {
                 other => panic!("attempt {failed_before}: {other:?}"),
             }
         }
+        let spent = Attempts {
+            failed: 4,
+            releases_failed: 0,
+        };
         assert!(matches!(
-            policy.decide(4, failure()),
+            policy.decide(spent, failure()),
             Verdict::Dead {
                 reason: Reason::Exhausted,
                 ..
@@ -243,7 +291,7 @@ mod tests {
             error: StoreError::UnknownApplication,
         });
         assert!(matches!(
-            policy().decide(0, failure),
+            policy().decide(Attempts::default(), failure),
             Verdict::Dead {
                 reason: Reason::Conflict,
                 ..
@@ -275,10 +323,47 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_release_is_retried_without_spending_attempts() {
+        let policy = policy();
+        let redis_down = || {
+            let error = redis::RedisError::from(std::io::Error::other("down"));
+            Err(Failure::Transient(StoreError::Release(Arc::new(error))))
+        };
+        let mut before = Attempts {
+            failed: 4,
+            releases_failed: 0,
+        };
+        for round in 0..20 {
+            match policy.decide(before, redis_down()) {
+                Verdict::Retry {
+                    delay, attempts, ..
+                } => {
+                    assert_eq!(attempts.failed, 4, "round {round}");
+                    assert_eq!(attempts.releases_failed, round + 1);
+                    assert!(delay <= Duration::from_millis(5000));
+                    before = attempts;
+                }
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert!(
+            matches!(
+                Policy::new(1, Duration::from_secs(1), Duration::from_secs(1))
+                    .decide(before, redis_down()),
+                Verdict::Retry { .. }
+            ),
+            "even with one attempt allowed"
+        );
+    }
+
+    #[test]
     fn one_attempt_means_no_retry() {
         let policy = Policy::new(1, Duration::from_secs(1), Duration::from_secs(1));
         assert!(matches!(
-            policy.decide(0, Err(Failure::Transient(StoreError::ChatNotStored(1)))),
+            policy.decide(
+                Attempts::default(),
+                Err(Failure::Transient(StoreError::ChatNotStored(1)))
+            ),
             Verdict::Dead { .. }
         ));
     }

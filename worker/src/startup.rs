@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use lapin::options::BasicGetOptions;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shared::counters::Keys;
 use shared::topology::Topology;
@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 use warp::{Filter, Reply};
 
 use crate::config::Config;
+use crate::consumer::Link;
 use crate::consumer::{self, Status};
-use crate::handler::{Handler, Outcome};
+use crate::handler::{Handler, Outcome, requeue};
 use crate::retry::Policy;
-use crate::store::Storage;
+use crate::store::{Limits, Storage};
 
 pub struct Worker {
     config: Config,
@@ -47,11 +48,16 @@ impl Worker {
             .set_number_of_retries(1);
         let redis = ConnectionManager::new_lazy_with_config(client, redis_settings)?;
         let keys = Keys::new(&config.counters.redis_prefix);
+        let limits = Limits {
+            records: config.batch_max,
+            bytes: config.batch_bytes,
+        };
         let storage = Storage::new(
             &config.chat_system,
             redis,
             keys,
             config.counters.counter_ttl(),
+            limits,
         )?;
         let policy = Policy::new(
             config.retry_max_attempts,
@@ -83,21 +89,36 @@ impl Worker {
         self.status.clone()
     }
 
-    /// Takes one delivery off the jobs queue, if there is one, and handles
-    /// it completely: the single step tests drive without waiting.
-    pub async fn process_next(&self) -> anyhow::Result<Option<Outcome>> {
-        let (connection, channel, publisher) =
-            consumer::open(&self.handler, &self.config.broker.amqp_url).await?;
+    /// Takes what is on the jobs queue now, up to one batch, and handles it
+    /// completely, as the consume loop would: the single step tests drive
+    /// without waiting. The outcome of each job, in queue order; empty when
+    /// the queue was empty.
+    pub async fn process_next(&self) -> anyhow::Result<Vec<Outcome>> {
+        let link = Link::open(&self.handler, &self.config.broker.amqp_url).await?;
         let queue = self.handler.topology.jobs_queue();
-        let handled = match channel
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await?
-        {
-            Some(message) => Some(self.handler.handle(&message.delivery, &publisher).await?),
-            None => None,
-        };
-        connection.close(200, "done".into()).await?;
-        Ok(handled)
+        let mut deliveries = Vec::new();
+        let mut bytes = 0;
+        while deliveries.len() < self.config.batch_max && bytes < self.config.batch_bytes {
+            let got = link
+                .channel
+                .basic_get(queue.as_str().into(), BasicGetOptions::default())
+                .await?;
+            let Some(message) = got else { break };
+            bytes += message.delivery.data.len();
+            deliveries.push(message.delivery);
+        }
+        let settled = self.handler.process(&deliveries, &link.publisher).await;
+        let mut outcomes = Vec::new();
+        for (delivery, settled) in deliveries.iter().zip(settled) {
+            if settled.acknowledged() {
+                delivery.ack(BasicAckOptions::default()).await?;
+            } else {
+                delivery.nack(requeue()).await?;
+            }
+            outcomes.extend(settled.outcomes);
+        }
+        link.close().await;
+        Ok(outcomes)
     }
 
     /// Consumes until `shutdown` resolves, then drains: stops taking
@@ -123,6 +144,8 @@ impl Worker {
             amqp_url: self.config.broker.amqp_url.clone(),
             prefetch: self.config.prefetch,
             concurrency: self.config.concurrency,
+            batch_jobs: self.config.batch_max,
+            batch_bytes: self.config.batch_bytes,
         };
         consumer::run(self.handler, settings, self.status, stop).await;
         let _ = metrics.await;
@@ -131,8 +154,9 @@ impl Worker {
     }
 }
 
-/// `/metrics`, `/healthz`, and `/readyz` (consuming, and Redis and the
-/// chat-system answer).
+/// `/metrics`, `/healthz`, and `/readyz`: ready when consuming, Redis and
+/// the chat-system answer, and the broker does not block the publish
+/// connection (retries and dead letters could not go out).
 async fn serve_metrics(
     listener: TcpListener,
     handler: Arc<Handler>,
@@ -151,14 +175,22 @@ async fn serve_metrics(
     let readyz = warp::path!("readyz").and(warp::get()).then(move || {
         let (handler, status) = (handler.clone(), status.clone());
         async move {
-            let ready = status.connected() && handler.storage.ready().await;
-            let (code, text) = if ready {
-                (200, "ready")
+            let verdict = |ok: bool| if ok { "ok" } else { "unavailable" };
+            let consuming = status.connected();
+            let blocked = status.publish_blocked();
+            let dependencies = handler.storage.ready().await;
+            let ready = consuming && !blocked && dependencies;
+            let body = serde_json::json!({
+                "status": if ready { "ready" } else { "not ready" },
+                "rabbitmq": if blocked { "blocked" } else { verdict(consuming) },
+                "redis and chat-system": verdict(dependencies),
+            });
+            let code = if ready {
+                warp::http::StatusCode::OK
             } else {
-                (503, "not ready")
+                warp::http::StatusCode::SERVICE_UNAVAILABLE
             };
-            let status = warp::http::StatusCode::from_u16(code).expect("a valid status");
-            shared::http::json_with_status(&serde_json::json!({ "status": text }), status)
+            shared::http::json_with_status(&body, code)
         }
     });
     let routes = shared::http::healthz()

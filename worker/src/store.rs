@@ -1,30 +1,77 @@
-//! Storing one job: its record through the chat-system's idempotent
-//! `PUT`s, then its number taken out of flight in Redis so the counter may
+//! Where jobs are stored: their records through the chat-system's bulk
+//! write (`POST /records`, a result per record), then their numbers taken
+//! out of flight in Redis, all in one round trip, so the counters may
 //! expire again (the release half of `shared::counters`).
 //!
 //! A job counts as stored only when both happened. If the release fails the
-//! job is retried: the `PUT` answers 200 the second time and the release is
-//! idempotent.
+//! job is retried: the write answers `exists` the second time and the
+//! release is idempotent.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
 use redis::aio::ConnectionManager;
 use reqwest::{StatusCode, Url};
+use serde::{Deserialize, Serialize};
 use shared::counters::{self, Keys, Release};
 use shared::job::{Job, Record};
-use shared::trace::TraceParent;
 use tokio::time::Instant;
 
 use crate::retry::{Failure, Reason, StoreError, classify};
 
+/// How many records, and how many bytes of them, one bulk request carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) records: usize,
+    pub(crate) bytes: usize,
+}
+
 pub(crate) struct Storage {
     client: reqwest::Client,
-    base: Url,
+    records_url: Url,
+    readyz_url: Url,
     redis: ConnectionManager,
     keys: Keys,
     release: Script,
     counter_ttl: Duration,
+    limits: Limits,
+}
+
+/// One record of the bulk request, borrowed from its job.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Out<'a> {
+    Chat {
+        token: &'a str,
+        number: i64,
+        job_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
+    },
+    Message {
+        token: &'a str,
+        chat: i64,
+        number: i64,
+        body: &'a str,
+        job_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    results: Vec<RecordResult>,
+}
+
+#[derive(Deserialize)]
+struct RecordResult {
+    status: u16,
+    result: String,
+    #[serde(default)]
+    error: Option<String>,
 }
 
 impl Storage {
@@ -33,6 +80,7 @@ impl Storage {
         redis: ConnectionManager,
         keys: Keys,
         counter_ttl: Duration,
+        limits: Limits,
     ) -> anyhow::Result<Self> {
         let base = Url::parse(&chat_system.chat_system_url)
             .map_err(|error| anyhow::anyhow!("CHAT_SYSTEM_URL is not a URL: {error}"))?;
@@ -40,113 +88,146 @@ impl Storage {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
-            .pool_max_idle_per_host(256)
             .no_proxy()
             .build()?;
         Ok(Self {
             client,
-            base,
+            records_url: shared::config::endpoint(&base, &["records"]),
+            readyz_url: shared::config::endpoint(&base, &["readyz"]),
             redis,
             keys,
             release: Script::new(counters::RELEASE),
             counter_ttl,
+            limits,
         })
     }
 
-    /// Stores the job's record and releases its number.
-    pub(crate) async fn store(&self, job: &Job) -> Result<(), Failure> {
+    /// Stores the jobs' records and releases their numbers: a result per
+    /// job, in order.
+    pub(crate) async fn store(&self, jobs: &[&Job]) -> Vec<Result<(), Failure>> {
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut records: Vec<Vec<u8>> = jobs.iter().map(|job| record(job)).collect();
+        let mut start = 0;
+        while start < jobs.len() {
+            let end = self.chunk_end(&records[start..]) + start;
+            let body = bulk_body(&mut records[start..end]);
+            results.extend(self.store_chunk(&jobs[start..end], body).await);
+            start = end;
+        }
+        self.release_stored(jobs, &mut results).await;
+        let now = now_ms();
+        for (job, result) in jobs.iter().zip(&results) {
+            if result.is_ok() {
+                let lag = now.saturating_sub(job.created_at_ms) as f64 / 1000.0;
+                metrics::histogram!("worker_store_lag_seconds").record(lag);
+            }
+        }
+        results
+    }
+
+    /// How many of `records` go in the next request: at least one, and
+    /// no more than the limits allow.
+    fn chunk_end(&self, records: &[Vec<u8>]) -> usize {
+        let mut bytes = 0;
+        let mut count = 0;
+        for record in records.iter().take(self.limits.records.max(1)) {
+            bytes += record.len() + 1;
+            if count > 0 && bytes > self.limits.bytes {
+                break;
+            }
+            count += 1;
+        }
+        count
+    }
+
+    async fn store_chunk(&self, jobs: &[&Job], body: Vec<u8>) -> Vec<Result<(), Failure>> {
         let started = Instant::now();
-        let stored = self.store_record(job).await;
-        metrics::histogram!("worker_store_duration_seconds", "kind" => job.kind().as_str())
+        let answered = self.post(body).await;
+        metrics::histogram!("worker_store_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        stored?;
-        self.release_number(job).await
-    }
-
-    async fn store_record(&self, job: &Job) -> Result<(), Failure> {
-        let chat = job.chat_number().to_string();
-        let request = match &job.record {
-            Record::Message { number, body, .. } => {
-                let number = number.to_string();
-                let url = self.url(&[
-                    "applications",
-                    &job.token,
-                    "chats",
-                    &chat,
-                    "messages",
-                    &number,
-                ]);
-                self.client
-                    .put(url)
-                    .json(&serde_json::json!({ "body": body }))
-            }
-            Record::Chat { .. } => {
-                self.client
-                    .put(self.url(&["applications", &job.token, "chats", &chat]))
-            }
-        };
-        // The chat-system's request is a child of the job's trace (a new
-        // trace for a job queued without one).
-        let trace = job
-            .trace
-            .map_or_else(TraceParent::root, |trace| trace.child());
-        let response = request
-            .header("x-job-id", job.id.to_string())
-            .header(shared::publish::TRACEPARENT, trace.to_string())
-            .send()
-            .await
-            .map_err(|error| Failure::Transient(StoreError::Unreachable(error)))?;
-        let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        if status == StatusCode::NOT_FOUND {
-            return Err(self.not_found(job).await);
+        metrics::histogram!("worker_store_batch_records").record(jobs.len() as f64);
+        match answered {
+            Ok(answer) if answer.results.len() == jobs.len() => jobs
+                .iter()
+                .zip(answer.results)
+                .map(|(job, result)| outcome(job, result))
+                .collect(),
+            Ok(answer) => jobs
+                .iter()
+                .map(|_| {
+                    Err(Failure::Transient(StoreError::Status {
+                        status: StatusCode::OK,
+                        body: format!(
+                            "{} results for {} records",
+                            answer.results.len(),
+                            jobs.len()
+                        ),
+                    }))
+                })
+                .collect(),
+            Err(failure) => jobs.iter().map(|_| Err(failure.for_each())).collect(),
         }
-        classify(status, body)
     }
 
-    /// A 404 on a chat means its application is unknown: permanent. On a
-    /// message it usually means its chat's job has not been stored yet (the
-    /// api hands out message numbers for a chat at once): transient, unless
-    /// the application itself is unknown.
-    async fn not_found(&self, job: &Job) -> Failure {
-        let unknown = || Failure::Permanent {
-            reason: Reason::UnknownApplication,
-            error: StoreError::UnknownApplication,
-        };
-        let Record::Message { chat, .. } = job.record else {
-            return unknown();
-        };
-        match self
+    async fn post(&self, body: Vec<u8>) -> Result<Answer, WholeFailure> {
+        let response = self
             .client
-            .get(self.url(&["applications", &job.token]))
+            .post(self.records_url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
-        {
-            Ok(response) if response.status() == StatusCode::NOT_FOUND => unknown(),
-            Ok(response) if response.status().is_success() => {
-                Failure::Transient(StoreError::ChatNotStored(chat))
-            }
-            Ok(response) => Failure::Transient(StoreError::Status {
-                status: response.status(),
-                body: String::new(),
-            }),
-            Err(error) => Failure::Transient(StoreError::Unreachable(error)),
+            .map_err(WholeFailure::unreachable)?;
+        let status = response.status();
+        if status != StatusCode::OK {
+            let body = response.text().await.unwrap_or_default();
+            return Err(WholeFailure::Status(status, body));
         }
+        response
+            .json::<Answer>()
+            .await
+            .map_err(WholeFailure::unreachable)
     }
 
-    async fn release_number(&self, job: &Job) -> Result<(), Failure> {
-        let number = job.number();
-        let released: Result<i64, _> = self
-            .release
-            .key(self.keys.release_keys(job.scope(), number))
-            .arg(number)
-            .arg(self.counter_ttl.as_millis().to_string())
-            .arg(Release::Stored.as_arg())
-            .invoke_async(&mut self.redis.clone())
+    /// Takes the stored jobs' numbers out of flight, one script call per
+    /// scope, all in one pipeline. If Redis cannot be reached those jobs
+    /// fail transiently (their records are stored; the retry finds them).
+    async fn release_stored(&self, jobs: &[&Job], results: &mut [Result<(), Failure>]) {
+        let mut scopes: BTreeMap<_, Vec<i64>> = BTreeMap::new();
+        for (job, result) in jobs.iter().zip(results.iter()) {
+            if result.is_ok() {
+                scopes.entry(scope_key(job)).or_default().push(job.number());
+            }
+        }
+        if scopes.is_empty() {
+            return;
+        }
+        let mut pipeline = redis::pipe();
+        for (scope, numbers) in &scopes {
+            let call = self
+                .keys
+                .release(scope.scope(), numbers, self.counter_ttl, Release::Stored);
+            let mut invocation = self.release.key(call.keys);
+            invocation.arg(call.args);
+            pipeline.invoke_script(&invocation).ignore();
+        }
+        let mut redis = self.redis.clone();
+        let mut released: redis::RedisResult<()> = pipeline.query_async(&mut redis).await;
+        if matches!(&released, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // The script is not cached yet (Redis restarted): load, retry.
+            released = async {
+                let _: String = self.release.prepare_invoke().load_async(&mut redis).await?;
+                pipeline.query_async(&mut redis).await
+            }
             .await;
-        released
-            .map(|_| ())
-            .map_err(|error| Failure::Transient(StoreError::Release(error)))
+        }
+        if let Err(error) = released {
+            let error = Arc::new(error);
+            for result in results.iter_mut().filter(|result| result.is_ok()) {
+                *result = Err(Failure::Transient(StoreError::Release(error.clone())));
+            }
+        }
     }
 
     /// For `/readyz`.
@@ -154,11 +235,119 @@ impl Storage {
         let redis: Result<String, _> = redis::cmd("PING")
             .query_async(&mut self.redis.clone())
             .await;
-        let chat_system = self.client.get(self.url(&["readyz"])).send().await;
+        let chat_system = self.client.get(self.readyz_url.clone()).send().await;
         redis.is_ok() && chat_system.is_ok_and(|response| response.status().is_success())
     }
+}
 
-    fn url(&self, segments: &[&str]) -> Url {
-        shared::config::endpoint(&self.base, segments)
+/// A failure of a whole bulk request: every record of it shares it.
+enum WholeFailure {
+    Unreachable(Arc<reqwest::Error>),
+    Status(StatusCode, String),
+}
+
+impl WholeFailure {
+    /// The URL is dropped from the error: it holds no token here, but
+    /// every transport error leaves the worker without one.
+    fn unreachable(error: reqwest::Error) -> Self {
+        Self::Unreachable(Arc::new(error.without_url()))
     }
+
+    fn for_each(&self) -> Failure {
+        match self {
+            Self::Unreachable(error) => Failure::Transient(StoreError::Unreachable(error.clone())),
+            Self::Status(status, body) => {
+                classify(*status, body.clone()).err().unwrap_or_else(|| {
+                    Failure::Transient(StoreError::Status {
+                        status: *status,
+                        body: body.clone(),
+                    })
+                })
+            }
+        }
+    }
+}
+
+/// What a record's result means for its job. A message whose chat is not
+/// stored yet is transient: the chat's job may still be on its way.
+fn outcome(job: &Job, result: RecordResult) -> Result<(), Failure> {
+    let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = result.error.unwrap_or_default();
+    match result.result.as_str() {
+        "created" | "exists" => Ok(()),
+        "unknown_application" => Err(Failure::Permanent {
+            reason: Reason::UnknownApplication,
+            error: StoreError::UnknownApplication,
+        }),
+        "unknown_chat" => Err(Failure::Transient(StoreError::ChatNotStored(
+            job.chat_number(),
+        ))),
+        _ => classify(status, body),
+    }
+}
+
+/// The scope of a job's number, owned, so jobs can be grouped by it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum ScopeKey<'a> {
+    Chats(&'a str),
+    Messages(&'a str, i64),
+}
+
+impl ScopeKey<'_> {
+    fn scope(&self) -> counters::Scope<'_> {
+        match *self {
+            Self::Chats(token) => counters::Scope::Chats { token },
+            Self::Messages(token, chat) => counters::Scope::Messages { token, chat },
+        }
+    }
+}
+
+fn scope_key<'a>(job: &'a Job) -> ScopeKey<'a> {
+    match job.record {
+        Record::Chat { .. } => ScopeKey::Chats(&job.token),
+        Record::Message { chat, .. } => ScopeKey::Messages(&job.token, chat),
+    }
+}
+
+/// A job as one record of the bulk request, in JSON.
+fn record(job: &Job) -> Vec<u8> {
+    let traceparent = job.trace.map(|trace| trace.child().to_string());
+    let out = match &job.record {
+        Record::Chat { number } => Out::Chat {
+            token: &job.token,
+            number: *number,
+            job_id: job.id.to_string(),
+            traceparent,
+        },
+        Record::Message { chat, number, body } => Out::Message {
+            token: &job.token,
+            chat: *chat,
+            number: *number,
+            body,
+            job_id: job.id.to_string(),
+            traceparent,
+        },
+    };
+    serde_json::to_vec(&out).expect("a record always serializes")
+}
+
+/// `{"records":[...]}` of records already in JSON.
+fn bulk_body(records: &mut [Vec<u8>]) -> Vec<u8> {
+    let length = records.iter().map(|record| record.len() + 1).sum::<usize>() + 16;
+    let mut body = Vec::with_capacity(length);
+    body.extend_from_slice(br#"{"records":["#);
+    for (index, record) in records.iter_mut().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        body.append(record);
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }

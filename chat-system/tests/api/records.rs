@@ -128,7 +128,11 @@ async fn a_hundred_concurrent_batches_into_the_same_chats_keep_exact_counts() {
         let mut records = Vec::new();
         for step in 0..40 {
             let index = (seed * 7 + step * 13) % 40;
-            let token = if index.is_multiple_of(2) { &first } else { &second };
+            let token = if index.is_multiple_of(2) {
+                &first
+            } else {
+                &second
+            };
             let chat = (index / 2 % 4 + 1) as i64;
             let number = (seed + index / 8 + 1) as i64;
             records.push(message(token, chat, number, &format!("m{number}")));

@@ -14,13 +14,11 @@ async fn a_chat_and_its_messages_are_stored_with_their_numbers_and_bodies() {
     stack.publish(&chat_with_messages(&token, 3)).await;
     let worker = stack.worker(&[]).await;
 
-    for _ in 0..4 {
-        assert_eq!(worker.process_next().await.unwrap(), Some(Outcome::Stored));
-    }
+    let outcomes = worker.process_next().await.unwrap();
 
-    assert_eq!(
-        worker.process_next().await.unwrap(),
-        None,
+    assert_eq!(outcomes, [Outcome::Stored; 4], "one batch, chat first");
+    assert!(
+        worker.process_next().await.unwrap().is_empty(),
         "the queue is empty"
     );
     let messages = stack.messages(&token, 1).await;
@@ -43,9 +41,7 @@ async fn a_redelivered_job_yields_one_row() {
     stack.publish(&[jobs.clone(), jobs].concat()).await;
     let worker = stack.worker(&[]).await;
 
-    for _ in 0..4 {
-        assert_eq!(worker.process_next().await.unwrap(), Some(Outcome::Stored));
-    }
+    assert_eq!(worker.process_next().await.unwrap(), [Outcome::Stored; 4]);
 
     assert_eq!(stack.chats_count(&token).await, 1);
     assert_eq!(stack.messages(&token, 1).await.len(), 1);
@@ -67,13 +63,17 @@ async fn the_same_number_with_another_body_is_dead_lettered_as_a_conflict() {
         .await;
     let worker = stack.worker(&[]).await;
 
-    let outcomes = [
-        worker.process_next().await.unwrap(),
-        worker.process_next().await.unwrap(),
-        worker.process_next().await.unwrap(),
-    ];
+    let outcomes = worker.process_next().await.unwrap();
 
-    assert_eq!(outcomes[2], Some(Outcome::DeadLettered(Reason::Conflict)));
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Stored,
+            Outcome::Stored,
+            Outcome::DeadLettered(Reason::Conflict)
+        ],
+        "in one batch, the first of a number wins"
+    );
     assert_eq!(
         stack.messages(&token, 1).await,
         [(1, "original".into())],
@@ -102,16 +102,11 @@ async fn a_job_of_an_unknown_application_is_dead_lettered_at_once() {
         .await;
     let worker = stack.worker(&[]).await;
 
-    let chat = worker.process_next().await.unwrap();
-    let message = worker.process_next().await.unwrap();
+    let outcomes = worker.process_next().await.unwrap();
 
     assert_eq!(
-        chat,
-        Some(Outcome::DeadLettered(Reason::UnknownApplication))
-    );
-    assert_eq!(
-        message,
-        Some(Outcome::DeadLettered(Reason::UnknownApplication))
+        outcomes,
+        [Outcome::DeadLettered(Reason::UnknownApplication); 2]
     );
     let reasons: Vec<String> = stack
         .dead_letters()
@@ -134,11 +129,7 @@ async fn a_payload_that_is_not_a_job_is_dead_lettered_byte_for_byte() {
 
     assert_eq!(
         worker.process_next().await.unwrap(),
-        Some(Outcome::DeadLettered(Reason::Malformed))
-    );
-    assert_eq!(
-        worker.process_next().await.unwrap(),
-        Some(Outcome::DeadLettered(Reason::Malformed))
+        [Outcome::DeadLettered(Reason::Malformed); 2]
     );
 
     let letters = stack.dead_letters().await;

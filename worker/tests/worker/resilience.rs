@@ -34,7 +34,8 @@ async fn killing_a_worker_mid_batch_loses_nothing() {
         .upstream
         .fail_always(Fault::Delay(Duration::from_millis(20)));
 
-    let mut first = stack.worker_process(&["--prefetch", "50", "--concurrency", "20"]);
+    let small_batches = ["--prefetch", "50", "--concurrency", "4", "--batch-max", "5"];
+    let mut first = stack.worker_process(&small_batches);
     eventually("some messages stored", Duration::from_secs(30), || async {
         (stack.messages(&token, 1).await.len() >= 20).then_some(())
     })
@@ -57,9 +58,10 @@ async fn sigterm_finishes_the_jobs_in_hand_then_exits_cleanly() {
     stack
         .upstream
         .fail_always(Fault::Delay(Duration::from_millis(200)));
-    let mut worker = stack.worker_process(&["--prefetch", "20", "--concurrency", "10"]);
-    eventually("jobs in hand", Duration::from_secs(30), || async {
-        (stack.upstream.count("PUT", "/applications/", "") >= 5).then_some(())
+    let small_batches = ["--prefetch", "20", "--concurrency", "2", "--batch-max", "5"];
+    let mut worker = stack.worker_process(&small_batches);
+    eventually("batches in hand", Duration::from_secs(30), || async {
+        (stack.upstream.count("POST", "/records", "") >= 3).then_some(())
     })
     .await;
 
