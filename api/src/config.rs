@@ -39,9 +39,20 @@ pub struct Config {
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500)]
     pub redis_timeout_ms: u64,
 
-    /// Channels publishes are spread over, on the one connection.
+    /// Publish lanes, each a confirm channel on the one connection: how
+    /// many batches of jobs wait for their confirm at once.
     #[arg(long, env = "PUBLISH_CHANNELS", default_value_t = 2)]
     pub publish_channels: usize,
+
+    /// Most jobs a lane publishes under one confirm wait: those of the
+    /// requests that gathered while the lanes were busy.
+    #[arg(long, env = "PUBLISH_BATCH_MAX", default_value_t = 512)]
+    pub publish_batch_max: usize,
+
+    /// Most bytes of jobs in one batch message; a lane's jobs beyond it go
+    /// in further messages under the same confirm wait.
+    #[arg(long, env = "PUBLISH_BATCH_BYTES", default_value_t = 256 * 1024)]
+    pub publish_batch_bytes: usize,
 
     #[command(flatten)]
     pub counters: Counters,

@@ -1,23 +1,39 @@
-//! Publishing jobs to RabbitMQ, and keeping the connection that does it.
+//! Publishing jobs to RabbitMQ with group commit, and keeping the
+//! connection that does it.
 //!
-//! One long-lived connection with a few confirm-mode channels, kept by a
-//! background task that reconnects with backoff whenever it breaks. Many
-//! publishes are in flight on a channel at once; each request awaits only
-//! its own confirm. Without a connection, a publish fails at once (the
-//! request gets a quick 503) instead of waiting for the broker to return.
+//! Requests hand their job to a queue. `PUBLISH_CHANNELS` lanes, each with
+//! a confirm-mode channel of its own, take turns at that queue: a lane
+//! takes everything waiting there (up to `PUBLISH_BATCH_MAX` jobs),
+//! publishes it and waits for the broker's confirm, while the next
+//! requests gather for the next free lane. One job goes out as it is; more
+//! go out as batch messages of at most `PUBLISH_BATCH_BYTES` each, all
+//! under one confirm wait. No lane waits to fill a batch: on an idle api a
+//! lone request is published at once, as it would be without batching.
+//!
+//! Each request is answered by its own message's confirm; a refused or
+//! timed-out message fails each of its requests as a single job would
+//! fail. After a confirm timeout the lane replaces its channel (the client
+//! library would keep every abandoned confirm until the channel closes).
+//!
+//! One long-lived connection, kept by a background task that reconnects
+//! with backoff whenever it breaks. Without a connection a publish fails at
+//! once (the request gets a quick 503) instead of waiting for the broker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
+use futures::StreamExt;
+use futures::future::join_all;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
-use shared::job::Job;
+use shared::job::{self, Job};
 use shared::publish::{self, Message, PublishError};
 use shared::telemetry::Chain;
 use shared::topology::{self, Topology};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -28,107 +44,319 @@ impl From<PublishError> for ApiError {
     }
 }
 
-/// Open channels of the current connection.
-struct Link {
-    channels: Vec<Channel>,
-    next: AtomicUsize,
+/// A job waiting for a lane, encoded by its request, and where its answer
+/// goes.
+struct Pending {
+    payload: Vec<u8>,
+    properties: lapin::BasicProperties,
+    reply: oneshot::Sender<Result<(), PublishError>>,
 }
 
-impl Link {
-    fn channel(&self) -> &Channel {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        &self.channels[index]
-    }
-}
+/// The connection of the moment.
+type Link = watch::Receiver<Option<Arc<Connection>>>;
 
 pub(crate) struct Publisher {
-    link: watch::Receiver<Option<Arc<Link>>>,
-    broken: Arc<Notify>,
-    exchange: String,
-    confirm_timeout: Duration,
+    queue: mpsc::Sender<Pending>,
+    link: Link,
+    blocked: Arc<AtomicBool>,
 }
 
-/// What the connection keeper needs.
+/// What the publisher needs.
 pub(crate) struct Settings {
     pub(crate) url: String,
     pub(crate) topology: Topology,
     pub(crate) channels: usize,
     pub(crate) confirm_timeout: Duration,
+    /// Most jobs a lane takes at once.
+    pub(crate) batch_jobs: usize,
+    /// Most payload bytes of one batch message.
+    pub(crate) batch_bytes: usize,
+}
+
+/// Stops the publisher once every request has its answer.
+pub(crate) struct Closer {
+    lanes: Vec<JoinHandle<()>>,
+    stop_keeper: CancellationToken,
+    keeper: JoinHandle<()>,
+}
+
+impl Closer {
+    /// Waits until the lanes answered every request handed over (they end
+    /// once the last [`Publisher`] is dropped), then closes the connection.
+    pub(crate) async fn close(self) {
+        for lane in self.lanes {
+            let _ = lane.await;
+        }
+        self.stop_keeper.cancel();
+        let _ = self.keeper.await;
+    }
 }
 
 impl Publisher {
-    /// Starts the task that keeps the connection; it closes the connection
-    /// and ends once `stop` is cancelled.
-    pub(crate) fn start(
-        settings: Settings,
-        stop: CancellationToken,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the connection keeper and the lanes.
+    pub(crate) fn start(settings: Settings) -> (Self, Closer) {
         let (sender, link) = watch::channel(None);
         let broken = Arc::new(Notify::new());
+        let blocked = Arc::new(AtomicBool::new(false));
+        let (queue, receiver) = mpsc::channel(settings.batch_jobs.max(1) * 64);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let settings = Arc::new(settings);
+        let lanes = (0..settings.channels.max(1))
+            .map(|_| {
+                let lane = Lane {
+                    receiver: receiver.clone(),
+                    link: link.clone(),
+                    broken: broken.clone(),
+                    settings: settings.clone(),
+                };
+                tokio::spawn(lane.run())
+            })
+            .collect();
+        let stop_keeper = CancellationToken::new();
+        let keeper = tokio::spawn(keep_connected(
+            settings,
+            sender,
+            broken,
+            blocked.clone(),
+            stop_keeper.clone(),
+        ));
         let publisher = Self {
+            queue,
             link,
-            broken: broken.clone(),
-            exchange: settings.topology.jobs_exchange(),
-            confirm_timeout: settings.confirm_timeout,
+            blocked,
         };
-        let keeper = tokio::spawn(keep_connected(settings, sender, broken, stop));
-        (publisher, keeper)
+        let closer = Closer {
+            lanes,
+            stop_keeper,
+            keeper,
+        };
+        (publisher, closer)
     }
 
+    /// Connected to RabbitMQ.
     pub(crate) fn is_connected(&self) -> bool {
         self.link.borrow().is_some()
     }
 
-    /// Publishes `job` and waits for the broker's confirm: `Ok` means the
-    /// job is on a durable queue. A channel found closed, or a publish
-    /// that failed with it, makes the keeper reconnect.
+    /// The broker blocks publishing (a memory or disk alarm).
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Relaxed)
+    }
+
+    /// Publishes `job` with the jobs of concurrent requests, and waits for
+    /// the broker's confirm: `Ok` means the job is on a durable queue.
     pub(crate) async fn publish(&self, job: &Job) -> Result<(), PublishError> {
-        let link = self
+        if !self.is_connected() {
+            return Err(PublishError::NotConnected);
+        }
+        let (reply, answer) = oneshot::channel();
+        let pending = Pending {
+            payload: job.encode(),
+            properties: publish::job_properties(job),
+            reply,
+        };
+        self.queue
+            .send(pending)
+            .await
+            .map_err(|_| PublishError::NotConnected)?;
+        answer.await.unwrap_or_else(|_| {
+            // A lane took the job and went away without an answer: whether
+            // the broker has it is unknown.
+            Err(PublishError::Unconfirmed(
+                std::io::Error::other("the publisher stopped").into(),
+            ))
+        })
+    }
+}
+
+/// One confirm-mode channel taking turns at the queue.
+struct Lane {
+    receiver: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    link: Link,
+    broken: Arc<Notify>,
+    settings: Arc<Settings>,
+}
+
+impl Lane {
+    async fn run(self) {
+        let mut channel: Option<(Arc<Connection>, Channel)> = None;
+        let mut taken = Vec::with_capacity(self.settings.batch_jobs);
+        loop {
+            let count = {
+                let mut receiver = self.receiver.lock().await;
+                receiver
+                    .recv_many(&mut taken, self.settings.batch_jobs.max(1))
+                    .await
+            };
+            if count == 0 {
+                return; // every sender is gone and the queue is empty
+            }
+            metrics::histogram!("api_publish_batch_jobs").record(count as f64);
+            let pending = std::mem::take(&mut taken);
+            match self.channel(&mut channel).await {
+                Ok(current) => {
+                    let timed_out = self.publish(&current, pending).await;
+                    if timed_out {
+                        // Abandoned confirms live as long as their channel.
+                        channel = None;
+                        let _ = current.close(200, "confirm timed out".into()).await;
+                    }
+                }
+                Err(error) => {
+                    for pending in pending {
+                        let _ = pending.reply.send(Err(error.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// This lane's channel on the current connection, opened when there is
+    /// none yet or the connection changed.
+    async fn channel(
+        &self,
+        channel: &mut Option<(Arc<Connection>, Channel)>,
+    ) -> Result<Channel, PublishError> {
+        let connection = self
             .link
             .borrow()
             .clone()
             .ok_or(PublishError::NotConnected)?;
-        let message = Message {
-            exchange: self.exchange.clone(),
-            routing_key: topology::ROUTING_KEY.into(),
-            payload: job.encode(),
-            properties: publish::job_properties(job),
-        };
-        let published = publish::publish(link.channel(), message, self.confirm_timeout).await;
-        if let Err(PublishError::NotConnected | PublishError::Unconfirmed(_)) = &published {
-            self.broken.notify_waiters();
+        if let Some((on, open)) = channel
+            && Arc::ptr_eq(on, &connection)
+            && open.status().connected()
+        {
+            return Ok(open.clone());
         }
-        published
+        let opened = async {
+            let open = connection.create_channel().await?;
+            open.confirm_select(ConfirmSelectOptions::default()).await?;
+            lapin::Result::Ok(open)
+        }
+        .await;
+        match opened {
+            Ok(open) => {
+                *channel = Some((connection, open.clone()));
+                Ok(open)
+            }
+            Err(error) => {
+                tracing::warn!(error = %Chain(&error), "cannot open a publish channel");
+                self.broken.notify_waiters();
+                Err(PublishError::NotConnected)
+            }
+        }
+    }
+
+    /// Publishes the jobs as messages under one confirm wait and answers
+    /// each request; says whether a confirm timed out.
+    async fn publish(&self, channel: &Channel, pending: Vec<Pending>) -> bool {
+        let groups = split(pending, self.settings.batch_bytes);
+        let timeout = self.settings.confirm_timeout;
+        let exchange = self.settings.topology.jobs_exchange();
+        let published = join_all(groups.iter().map(|group| {
+            let message = message(&exchange, group);
+            publish::publish(channel, message, timeout)
+        }))
+        .await;
+        let mut timed_out = false;
+        for (group, result) in groups.into_iter().zip(published) {
+            match &result {
+                Err(PublishError::NotConnected | PublishError::Unconfirmed(_)) => {
+                    self.broken.notify_waiters();
+                }
+                Err(PublishError::TimedOut(_)) => timed_out = true,
+                _ => {}
+            }
+            for pending in group {
+                let _ = pending.reply.send(result.clone());
+            }
+        }
+        timed_out
     }
 }
 
-/// Connects, publishes the link, waits for it to break, and again, with
-/// exponential backoff between failed attempts.
+/// The jobs in groups of at most `bytes` of payload each (a job larger than
+/// that goes alone), one message per group.
+fn split(pending: Vec<Pending>, bytes: usize) -> Vec<Vec<Pending>> {
+    let mut groups: Vec<Vec<Pending>> = Vec::new();
+    let mut size = 0;
+    for one in pending {
+        let length = one.payload.len() + 1;
+        match groups.last_mut() {
+            Some(group) if size + length <= bytes => {
+                size += length;
+                group.push(one);
+            }
+            _ => {
+                size = length;
+                groups.push(vec![one]);
+            }
+        }
+    }
+    groups
+}
+
+/// One job as itself, several as a batch message (`type` batch, `x-jobs`).
+fn message(exchange: &str, group: &[Pending]) -> Message {
+    let (payload, properties) = match group {
+        [one] => (one.payload.clone(), one.properties.clone()),
+        _ => {
+            let properties = publish::json_properties()
+                .with_message_id(uuid::Uuid::now_v7().to_string().into())
+                .with_type(job::BATCH_TYPE.into());
+            let count = group.len().to_string();
+            (
+                job::batch_of(group.iter().map(|pending| pending.payload.as_slice())),
+                publish::with_headers(properties, &[(job::JOBS_HEADER, &count)]),
+            )
+        }
+    };
+    Message {
+        exchange: exchange.to_owned(),
+        routing_key: topology::ROUTING_KEY.into(),
+        payload,
+        properties,
+    }
+}
+
+/// Connects, publishes the link, watches it, and again, with exponential
+/// backoff between failed attempts.
 async fn keep_connected(
-    settings: Settings,
-    sender: watch::Sender<Option<Arc<Link>>>,
+    settings: Arc<Settings>,
+    sender: watch::Sender<Option<Arc<Connection>>>,
     broken: Arc<Notify>,
+    blocked: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
     let backoff = topology::reconnect_delays();
     let mut delays = backoff.build();
     while !stop.is_cancelled() {
         match open(&settings).await {
-            Ok((connection, link)) => {
-                tracing::info!(channels = link.channels.len(), "connected to RabbitMQ");
+            Ok(connection) => {
+                tracing::info!("connected to RabbitMQ");
                 delays = backoff.build();
                 let lost = topology::lost(&connection);
-                sender.send_replace(Some(Arc::new(link)));
+                let mut changes = topology::blocked(&connection);
+                let connection = Arc::new(connection);
+                sender.send_replace(Some(connection.clone()));
+                let watching = async {
+                    while let Some(now_blocked) = changes.next().await {
+                        set_blocked(&blocked, now_blocked);
+                    }
+                    std::future::pending::<()>().await;
+                };
                 tokio::select! {
                     () = stop.cancelled() => {}
                     () = broken.notified() => tracing::warn!("a publish failed: reconnecting to RabbitMQ"),
                     lost = lost => tracing::warn!(error = %Chain(&lost), "RabbitMQ connection lost"),
+                    () = watching => {}
                 }
                 sender.send_replace(None);
+                set_blocked(&blocked, false);
                 let closing = connection.close(200, "api reconnecting or stopping".into());
                 let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
             }
-            Err(error) => tracing::warn!(%error, "cannot connect to RabbitMQ"),
+            Err(error) => tracing::warn!(error = %Chain(&error), "cannot connect to RabbitMQ"),
         }
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
         tokio::select! {
@@ -138,22 +366,21 @@ async fn keep_connected(
     }
 }
 
-async fn open(settings: &Settings) -> lapin::Result<(Connection, Link)> {
-    let connection = topology::connect(&settings.url, "api").await?;
-    let mut channels = Vec::with_capacity(settings.channels);
-    for _ in 0..settings.channels.max(1) {
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        channels.push(channel);
+fn set_blocked(blocked: &AtomicBool, now: bool) {
+    if blocked.swap(now, Ordering::Relaxed) != now {
+        metrics::gauge!("api_publish_blocked").set(if now { 1.0 } else { 0.0 });
+        if now {
+            tracing::warn!("RabbitMQ blocks publishing (a resource alarm)");
+        } else {
+            tracing::info!("RabbitMQ unblocked publishing");
+        }
     }
-    settings.topology.declare(&channels[0]).await?;
-    Ok((
-        connection,
-        Link {
-            channels,
-            next: AtomicUsize::new(0),
-        },
-    ))
+}
+
+async fn open(settings: &Settings) -> lapin::Result<Connection> {
+    let connection = topology::connect(&settings.url, "api").await?;
+    let channel = connection.create_channel().await?;
+    settings.topology.declare(&channel).await?;
+    let _ = channel.close(200, "topology declared".into()).await;
+    Ok(connection)
 }

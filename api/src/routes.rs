@@ -261,9 +261,9 @@ fn number_reply(key: &str, number: i64) -> Response {
     response
 }
 
-/// Ready when Redis answers, the broker connection is up and the
-/// chat-system answers; each check bounded so a hung dependency is
-/// reported, not waited for.
+/// Ready when Redis answers, the broker connection is up and not blocked
+/// by a resource alarm, and the chat-system answers; each check bounded so
+/// a hung dependency is reported, not waited for.
 async fn readyz(state: Arc<State>) -> Response {
     const CHECK: Duration = Duration::from_secs(1);
     let (redis, chat_system) = tokio::join!(
@@ -273,10 +273,12 @@ async fn readyz(state: Arc<State>) -> Response {
     let verdict = |ok: bool| if ok { "ok" } else { "unavailable" };
     let redis = matches!(redis, Ok(Ok(())));
     let chat_system = matches!(chat_system, Ok(Ok(())));
-    let rabbitmq = state.intake.publisher().is_connected();
+    let publisher = state.intake.publisher();
+    let blocked = publisher.is_blocked();
+    let rabbitmq = publisher.is_connected() && !blocked;
     let body = serde_json::json!({
         "redis": verdict(redis),
-        "rabbitmq": verdict(rabbitmq),
+        "rabbitmq": if blocked { "blocked" } else { verdict(rabbitmq) },
         "chat-system": verdict(chat_system),
     });
     let status = if redis && rabbitmq && chat_system {

@@ -14,7 +14,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shared::counters::Keys;
 use shared::topology::Topology;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::chat_system::ChatSystem;
 use crate::config::Config;
@@ -27,8 +26,7 @@ pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
     state: Arc<State>,
-    stop_publisher: CancellationToken,
-    publisher: tokio::task::JoinHandle<()>,
+    closer: publisher::Closer,
 }
 
 impl Application {
@@ -53,14 +51,15 @@ impl Application {
             timings,
         );
 
-        let stop_publisher = CancellationToken::new();
         let settings = publisher::Settings {
             url: config.broker.amqp_url.clone(),
             topology: Topology::new(&config.broker),
             channels: config.publish_channels,
             confirm_timeout: config.broker.publish_timeout(),
+            batch_jobs: config.publish_batch_max,
+            batch_bytes: config.publish_batch_bytes,
         };
-        let (publisher, keeper) = Publisher::start(settings, stop_publisher.clone());
+        let (publisher, closer) = Publisher::start(settings);
 
         let state = Arc::new(State {
             intake: Intake::new(numbers, publisher),
@@ -72,8 +71,7 @@ impl Application {
             listener,
             address,
             state,
-            stop_publisher,
-            publisher: keeper,
+            closer,
         })
     }
 
@@ -94,8 +92,7 @@ impl Application {
             .graceful(shutdown)
             .run()
             .await;
-        self.stop_publisher.cancel();
-        let _ = self.publisher.await;
+        self.closer.close().await;
         tracing::info!("api stopped");
         Ok(())
     }

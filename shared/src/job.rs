@@ -169,14 +169,14 @@ impl Job {
     }
 }
 
-/// `jobs` as one batch message's payload.
-pub fn encode_batch(jobs: &[Job]) -> Vec<u8> {
+/// One batch message's payload, of jobs already encoded ([`Job::encode`]).
+pub fn batch_of<'a>(encoded: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut payload = format!("{{\"v\":{VERSION},\"jobs\":[").into_bytes();
-    for (index, job) in jobs.iter().enumerate() {
+    for (index, job) in encoded.into_iter().enumerate() {
         if index > 0 {
             payload.push(b',');
         }
-        serde_json::to_writer(&mut payload, &job.wire()).expect("a job always serializes");
+        payload.extend_from_slice(job);
     }
     payload.extend_from_slice(b"]}");
     payload
@@ -376,7 +376,8 @@ mod tests {
             Job::chat("t".into(), 1),
             Job::message("t".into(), 1, 1, "a, \"b\"".into()),
         ];
-        let mut payload = encode_batch(&jobs);
+        let encoded: Vec<Vec<u8>> = jobs.iter().map(Job::encode).collect();
+        let mut payload = batch_of(encoded.iter().map(Vec::as_slice));
         // A third job that is not one, spliced in before the closing `]}`.
         payload.truncate(payload.len() - 2);
         payload.extend_from_slice(br#",{"v":1,"kind":"thread"}]}"#);

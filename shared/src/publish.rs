@@ -23,7 +23,7 @@ const PERSISTENT: u8 = 2;
 pub const TRACEPARENT: &str = "traceparent";
 
 /// How a confirmed publish failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// The channel was closed: nothing was sent.
     #[error("not connected to RabbitMQ")]

@@ -5,6 +5,7 @@ use std::sync::Mutex;
 
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
+use shared::job::Job;
 
 /// The broker tests publish to; `TEST_AMQP_URL` overrides it.
 pub fn amqp_url() -> String {
@@ -60,18 +61,23 @@ impl TestBroker {
         (connection, channel)
     }
 
-    /// Takes every message now in `queue`, acknowledged, payloads in order.
-    pub async fn drain(&self, queue: &str) -> Vec<Vec<u8>> {
+    /// Takes every message now in `queue`, acknowledged, and returns the
+    /// jobs they hold in order (a batch message holds several).
+    pub async fn take_jobs(&self, queue: &str) -> Vec<Job> {
         let (_connection, channel) = self.channel().await;
-        let mut payloads = Vec::new();
+        let mut jobs = Vec::new();
         while let Some(message) = channel
             .basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
             .expect("basic.get")
         {
-            payloads.push(message.delivery.data);
+            let properties = &message.delivery.properties;
+            let kind = properties.kind().as_ref().map(|kind| kind.as_str());
+            for unpacked in shared::job::unpack(kind, &message.delivery.data) {
+                jobs.push(unpacked.job.expect("a valid job"));
+            }
         }
-        payloads
+        jobs
     }
 }
 

@@ -143,12 +143,7 @@ impl TestApp {
 
     /// Every job now on the jobs queue, taken off it.
     pub(crate) async fn jobs(&self) -> Vec<Job> {
-        self.broker
-            .drain(&self.broker.jobs_queue())
-            .await
-            .iter()
-            .map(|payload| Job::decode(payload).expect("a valid job"))
-            .collect()
+        self.broker.take_jobs(&self.broker.jobs_queue()).await
     }
 
     /// Waits until the jobs queue holds `count` jobs, and takes them.

@@ -105,8 +105,8 @@ async fn filters_and_limits_choose_what_is_replayed() {
         3,
         "the others stay"
     );
-    let replayed = stack.broker.drain(&stack.broker.jobs_queue()).await;
-    let replayed = Job::decode(&replayed[0]).unwrap();
+    let replayed = stack.broker.take_jobs(&stack.broker.jobs_queue()).await;
+    let replayed = &replayed[0];
     assert_eq!(
         (
             replayed.token.as_str(),
