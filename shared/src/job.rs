@@ -372,7 +372,7 @@ mod tests {
 
     #[test]
     fn a_batch_unpacks_into_its_jobs_each_on_its_own() {
-        let jobs = vec![
+        let jobs = [
             Job::chat("t".into(), 1),
             Job::message("t".into(), 1, 1, "a, \"b\"".into()),
         ];
