@@ -36,6 +36,15 @@ pub struct Config {
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
     pub database_acquire_timeout_ms: u64,
 
+    /// Transactions writing at once. Writes that arrive while they are busy
+    /// gather and share the next one (group commit).
+    #[arg(long, env = "DATABASE_WRITE_LANES", default_value_t = 1)]
+    pub database_write_lanes: usize,
+
+    /// Most writes (bulk requests, single `PUT`s) one transaction takes.
+    #[arg(long, env = "DATABASE_WRITE_BATCH", default_value_t = 64)]
+    pub database_write_batch: usize,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: u64,

@@ -3,6 +3,8 @@
 //! unreachable", "the value was refused" and bugs), and `HttpError`, what
 //! a request can fail with, mapped to its status in one place.
 
+use std::sync::Arc;
+
 use warp::http::StatusCode;
 use warp::reply::Response;
 
@@ -24,8 +26,9 @@ impl std::fmt::Display for Missing {
     }
 }
 
-/// How a storage call failed.
-#[derive(Debug, thiserror::Error)]
+/// How a storage call failed. Cheap to clone: a failed transaction of
+/// several requests answers each of them.
+#[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum StoreError {
     #[error("unknown {0}")]
     NotFound(Missing),
@@ -36,23 +39,23 @@ pub(crate) enum StoreError {
     #[error("database is not ready yet")]
     Starting,
     #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Arc<sqlx::Error>),
     /// PostgreSQL refused a value (class 22): the routes check their input,
     /// this is the safety net for what they did not foresee.
     #[error("input the database cannot store")]
-    Refused(#[source] sqlx::Error),
+    Refused(#[source] Arc<sqlx::Error>),
     #[error("database error")]
-    Internal(#[source] sqlx::Error),
+    Internal(#[source] Arc<sqlx::Error>),
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         if is_unavailable(&error) {
-            Self::Unavailable(error)
+            Self::Unavailable(Arc::new(error))
         } else if is_bad_data(&error) {
-            Self::Refused(error)
+            Self::Refused(Arc::new(error))
         } else {
-            Self::Internal(error)
+            Self::Internal(Arc::new(error))
         }
     }
 }

@@ -2,9 +2,11 @@
 //! PostgreSQL, behind the HTTP contract the worker persists through and the
 //! api seeds its counters from (`docs/chat-system.openapi.yaml`).
 //!
-//! `routes` turns HTTP into calls on `store` (the reads) and `records` (the
-//! one write path, a batch of any size), the only modules that speak SQL;
-//! `database` creates and migrates the database; `startup` wires them.
+//! `routes` turns HTTP into calls on `store`: reads, and writes that
+//! `writer` gathers into shared transactions (group commit) of `records`,
+//! the one write path; `store` and `records` are the only modules that
+//! speak SQL. `database` creates and migrates the database; `startup`
+//! wires them.
 
 pub mod config;
 mod database;
@@ -13,6 +15,7 @@ mod records;
 mod routes;
 mod startup;
 mod store;
+mod writer;
 
 pub use config::Config;
 pub use startup::Application;

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use sqlx::{Postgres, Transaction};
 
 use crate::error::{Missing, StoreError};
-use crate::store::{Outcome, Store};
+use crate::store::{Database, Outcome};
 
 /// A record to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,13 +43,13 @@ pub(crate) enum NewRecord {
 /// (`NotFound`, `Conflict`).
 pub(crate) type Stored = Result<Outcome, StoreError>;
 
-impl Store {
-    /// Stores `records` and answers a result per record, in order. An
-    /// error of the whole batch (the database is unreachable) stores
-    /// nothing.
-    pub(crate) async fn store(&self, records: &[NewRecord]) -> Result<Vec<Stored>, StoreError> {
+impl Database {
+    /// Stores `records` in one transaction and answers a result per record,
+    /// in order. An error of the whole batch (the database is unreachable)
+    /// stores nothing.
+    pub(crate) async fn transact(&self, records: &[NewRecord]) -> Result<Vec<Stored>, StoreError> {
         let mut results: Vec<Option<Stored>> = records.iter().map(|_| None).collect();
-        let mut transaction = self.db()?.begin().await?;
+        let mut transaction = self.pool()?.begin().await?;
         store_chats(&mut transaction, records, &mut results).await?;
         store_messages(&mut transaction, records, &mut results).await?;
         transaction.commit().await?;

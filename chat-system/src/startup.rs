@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::database::{self, Readiness};
 use crate::routes::routes;
-use crate::store::Store;
+use crate::store::{Database, Store};
 
 pub struct Application {
     listener: TcpListener,
@@ -54,7 +54,12 @@ impl Application {
             self.pool.clone(),
             self.readiness.clone(),
         ));
-        let store = Store::new(self.pool.clone(), self.readiness);
+        let database = Database::new(self.pool.clone(), self.readiness);
+        let store = Store::new(
+            database,
+            self.config.database_write_lanes,
+            self.config.database_write_batch,
+        );
         tracing::info!(address = %self.address, "chat-system listening");
         warp::serve(routes(store, self.config.max_body_bytes))
             .incoming(self.listener)

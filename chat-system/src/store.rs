@@ -5,6 +5,8 @@ use sqlx::postgres::PgPool;
 
 use crate::database::Readiness;
 use crate::error::{Missing, StoreError};
+use crate::records::{NewRecord, Stored};
+use crate::writer::Writer;
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub(crate) struct Application {
@@ -59,24 +61,51 @@ impl<T> Page<T> {
     }
 }
 
+/// The database, usable once its migrations have run.
 #[derive(Clone)]
-pub(crate) struct Store {
+pub(crate) struct Database {
     pool: PgPool,
     readiness: Readiness,
 }
 
-impl Store {
+impl Database {
     pub(crate) fn new(pool: PgPool, readiness: Readiness) -> Self {
         Self { pool, readiness }
     }
 
     /// The pool, once migrations have run; 503 before.
-    pub(crate) fn db(&self) -> Result<&PgPool, StoreError> {
+    pub(crate) fn pool(&self) -> Result<&PgPool, StoreError> {
         if self.readiness.is_ready() {
             Ok(&self.pool)
         } else {
             Err(StoreError::Starting)
         }
+    }
+}
+
+/// Reads and writes; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Store {
+    database: Database,
+    writer: Writer,
+}
+
+impl Store {
+    /// The store, with `write_lanes` transactions writing at once, each
+    /// taking up to `write_batch` writes.
+    pub(crate) fn new(database: Database, write_lanes: usize, write_batch: usize) -> Self {
+        let writer = Writer::start(database.clone(), write_lanes, write_batch);
+        Self { database, writer }
+    }
+
+    fn db(&self) -> Result<&PgPool, StoreError> {
+        self.database.pool()
+    }
+
+    /// Stores `records`, sharing a transaction with the writes that come at
+    /// the same time ([`Writer`]): a result per record, in order.
+    pub(crate) async fn store(&self, records: Vec<NewRecord>) -> Result<Vec<Stored>, StoreError> {
+        self.writer.write(records).await
     }
 
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {

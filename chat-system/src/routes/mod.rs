@@ -292,7 +292,7 @@ async fn put_chat(token_raw: String, chat_raw: String, store: Store) -> Response
 /// Stores one record through the batch path: its result, or the batch's
 /// error.
 async fn store_one(store: &Store, record: NewRecord) -> Result<Outcome, HttpError> {
-    let mut results = store.store(std::slice::from_ref(&record)).await?;
+    let mut results = store.store(vec![record]).await?;
     Ok(results.pop().expect("one result per record")?)
 }
 

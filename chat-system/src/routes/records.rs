@@ -195,7 +195,7 @@ pub(crate) async fn store_records(
                     Err(invalid) => results.push(Some(invalid)),
                 }
             }
-            let stored = store.store(&valid).await.map_err(HttpError::Store)?;
+            let stored = store.store(valid).await.map_err(HttpError::Store)?;
             for (index, stored) in positions.into_iter().zip(stored) {
                 results[index] = Some(match stored {
                     Ok(outcome) => RecordResult::stored(outcome),

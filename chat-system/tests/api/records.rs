@@ -115,7 +115,16 @@ async fn a_mixed_batch_of_two_applications_gets_a_result_per_record() {
 
 #[tokio::test]
 async fn a_hundred_concurrent_batches_into_the_same_chats_keep_exact_counts() {
-    let app = spawn_app().await;
+    // Sixteen transactions at once, one request each: batches really do
+    // run side by side (with requests sharing transactions they would
+    // mostly queue behind each other).
+    let flags = [
+        "--database-write-lanes",
+        "16",
+        "--database-write-batch",
+        "1",
+    ];
+    let app = TestChatSystem::start_with(false, &flags).await;
     let first = app.application_with_chats(4).await;
     let second = app.application_with_chats(4).await;
 
