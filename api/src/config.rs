@@ -41,7 +41,7 @@ pub struct Config {
 
     /// Publish lanes, each a confirm channel on the one connection: how
     /// many batches of jobs wait for their confirm at once.
-    #[arg(long, env = "PUBLISH_CHANNELS", default_value_t = 2)]
+    #[arg(long, env = "PUBLISH_CHANNELS", default_value_t = 1)]
     pub publish_channels: usize,
 
     /// Most jobs a lane publishes under one confirm wait: those of the

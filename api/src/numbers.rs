@@ -2,17 +2,18 @@
 //! Redis, through the scripts of `shared::counters` (see there for the
 //! keys and the in-flight invariant).
 //!
-//! A draw is one script round trip when the counter is in Redis. On a miss
-//! exactly one caller gets the seed lock, reads the highest stored number
-//! from the chat-system and seeds-and-draws in one more script; the others
-//! wait for it, polling with a short backoff, instead of each calling the
-//! chat-system.
+//! A draw is one script round trip when the counter is in Redis (the
+//! multiplexed connection pipelines the draws of concurrent requests). On a
+//! miss exactly one caller gets the seed lock, reads the highest stored
+//! number from the chat-system and seeds-and-draws in one more script; the
+//! others wait for it, polling with a short backoff, instead of each
+//! calling the chat-system.
 
 use std::time::Duration;
 
 use redis::Script;
 use redis::aio::ConnectionManager;
-use shared::counters::{self, Drawn, Keys, Release, Scope};
+use shared::counters::{self, Drawn, Invocation, Keys, Release, Scope};
 use tokio::time::Instant;
 
 use crate::chat_system::{ChatSystem, ChatSystemError};
@@ -24,7 +25,7 @@ pub(crate) enum NumberError {
     UnknownApplication,
     #[error("unknown chat")]
     UnknownChat,
-    #[error("redis: {0}")]
+    #[error("redis unavailable")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
     ChatSystem(#[from] ChatSystemError),
@@ -94,14 +95,8 @@ impl Numbers {
         let give_up = Instant::now() + self.timings.seed_wait;
         let mut pause = Duration::from_millis(2);
         loop {
-            let mut drawn = self
-                .run(
-                    &self.draw,
-                    scope,
-                    &lock_value,
-                    &millis(self.timings.seed_lock),
-                )
-                .await?;
+            let call = self.keys.draw(scope, &lock_value, self.timings.seed_lock);
+            let mut drawn = self.run(&self.draw, call).await?;
             if drawn == Drawn::MustSeed {
                 drawn = self.seed(scope, &lock_value).await?;
             }
@@ -153,35 +148,17 @@ impl Numbers {
                 return Err(error.into());
             }
         };
-        let value = highest
-            .map(|highest| highest.to_string())
-            .unwrap_or_default();
-        self.run(&self.seed, scope, lock_value, &value).await
+        let call = self
+            .keys
+            .seed(scope, lock_value, highest, self.timings.negative_ttl);
+        self.run(&self.seed, call).await
     }
 
-    /// Runs [`counters::DRAW`] or [`counters::SEED`], which share KEYS and
-    /// ARGV but for the second argument.
-    async fn run(
-        &self,
-        script: &Script,
-        scope: Scope<'_>,
-        lock_value: &str,
-        second: &str,
-    ) -> Result<Drawn, NumberError> {
-        let (head, tail) = match scope {
-            Scope::Chats { token } => self.keys.message_counter_parts(token),
-            Scope::Messages { .. } => (String::new(), String::new()),
-        };
+    /// Runs [`counters::DRAW`] or [`counters::SEED`] and parses the reply.
+    async fn run(&self, script: &Script, call: Invocation) -> Result<Drawn, NumberError> {
         let reply: i64 = script
-            .key(self.keys.counter(scope))
-            .key(self.keys.in_flight(scope))
-            .key(self.keys.unknown(scope))
-            .key(self.keys.lock(scope))
-            .arg(lock_value)
-            .arg(second)
-            .arg(head)
-            .arg(tail)
-            .arg(millis(self.timings.negative_ttl))
+            .key(call.keys)
+            .arg(call.args)
             .invoke_async(&mut self.redis.clone())
             .await?;
         Drawn::from_reply(reply).ok_or(NumberError::UnexpectedReply(reply))
@@ -227,8 +204,4 @@ fn lock_value() -> String {
     static PROCESS: LazyLock<String> = LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string());
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("{}-{}", *PROCESS, NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-fn millis(duration: Duration) -> String {
-    duration.as_millis().to_string()
 }

@@ -65,17 +65,10 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let started = Instant::now();
-                let (head, tail) = keys.message_counter_parts(token);
+                let call = keys.draw(scope, "lock", Duration::from_secs(5));
                 let reply: i64 = script
-                    .key(keys.counter(scope))
-                    .key(keys.in_flight(scope))
-                    .key(keys.unknown(scope))
-                    .key(keys.lock(scope))
-                    .arg("lock")
-                    .arg(5000)
-                    .arg(head)
-                    .arg(tail)
-                    .arg(5000)
+                    .key(call.keys)
+                    .arg(call.args)
                     .invoke_async(&mut redis)
                     .await?;
                 let Some(Drawn::Number(number)) = Drawn::from_reply(reply) else {

@@ -8,6 +8,9 @@
 //! - `writes`: the chat-system's own write capacity for the requests the
 //!   workers make.
 //! - `drain`: how fast N worker processes empty a queued backlog.
+//! - `e2e`: the whole system under one load (wrk, then a fixed rate):
+//!   intake and stored rates, backlog, answer-to-stored latency, CPU per
+//!   stored record by process.
 //! - `load` / `verify`: drive the api under a fault, then check that every
 //!   acknowledged record was stored exactly once with its exact body.
 //! - `cleanup`: removes a run's queues and Redis keys.
@@ -16,6 +19,7 @@ mod ceiling;
 mod chaos;
 mod client;
 mod drain;
+mod e2e;
 mod servers;
 mod writes;
 
@@ -33,6 +37,7 @@ enum Command {
     Ceiling(ceiling::Args),
     Writes(writes::Args),
     Drain(drain::Args),
+    E2e(e2e::Args),
     Load(chaos::LoadArgs),
     Verify(chaos::VerifyArgs),
     Cleanup(servers::CleanupArgs),
@@ -44,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Ceiling(args) => ceiling::run(args).await,
         Command::Writes(args) => writes::run(args).await,
         Command::Drain(args) => drain::run(args).await,
+        Command::E2e(args) => e2e::run(args).await,
         Command::Load(args) => chaos::load(args).await,
         Command::Verify(args) => chaos::verify(args).await,
         Command::Cleanup(args) => servers::cleanup(args).await,

@@ -99,6 +99,65 @@ impl Keys {
         format!("{}:unknown", self.base(scope))
     }
 
+    /// The invocation of [`DRAW`] for `scope`, offering `lock_value` for
+    /// its seed lock, which lives `lock`.
+    pub fn draw(&self, scope: Scope<'_>, lock_value: &str, lock: Duration) -> Invocation {
+        let (head, tail) = self.head_and_tail(scope);
+        Invocation {
+            keys: self.scope_keys(scope).to_vec(),
+            args: vec![
+                lock_value.to_owned(),
+                lock.as_millis().to_string(),
+                head,
+                tail,
+            ],
+        }
+    }
+
+    /// The invocation of [`SEED`]: seed `scope` at `highest` (or remember
+    /// it as unknown for `negative`, when `None`) and draw a number.
+    pub fn seed(
+        &self,
+        scope: Scope<'_>,
+        lock_value: &str,
+        highest: Option<i64>,
+        negative: Duration,
+    ) -> Invocation {
+        let (head, tail) = self.head_and_tail(scope);
+        let seed = highest
+            .map(|highest| highest.to_string())
+            .unwrap_or_default();
+        Invocation {
+            keys: self.scope_keys(scope).to_vec(),
+            args: vec![
+                lock_value.to_owned(),
+                seed,
+                head,
+                tail,
+                negative.as_millis().to_string(),
+            ],
+        }
+    }
+
+    /// Counter, in-flight set, unknown marker, seed lock.
+    fn scope_keys(&self, scope: Scope<'_>) -> [String; 4] {
+        [
+            self.counter(scope),
+            self.in_flight(scope),
+            self.unknown(scope),
+            self.lock(scope),
+        ]
+    }
+
+    /// The message counter head and tail of a chat scope's numbers; empty
+    /// for a message scope.
+    fn head_and_tail(&self, scope: Scope<'_>) -> (String, String) {
+        match scope {
+            Scope::Chats { token } => self.message_counter_parts(token),
+            Scope::Messages { .. } => (String::new(), String::new()),
+        }
+    }
+
     /// The invocation of [`RELEASE`] that takes `numbers` of `scope` out
     /// of flight, `why` they leave it; counters get `ttl` back.
     pub fn release(
@@ -151,8 +210,8 @@ impl Release {
     }
 }
 
-/// What [`DRAW`] and [`SEED`] answer, parsed from the script's integer
-/// reply in this one place.
+/// What [`DRAW`] and [`SEED`] answer, parsed from the scripts' integer
+/// replies in this one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drawn {
     /// The number drawn, now in flight.
@@ -179,59 +238,51 @@ impl Drawn {
     }
 }
 
-/// The common tail of [`DRAW`] and [`SEED`]: take the next number, keep
-/// the counter from expiring, record the number as in flight and, for a
-/// chat, start its message counter at 0 (no chat-system read needed for a
-/// chat that was just created). The message counter's key is built here
-/// from `ARGV[3] .. n .. ARGV[4]`; it shares the token's hash tag, so it is
-/// in the same cluster slot as the declared keys.
-macro_rules! take_next {
-    () => {
-        "local n = redis.call('INCR', KEYS[1])
-redis.call('PERSIST', KEYS[1])
-redis.call('SADD', KEYS[2], n)
-if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
-return n
-"
-    };
-}
-
 /// Draws the next number of a scope.
 ///
 /// KEYS: counter, in-flight set, unknown marker, seed lock.
-/// ARGV: lock value (random), lock PX milliseconds, message counter head
-/// and tail (empty strings for a message scope).
+/// ARGV: the lock value it would hold (random), the lock's PX
+/// milliseconds, the message counter head and tail (for the chats of an
+/// application; empty strings for a chat's messages).
 /// Returns the number, or a code of [`Drawn`]. `INCR` runs only on an
-/// existing counter: a missing one is seeded, never started at 1.
-pub const DRAW: &str = concat!(
-    "if redis.call('EXISTS', KEYS[1]) == 0 then
+/// existing counter: a missing one is seeded, never started at 1. The
+/// number is recorded in flight and keeps the counter from expiring; a
+/// chat's number also starts that chat's message counter at 0 (no
+/// chat-system read needed for a chat just created; its key is built from
+/// head .. n .. tail and shares the token's hash tag, so it is in the same
+/// cluster slot).
+pub const DRAW: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then
   if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
   if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
   return -2
 end
-",
-    take_next!()
-);
+local n = redis.call('INCR', KEYS[1])
+redis.call('PERSIST', KEYS[1])
+redis.call('SADD', KEYS[2], n)
+if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
+return n";
 
 /// Seeds a counter from the chat-system's highest stored number and draws
 /// from it, releasing the seed lock, all at once.
 ///
-/// KEYS and ARGV as [`DRAW`], with ARGV[2] replaced by the seed value, or
-/// an empty string when the chat-system does not know the scope, and
-/// ARGV[5] the negative cache PX milliseconds. Returns the number,
+/// KEYS: counter, in-flight set, unknown marker, seed lock.
+/// ARGV: lock value, the seed value (an empty string when the chat-system
+/// does not know the scope), message counter head and tail (as in
+/// [`DRAW`]), the negative cache PX milliseconds. Returns the number,
 /// [`Drawn::Unknown`], or [`Drawn::Wait`] when the lock expired meanwhile
 /// (the caller draws again). `SET NX`: a live counter is never overwritten.
-pub const SEED: &str = concat!(
-    "if redis.call('GET', KEYS[4]) ~= ARGV[1] then return -2 end
+pub const SEED: &str = "if redis.call('GET', KEYS[4]) ~= ARGV[1] then return -2 end
 redis.call('DEL', KEYS[4])
 if ARGV[2] == '' then
   redis.call('SET', KEYS[3], 1, 'PX', ARGV[5])
   return -1
 end
 redis.call('SET', KEYS[1], ARGV[2], 'NX')
-",
-    take_next!()
-);
+local n = redis.call('INCR', KEYS[1])
+redis.call('PERSIST', KEYS[1])
+redis.call('SADD', KEYS[2], n)
+if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
+return n";
 
 /// Releases the lock of a seed that failed (the chat-system was down), if
 /// it is still ours. KEYS: seed lock. ARGV: lock value.

@@ -90,7 +90,10 @@ pub fn short_token(token: &str) -> String {
 
 /// The process-wide Prometheus recorder, installed on first use. Latency
 /// histograms (metric names ending in `_seconds`) get buckets from 0.25 ms
-/// to 5 s, fine enough to see a p99 under 10 ms.
+/// to 5 s, fine enough to see a p99 under 10 ms; the worker's store lag
+/// (from a job's creation to its record stored, which a backlog stretches
+/// to minutes) from 1 ms to 10 minutes; sizes (`_jobs`, `_records`,
+/// `_deliveries`) from 1 to 4096.
 pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
     use std::sync::OnceLock;
 
@@ -103,9 +106,32 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
                 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25,
                 0.5, 1.0, 2.5, 5.0,
             ];
+            const LAG: &[f64] = &[
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0,
+                3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0,
+                600.0,
+            ];
+            const SIZES: &[f64] = &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+            ];
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
-                .expect("the bucket list is not empty")
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full("worker_store_lag_seconds".into()),
+                        LAG,
+                    )
+                })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(Matcher::Suffix("_jobs".into()), SIZES)
+                })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(Matcher::Suffix("_records".into()), SIZES)
+                })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(Matcher::Suffix("_deliveries".into()), SIZES)
+                })
+                .expect("the bucket lists are not empty")
                 .install_recorder()
                 .expect("the only place that installs a metrics recorder")
         })

@@ -58,7 +58,7 @@ pub struct Config {
     pub prefetch: u16,
 
     /// Batches stored at once (bulk requests in flight).
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 2)]
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 1)]
     pub concurrency: usize,
 
     /// Most jobs one batch takes, and one bulk request to the chat-system

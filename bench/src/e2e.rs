@@ -1,0 +1,446 @@
+//! The whole system under one load: the api, the workers and the
+//! chat-system running together, JSON message creates spread over
+//! `chats` chats.
+//!
+//! Closed loop: wrk at `connections` connections for `seconds`; then the
+//! clock runs until every acknowledged record is stored. Reported: the
+//! intake rate, the stored rate (acknowledged records over the time from
+//! the first request to the last record stored), the backlog when the load
+//! stopped, the api's latency, the time from a job's creation to its record
+//! stored (the workers' `worker_store_lag_seconds`), and the CPU each
+//! process spent per stored record (from `/proc/PID/stat`; PostgreSQL and
+//! RabbitMQ are every process of theirs).
+//!
+//! Open loop: a fixed request rate (half the closed loop's stored rate by
+//! default) for `open_loop_seconds`, latency measured from each request's
+//! scheduled start, so a slow answer cannot hold back the requests behind
+//! it (no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+use crate::client::ChatSystem;
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[arg(long, default_value = "http://127.0.0.1:3101")]
+    api_url: String,
+    #[arg(long, default_value = "http://127.0.0.1:3100")]
+    chat_system_url: String,
+    /// `/metrics` base URL of each worker (`http://127.0.0.1:3110`).
+    #[arg(long = "worker-metrics", required = true)]
+    worker_metrics: Vec<String>,
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    #[arg(long, default_value_t = 16)]
+    chats: i64,
+    /// `name=pid` of each process whose CPU is counted besides PostgreSQL
+    /// and RabbitMQ (found by name): `api=…`, `worker=…` (repeatable, summed),
+    /// `chat-system=…`, `redis=…`.
+    #[arg(long = "process")]
+    processes: Vec<String>,
+    /// Requests per second of the open-loop run; half the closed loop's
+    /// stored rate when not given, none when 0.
+    #[arg(long)]
+    open_loop_rate: Option<f64>,
+    #[arg(long, default_value_t = 20)]
+    open_loop_seconds: u64,
+    #[arg(long, default_value = "scripts/wrk/create.lua")]
+    wrk_script: PathBuf,
+}
+
+const BODY: &str = r#"{"body":"hello, world \"bench\" / ü"}"#;
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let chat_system = ChatSystem::new(&args.chat_system_url)?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let token = chat_system.application("bench-e2e").await?;
+    for _ in 0..args.chats {
+        let answer = client
+            .post(format!("{}/applications/{token}/chats", args.api_url))
+            .send()
+            .await?;
+        ensure!(
+            answer.status().is_success(),
+            "creating a chat: {}",
+            answer.status()
+        );
+    }
+    let counts = Counts {
+        chat_system: &chat_system,
+        token: &token,
+        chats: args.chats,
+    };
+    counts.wait_for(0.0, Duration::from_secs(60)).await?;
+
+    let processes = Processes::new(&args.processes)?;
+    let cpu_before = processes.cpu()?;
+    let lag_before = lag_histogram(&client, &args.worker_metrics).await?;
+    let started = Instant::now();
+    let wrk = wrk(&args, &token).await?;
+    let load_secs = started.elapsed().as_secs_f64();
+    let stored_when_stopped = counts.stored().await?;
+    let acknowledged = field(&wrk, "acknowledged")?;
+    counts
+        .wait_for(acknowledged, Duration::from_secs(900))
+        .await
+        .context("waiting for every acknowledged record to be stored")?;
+    let all_stored_secs = started.elapsed().as_secs_f64();
+    let cpu_after = processes.cpu()?;
+    let lag = lag_histogram(&client, &args.worker_metrics)
+        .await?
+        .minus(&lag_before);
+    let stored_rps = acknowledged / all_stored_secs;
+    let mut line = format!(
+        "e2e acknowledged={acknowledged:.0} intake_rps={:.0} stored_rps={stored_rps:.0} \
+         backlog={:.0} load_secs={load_secs:.1} all_stored_secs={all_stored_secs:.1} \
+         api_p50_ms={} api_p99_ms={} errors={} lag_p50_ms={:.0} lag_p99_ms={:.0}",
+        acknowledged / load_secs,
+        (acknowledged - stored_when_stopped).max(0.0),
+        text(&wrk, "p50_ms")?,
+        text(&wrk, "p99_ms")?,
+        text(&wrk, "errors")?,
+        lag.quantile(0.50) * 1000.0,
+        lag.quantile(0.99) * 1000.0,
+    );
+    let mut total = 0.0;
+    for (name, spent) in cpu_after.minus(&cpu_before) {
+        let per_record = spent.as_secs_f64() * 1e6 / acknowledged;
+        total += per_record;
+        line.push_str(&format!(" cpu_us_{name}={per_record:.0}"));
+    }
+    line.push_str(&format!(" cpu_us_total={total:.0}"));
+    println!("{line}");
+
+    let rate = args.open_loop_rate.unwrap_or(stored_rps / 2.0);
+    if rate > 0.0 {
+        let stored_before = counts.stored().await?;
+        let lag_before = lag_histogram(&client, &args.worker_metrics).await?;
+        let open = open_loop(&client, &args, &token, rate).await?;
+        counts
+            .wait_for(
+                stored_before + open.acknowledged as f64,
+                Duration::from_secs(300),
+            )
+            .await
+            .context("waiting for the open-loop records to be stored")?;
+        let lag = lag_histogram(&client, &args.worker_metrics)
+            .await?
+            .minus(&lag_before);
+        println!(
+            "openloop rate={rate:.0} requests={} errors={} p50_ms={:.2} p99_ms={:.2} lag_p50_ms={:.0} lag_p99_ms={:.0}",
+            open.requests,
+            open.errors,
+            open.percentile(0.50),
+            open.percentile(0.99),
+            lag.quantile(0.50) * 1000.0,
+            lag.quantile(0.99) * 1000.0,
+        );
+    }
+    Ok(())
+}
+
+/// Runs wrk against the message route of every chat in turn; its result
+/// line.
+async fn wrk(args: &Args, token: &str) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new("wrk")
+        .args(["-t2", &format!("-c{}", args.connections)])
+        .arg(format!("-d{}s", args.seconds))
+        .arg("-s")
+        .arg(&args.wrk_script)
+        .arg(&args.api_url)
+        .env(
+            "WRK_PATH",
+            format!("/applications/{token}/chats/{{chat}}/messages"),
+        )
+        .env("WRK_CHATS", args.chats.to_string())
+        .env("WRK_BODY", BODY)
+        .output()
+        .await
+        .context("running wrk")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match stdout.lines().find(|line| line.starts_with("wrk ")) {
+        Some(line) => Ok(line.to_owned()),
+        None => bail!(
+            "wrk printed no result: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+fn text<'a>(line: &'a str, key: &str) -> anyhow::Result<&'a str> {
+    line.split_whitespace()
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+        .with_context(|| format!("no {key} in {line:?}"))
+}
+
+fn field(line: &str, key: &str) -> anyhow::Result<f64> {
+    Ok(text(line, key)?.parse()?)
+}
+
+/// The stored messages of the bench's chats.
+struct Counts<'a> {
+    chat_system: &'a ChatSystem,
+    token: &'a str,
+    chats: i64,
+}
+
+impl Counts<'_> {
+    async fn stored(&self) -> anyhow::Result<f64> {
+        let mut total = 0;
+        for chat in 1..=self.chats {
+            total += self.chat_system.messages_count(self.token, chat).await?;
+        }
+        Ok(total as f64)
+    }
+
+    /// Waits until at least `count` messages are stored (and the chats
+    /// themselves, which `messages_count` needs).
+    async fn wait_for(&self, count: f64, deadline: Duration) -> anyhow::Result<()> {
+        let give_up = Instant::now() + deadline;
+        loop {
+            match self.stored().await {
+                Ok(stored) if stored >= count => return Ok(()),
+                Ok(_) | Err(_) if Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(stored) => bail!("{stored} of {count} stored after {deadline:?}"),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// CPU time of the processes that serve the load.
+struct Processes {
+    named: Vec<(String, u32)>,
+    tick: f64,
+}
+
+/// CPU time by process name.
+struct Cpu(BTreeMap<String, Duration>);
+
+impl Cpu {
+    fn minus(&self, before: &Cpu) -> BTreeMap<String, Duration> {
+        self.0
+            .iter()
+            .map(|(name, after)| {
+                let before = before.0.get(name).copied().unwrap_or_default();
+                (name.clone(), after.saturating_sub(before))
+            })
+            .collect()
+    }
+}
+
+impl Processes {
+    fn new(specs: &[String]) -> anyhow::Result<Self> {
+        let mut named = Vec::new();
+        for spec in specs {
+            let (name, pid) = spec
+                .split_once('=')
+                .with_context(|| format!("--process {spec}: name=pid"))?;
+            named.push((name.replace('-', "_"), pid.parse()?));
+        }
+        let tick = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|output| String::from_utf8(output.stdout).ok())
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(100.0);
+        Ok(Self { named, tick })
+    }
+
+    /// User plus system CPU of each named process, and of every
+    /// `postgres` and `beam.smp` (RabbitMQ) process there is.
+    fn cpu(&self) -> anyhow::Result<Cpu> {
+        let mut spent: BTreeMap<String, Duration> = BTreeMap::new();
+        for (name, pid) in &self.named {
+            let ticks =
+                ticks(*pid).with_context(|| format!("reading the CPU of {name} ({pid})"))?;
+            *spent.entry(name.clone()).or_default() += self.duration(ticks);
+        }
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let name = match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+                Ok(comm) if comm.trim() == "postgres" => "postgres",
+                Ok(comm) if comm.trim() == "beam.smp" => "rabbitmq",
+                _ => continue,
+            };
+            if let Some(ticks) = ticks(pid) {
+                *spent.entry(name.to_owned()).or_default() += self.duration(ticks);
+            }
+        }
+        Ok(Cpu(spent))
+    }
+
+    fn duration(&self, ticks: u64) -> Duration {
+        Duration::from_secs_f64(ticks as f64 / self.tick)
+    }
+}
+
+/// `utime + stime` of a process, in clock ticks.
+fn ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it
+    // start at the state (field 3), so utime (14) and stime (15) are the
+    // 12th and 13th after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// A Prometheus histogram: cumulative counts by upper bound.
+struct Histogram(Vec<(f64, f64)>);
+
+impl Histogram {
+    fn minus(&self, before: &Histogram) -> Histogram {
+        Histogram(
+            self.0
+                .iter()
+                .map(|&(bound, count)| {
+                    let earlier = before
+                        .0
+                        .iter()
+                        .find(|(other, _)| *other == bound)
+                        .map_or(0.0, |(_, count)| *count);
+                    (bound, count - earlier)
+                })
+                .collect(),
+        )
+    }
+
+    /// The `q` quantile, interpolated within its bucket; 0 when empty.
+    fn quantile(&self, q: f64) -> f64 {
+        let Some(&(_, total)) = self.0.last() else {
+            return 0.0;
+        };
+        if total <= 0.0 {
+            return 0.0;
+        }
+        let wanted = q * total;
+        let mut lower = (0.0, 0.0);
+        for &(bound, count) in &self.0 {
+            if count >= wanted {
+                if bound.is_infinite() {
+                    return lower.0;
+                }
+                let share = (wanted - lower.1) / (count - lower.1).max(f64::MIN_POSITIVE);
+                return lower.0 + (bound - lower.0) * share;
+            }
+            lower = (bound, count);
+        }
+        lower.0
+    }
+}
+
+/// `worker_store_lag_seconds`, summed over the workers.
+async fn lag_histogram(client: &reqwest::Client, workers: &[String]) -> anyhow::Result<Histogram> {
+    let mut buckets: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for worker in workers {
+        let text = client
+            .get(format!("{}/metrics", worker.trim_end_matches('/')))
+            .send()
+            .await?
+            .text()
+            .await?;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("worker_store_lag_seconds_bucket{le=\"") else {
+                continue;
+            };
+            let Some((bound, count)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let value = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse()?
+            };
+            let entry = buckets.entry(bound.to_owned()).or_insert((value, 0.0));
+            entry.1 += count.trim().parse::<f64>()?;
+        }
+    }
+    let mut sorted: Vec<(f64, f64)> = buckets.into_values().collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(Histogram(sorted))
+}
+
+/// What an open-loop run saw.
+struct OpenLoop {
+    requests: usize,
+    acknowledged: usize,
+    errors: usize,
+    latencies: Vec<Duration>,
+}
+
+impl OpenLoop {
+    fn percentile(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((self.latencies.len() as f64 * q) as usize).min(self.latencies.len() - 1);
+        self.latencies[index].as_secs_f64() * 1000.0
+    }
+}
+
+async fn open_loop(
+    client: &reqwest::Client,
+    args: &Args,
+    token: &str,
+    rate: f64,
+) -> anyhow::Result<OpenLoop> {
+    let count = (rate * args.open_loop_seconds as f64) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let body: serde_json::Value = serde_json::from_str(BODY)?;
+    let body = Arc::new(body);
+    let mut tasks = Vec::with_capacity(count);
+    for index in 0..count {
+        let scheduled = start + interval.mul_f64(index as f64);
+        let chat = index as i64 % args.chats + 1;
+        let url = format!(
+            "{}/applications/{token}/chats/{chat}/messages",
+            args.api_url
+        );
+        let (client, body) = (client.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(scheduled).await;
+            let answer = client
+                .post(url)
+                .json(&*body)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            let ok = matches!(&answer, Ok(response) if response.status().is_success());
+            (ok, scheduled.elapsed())
+        }));
+    }
+    let mut run = OpenLoop {
+        requests: count,
+        acknowledged: 0,
+        errors: 0,
+        latencies: Vec::with_capacity(count),
+    };
+    for task in tasks {
+        let (ok, latency) = task.await?;
+        if ok {
+            run.acknowledged += 1;
+        } else {
+            run.errors += 1;
+        }
+        run.latencies.push(latency);
+    }
+    run.latencies.sort();
+    Ok(run)
+}
