@@ -64,21 +64,41 @@ impl TestBroker {
     /// Takes every message now in `queue`, acknowledged, and returns the
     /// jobs they hold in order (a batch message holds several).
     pub async fn take_jobs(&self, queue: &str) -> Vec<Job> {
+        self.take_messages(queue)
+            .await
+            .into_iter()
+            .flat_map(|message| message.jobs)
+            .collect()
+    }
+
+    /// Takes every message now in `queue`, acknowledged: its AMQP `type`
+    /// and the jobs it holds.
+    pub async fn take_messages(&self, queue: &str) -> Vec<Taken> {
         let (_connection, channel) = self.channel().await;
-        let mut jobs = Vec::new();
+        let mut messages = Vec::new();
         while let Some(message) = channel
             .basic_get(queue.into(), BasicGetOptions { no_ack: true })
             .await
             .expect("basic.get")
         {
             let properties = &message.delivery.properties;
-            let kind = properties.kind().as_ref().map(|kind| kind.as_str());
-            for unpacked in shared::job::unpack(kind, &message.delivery.data) {
-                jobs.push(unpacked.job.expect("a valid job"));
-            }
+            let kind = properties.kind().as_ref().map(|kind| kind.to_string());
+            let jobs = shared::job::unpack(kind.as_deref(), &message.delivery.data)
+                .into_iter()
+                .map(|unpacked| unpacked.job.expect("a valid job"))
+                .collect();
+            messages.push(Taken { kind, jobs });
         }
-        jobs
+        messages
     }
+}
+
+/// A message taken off a queue.
+#[derive(Debug)]
+pub struct Taken {
+    /// Its AMQP `type`: a job's kind, or `batch`.
+    pub kind: Option<String>,
+    pub jobs: Vec<Job>,
 }
 
 impl Default for TestBroker {

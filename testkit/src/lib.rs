@@ -17,7 +17,7 @@ mod redis_keys;
 mod running;
 mod wait;
 
-pub use broker::{TestBroker, amqp_address, amqp_url, amqp_url_via};
+pub use broker::{Taken, TestBroker, amqp_address, amqp_url, amqp_url_via};
 pub use chat_system::TestChatSystem;
 pub use database::TestDatabase;
 pub use http::Answer;

@@ -107,3 +107,65 @@ async fn every_job_has_its_own_id() {
     ids.dedup();
     assert_eq!(ids.len(), 3);
 }
+
+#[tokio::test]
+async fn an_idle_api_publishes_a_lone_create_at_once_as_a_message_of_its_own() {
+    let app = spawn_app().await;
+    let token = app.application(0).await;
+
+    let number = app.create_chat(&token).await.number("chat number");
+
+    let messages = app.broker.take_messages(&app.broker.jobs_queue()).await;
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(
+        messages[0].kind.as_deref(),
+        Some("chat"),
+        "a job of its own, not a batch"
+    );
+    assert_eq!(messages[0].jobs[0].record, Record::Chat { number });
+}
+
+#[tokio::test]
+async fn concurrent_creates_share_messages_and_each_keeps_its_own_number() {
+    let app = spawn_app().await;
+    let token = app.application(1).await;
+
+    let bodies: Vec<String> = (0..300).map(|i| format!("message {i}")).collect();
+    let answers = futures::future::join_all(
+        bodies
+            .iter()
+            .map(|body| app.create_message_json(&token, 1, body)),
+    )
+    .await;
+
+    let mut answered: Vec<(i64, String)> = answers
+        .iter()
+        .zip(&bodies)
+        .map(|(answer, body)| (answer.number("message number"), body.clone()))
+        .collect();
+    answered.sort();
+    let messages = app.broker.take_messages(&app.broker.jobs_queue()).await;
+    assert!(
+        messages.len() < 300,
+        "jobs gathered while a confirm was pending share a message: {} messages",
+        messages.len()
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|message| message.kind.as_deref() == Some("batch"))
+    );
+    let mut queued: Vec<(i64, String)> = messages
+        .iter()
+        .flat_map(|message| &message.jobs)
+        .map(|job| match &job.record {
+            Record::Message { number, body, .. } => (*number, body.clone()),
+            Record::Chat { .. } => panic!("a message job"),
+        })
+        .collect();
+    queued.sort();
+    assert_eq!(
+        queued, answered,
+        "every answered number queued once, with its body"
+    );
+}

@@ -2,9 +2,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use lapin::BasicProperties;
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use shared::job::Job;
+use shared::job::{self, Job};
 use shared::publish::{self, Message};
 use shared::topology::{ROUTING_KEY, Topology};
 use testkit::{HttpProxy, Running, TcpProxy, TestBroker, TestChatSystem, TestRedis, eventually};
@@ -176,9 +177,9 @@ impl TestStack {
             .expect("starting the worker binary")
     }
 
-    /// Publishes payloads to the jobs exchange, confirmed, declaring the
+    /// Publishes messages to the jobs exchange, confirmed, declaring the
     /// topology first (as the api does).
-    pub(crate) async fn publish_raw(&self, payloads: &[Vec<u8>]) {
+    async fn publish_messages(&self, messages: Vec<(Vec<u8>, BasicProperties)>) {
         let (_connection, channel) = self.broker.channel().await;
         let topology = Topology::new(&self.worker_config(&[]).broker);
         topology
@@ -189,12 +190,12 @@ impl TestStack {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .expect("confirm mode");
-        for payload in payloads {
+        for (payload, properties) in messages {
             let message = Message {
                 exchange: topology.jobs_exchange(),
                 routing_key: ROUTING_KEY.into(),
-                payload: payload.clone(),
-                properties: publish::json_properties(),
+                payload,
+                properties,
             };
             publish::publish(&channel, message, Duration::from_secs(10))
                 .await
@@ -202,9 +203,41 @@ impl TestStack {
         }
     }
 
+    /// Publishes payloads as they are, one message each.
+    pub(crate) async fn publish_raw(&self, payloads: &[Vec<u8>]) {
+        let messages = payloads
+            .iter()
+            .map(|payload| (payload.clone(), publish::json_properties()))
+            .collect();
+        self.publish_messages(messages).await;
+    }
+
+    /// Publishes each job as a message of its own.
     pub(crate) async fn publish(&self, jobs: &[Job]) {
-        let payloads: Vec<Vec<u8>> = jobs.iter().map(Job::encode).collect();
-        self.publish_raw(&payloads).await;
+        let messages = jobs
+            .iter()
+            .map(|job| (job.encode(), publish::job_properties(job)))
+            .collect();
+        self.publish_messages(messages).await;
+    }
+
+    /// Publishes the jobs as the api does under load: batch messages of
+    /// `per_message` jobs each.
+    pub(crate) async fn publish_batches(&self, jobs: &[Job], per_message: usize) {
+        for chunk in jobs.chunks(per_message) {
+            let encoded: Vec<Vec<u8>> = chunk.iter().map(Job::encode).collect();
+            let payload = job::batch_of(encoded.iter().map(Vec::as_slice));
+            self.publish_batch_payload(payload, chunk.len()).await;
+        }
+    }
+
+    /// Publishes `payload` as a batch message of `jobs` jobs.
+    pub(crate) async fn publish_batch_payload(&self, payload: Vec<u8>, jobs: usize) {
+        let properties = publish::with_headers(
+            publish::json_properties().with_type(job::BATCH_TYPE.into()),
+            &[(job::JOBS_HEADER, &jobs.to_string())],
+        );
+        self.publish_messages(vec![(payload, properties)]).await;
     }
 
     /// Messages waiting in `queue`.

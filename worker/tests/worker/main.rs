@@ -2,6 +2,7 @@
 //! has its own queue prefix, key prefix and chat-system database, a fault
 //! proxy in front of the chat-system and a TCP proxy in front of RabbitMQ.
 
+mod batches;
 mod end_to_end;
 mod helpers;
 mod persistence;

@@ -28,7 +28,10 @@ async fn assert_all_stored_once(stack: &TestStack, token: &str) {
 async fn killing_a_worker_mid_batch_loses_nothing() {
     let stack = TestStack::start().await;
     let token = stack.application().await;
-    stack.publish(&chat_with_messages(&token, JOBS)).await;
+    // As the api publishes under load: batch messages, here of 10 jobs.
+    stack
+        .publish_batches(&chat_with_messages(&token, JOBS), 10)
+        .await;
     // Slow writes keep a full prefetch of deliveries in hand.
     stack
         .upstream

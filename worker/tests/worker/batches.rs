@@ -1,0 +1,91 @@
+//! Batches: many jobs stored with one bulk request, each meeting its own
+//! fate.
+
+use shared::job::Job;
+use worker::Outcome;
+use worker::retry::Reason;
+
+use crate::helpers::{TestStack, header};
+
+#[tokio::test]
+async fn a_batch_with_permanent_failures_dead_letters_exactly_those_jobs_and_stores_the_rest() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    assert_eq!(stack.chat_system.put_chat(&token, 1).await.status, 201);
+    let original = stack
+        .chat_system
+        .put_message(&token, 1, 1, "original")
+        .await;
+    assert_eq!(original.status, 201);
+    let impostor = Job::message(token.clone(), 1, 1, "impostor".into());
+    let unknown = Job::chat("no-such-token".into(), 1);
+    let jobs = vec![
+        Job::chat(token.clone(), 2),
+        Job::message(token.clone(), 1, 2, "two".into()),
+        impostor.clone(),
+        Job::message(token.clone(), 2, 1, "in chat 2".into()),
+        unknown.clone(),
+        Job::message(token.clone(), 1, 3, "three".into()),
+    ];
+    stack.publish_batches(&jobs, jobs.len()).await;
+    let worker = stack.worker(&[]).await;
+
+    let outcomes = worker.process_next().await.unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Stored,
+            Outcome::Stored,
+            Outcome::DeadLettered(Reason::Conflict),
+            Outcome::Stored,
+            Outcome::DeadLettered(Reason::UnknownApplication),
+            Outcome::Stored,
+        ]
+    );
+    assert_eq!(
+        stack.messages(&token, 1).await,
+        [
+            (1, "original".into()),
+            (2, "two".into()),
+            (3, "three".into())
+        ]
+    );
+    assert_eq!(stack.messages(&token, 2).await, [(1, "in chat 2".into())]);
+    let letters = stack.dead_letters().await;
+    let dead: Vec<Job> = letters
+        .iter()
+        .map(|(payload, _)| Job::decode(payload).expect("a job of its own"))
+        .collect();
+    assert_eq!(dead, [impostor, unknown], "exactly those, each on its own");
+    assert_eq!(header(&letters[0].1, "x-reason"), "conflict");
+    assert_eq!(header(&letters[1].1, "x-reason"), "unknown_application");
+    assert_eq!(stack.queue_len(&stack.broker.jobs_queue()).await, 0);
+}
+
+#[tokio::test]
+async fn a_job_that_is_not_one_inside_a_batch_is_dead_lettered_alone_byte_for_byte() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    let good = [Job::chat(token.clone(), 1), Job::chat(token.clone(), 2)];
+    let garbage = br#"{"v":1,"kind":"thread","token":"x"}"#;
+    let encoded = [good[0].encode(), garbage.to_vec(), good[1].encode()];
+    let payload = shared::job::batch_of(encoded.iter().map(Vec::as_slice));
+    stack.publish_batch_payload(payload, 3).await;
+    let worker = stack.worker(&[]).await;
+
+    let outcomes = worker.process_next().await.unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Stored,
+            Outcome::DeadLettered(Reason::Malformed),
+            Outcome::Stored
+        ]
+    );
+    assert_eq!(stack.chats_count(&token).await, 2);
+    let letters = stack.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].0, garbage, "its own bytes, not the whole batch");
+}
