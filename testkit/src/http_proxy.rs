@@ -162,6 +162,12 @@ impl HttpProxy {
             .count()
     }
 
+    /// Faults queued with [`HttpProxy::fail_next`] that no request has met
+    /// yet.
+    pub fn pending_faults(&self) -> usize {
+        self.script.lock().expect("proxy lock").next.len()
+    }
+
     /// Every request so far, in order.
     pub fn seen(&self) -> Vec<Seen> {
         self.script.lock().expect("proxy lock").seen.clone()

@@ -159,6 +159,21 @@ impl TestApp {
         jobs
     }
 
+    /// Declares the api's queues again (after a test deleted one).
+    pub(crate) async fn declare_topology(&self) {
+        let broker = shared::config::Broker {
+            amqp_url: testkit::amqp_url(),
+            queue_prefix: self.broker.prefix.clone(),
+            queue_type: shared::config::QueueType::Quorum,
+            publish_timeout_ms: 2000,
+        };
+        let (_connection, channel) = self.broker.channel().await;
+        shared::topology::Topology::new(&broker)
+            .declare(&channel)
+            .await
+            .expect("declaring the topology");
+    }
+
     /// Sends the shutdown signal and waits for the api to finish.
     pub(crate) async fn stop(&self) {
         self.server.stop().await;

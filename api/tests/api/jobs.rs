@@ -103,8 +103,8 @@ async fn every_job_has_its_own_id() {
         app.create_chat(&token).await.number("chat number");
     }
 
-    let mut ids: Vec<_> = app.expect_jobs(3).await.iter().map(|job| job.id).collect();
-    ids.dedup();
+    let ids: std::collections::BTreeSet<_> =
+        app.expect_jobs(3).await.iter().map(|job| job.id).collect();
     assert_eq!(ids.len(), 3);
 }
 

@@ -150,6 +150,13 @@ async fn a_refused_job_gives_its_number_back_and_leaves_a_gap() {
         .create_message(&token, 2, "to a chat that was refused")
         .await;
     assert_eq!(message.status, 404);
+
+    app.declare_topology().await;
+    assert_eq!(
+        app.create_chat(&token).await.number("chat number"),
+        3,
+        "2 is a gap, never handed out again"
+    );
 }
 
 #[tokio::test]

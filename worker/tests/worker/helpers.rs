@@ -241,6 +241,8 @@ impl TestStack {
     }
 
     /// Messages waiting in `queue`.
+    /// Panics when the queue cannot be read (a wrong name is a failed
+    /// test, not an empty queue).
     pub(crate) async fn queue_len(&self, queue: &str) -> u32 {
         let (_connection, channel) = self.broker.channel().await;
         let options = QueueDeclareOptions {
@@ -250,8 +252,8 @@ impl TestStack {
         channel
             .queue_declare(queue.into(), options, FieldTable::default())
             .await
-            .map(|queue| queue.message_count())
-            .unwrap_or(0)
+            .unwrap_or_else(|error| panic!("reading the length of {queue}: {error}"))
+            .message_count()
     }
 
     /// Every dead letter, taken off the queue: payload and headers.

@@ -78,6 +78,12 @@ async fn server_errors_429s_and_timeouts_are_retried_until_they_succeed() {
 
     crate::helpers::eventually_chats(&stack, &token, 3).await;
     worker.stop().await;
+    assert_eq!(stack.upstream.pending_faults(), 0, "every fault was met");
+    let writes = stack.upstream.count("POST", "/records", "");
+    assert!(
+        writes >= 4,
+        "three failed writes, then the retries that stored: {writes}"
+    );
     assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
 }
 
