@@ -43,12 +43,17 @@ impl Scope<'_> {
     }
 }
 
-/// Can this token be used in key names? Braces would break the hash tag.
+/// Could a chat-system have issued this token? Tokens are URL-safe words:
+/// 1 to 128 ASCII letters, digits, `-` and `_` (hex, base58, base64url and
+/// UUIDs all are). Anything else names no application, and is refused
+/// before Redis or the chat-system is asked: a `{` or `}` would break the
+/// keys' hash tag, and `.` or `..` would be a dot segment of the
+/// chat-system's URL (`/applications/..` is `/`).
 pub fn is_usable_token(token: &str) -> bool {
-    !token.is_empty()
-        && token.len() <= 128
-        && !token.contains(['{', '}'])
-        && !token.chars().any(char::is_control)
+    (1..=128).contains(&token.len())
+        && token
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
 }
 
 /// Key names under a prefix (`REDIS_PREFIX`).
@@ -374,11 +379,30 @@ mod tests {
     }
 
     #[test]
-    fn tokens_that_would_break_the_hash_tag_are_unusable() {
-        for token in ["abc", "a-b_c.d", "5f0c9e"] {
+    fn only_url_safe_words_are_tokens() {
+        for token in [
+            "abc",
+            "a-b_c",
+            "5f0c9e0a7b3c4d5e8f1a2b3c4d5e6f70",
+            "0f8b2c7e-9d3a-4b5c-8e1f-2a3b4c5d6e7f",
+            &"x".repeat(128),
+        ] {
             assert!(is_usable_token(token), "{token}");
         }
-        for token in ["", "a{b", "a}b", "a\nb", &"x".repeat(129)] {
+        for token in [
+            "",
+            ".",
+            "..",
+            "a.b",
+            "a/b",
+            "a b",
+            "a%2Fb",
+            "a{b",
+            "a}b",
+            "a\nb",
+            "é",
+            &"x".repeat(129),
+        ] {
             assert!(!is_usable_token(token), "{token:?}");
         }
     }

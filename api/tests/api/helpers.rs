@@ -100,6 +100,32 @@ impl TestApp {
         http::send(self.client.post(format!("{}{path}", self.url))).await
     }
 
+    /// POSTs to `path` exactly as written (no client-side normalisation of
+    /// dot segments); the status and the body.
+    pub(crate) async fn post_raw(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = self.url.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connecting to the api");
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("sending");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("reading");
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|status| status.parse().ok())
+            .expect("a status line");
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, body)| body)
+            .to_owned();
+        (status, body)
+    }
+
     pub(crate) async fn create_chat(&self, token: &str) -> Answer {
         self.post(&format!("/applications/{token}/chats")).await
     }

@@ -108,3 +108,31 @@ async fn a_message_for_a_chat_that_does_not_exist_gets_404() {
     );
     assert!(app.jobs().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_token_no_chat_system_could_issue_is_404_without_asking_anyone() {
+    let app = spawn_app().await;
+    let token = app.application(1).await;
+
+    // Sent byte for byte: an HTTP client would resolve `%2E%2E` itself.
+    let cases = [
+        "/applications/%2E%2E/chats".to_owned(),
+        "/applications/%2E/chats/1/messages/hi".to_owned(),
+        "/applications/%2e%2e/chats/1/messages".to_owned(),
+        format!("/applications/{token}%2F..%2F/chats"),
+        "/applications/a%20b/chats".to_owned(),
+        "/applications/caf%C3%A9/chats".to_owned(),
+    ];
+    for path in &cases {
+        let (status, body) = app.post_raw(path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(body.contains("unknown application"), "{path}: {body}");
+    }
+
+    assert_eq!(
+        app.upstream.count("GET", "/applications", ""),
+        0,
+        "the chat-system was not asked"
+    );
+    assert!(app.jobs().await.is_empty());
+}
