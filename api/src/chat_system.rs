@@ -9,10 +9,18 @@ use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ChatSystemError {
-    #[error("chat-system unreachable: {0}")]
-    Unreachable(#[from] reqwest::Error),
+    /// Without its URL, which holds the application token (a credential):
+    /// the error goes to the log.
+    #[error("chat-system unreachable")]
+    Unreachable(#[source] reqwest::Error),
     #[error("chat-system answered {0}")]
     Status(StatusCode),
+}
+
+impl From<reqwest::Error> for ChatSystemError {
+    fn from(error: reqwest::Error) -> Self {
+        Self::Unreachable(error.without_url())
+    }
 }
 
 #[derive(Clone)]
@@ -90,5 +98,28 @@ impl ChatSystem {
             status if status.is_success() => Ok(Some(response.json().await?)),
             status => Err(ChatSystemError::Status(status)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_error_names_no_token() {
+        let settings = shared::config::ChatSystem {
+            // Nothing listens on port 1.
+            chat_system_url: "http://127.0.0.1:1".into(),
+            chat_system_timeout_ms: 500,
+        };
+        let chat_system = ChatSystem::new(&settings).unwrap();
+        let token = "5f0c9e0a7b3c4d5e8f1a2b3c4d5e6f70";
+
+        let error = chat_system.last_chat_number(token).await.unwrap_err();
+
+        let logged = shared::telemetry::Chain(&error).to_string();
+        assert!(logged.starts_with("chat-system unreachable"), "{logged}");
+        assert!(!logged.contains(token), "{logged}");
+        assert!(!logged.contains("5f0c9e"), "{logged}");
     }
 }

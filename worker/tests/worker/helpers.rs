@@ -60,31 +60,26 @@ impl TestStack {
     }
 
     /// The command line of a worker of this stack, `extra` last.
+    /// The command line of a worker of this stack: its defaults, but for
+    /// the flags `extra` sets itself, then `extra`.
     pub(crate) fn worker_arguments(&self, extra: &[&str]) -> Vec<String> {
-        let mut arguments: Vec<String> = [
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-            "--amqp-url",
-            &testkit::amqp_url_via(self.amqp_proxy.address()),
-            "--redis-url",
-            &testkit::redis_url(),
-            "--queue-prefix",
-            &self.broker.prefix,
-            "--redis-prefix",
-            &self.redis.prefix,
-            "--chat-system-url",
-            &self.upstream.url,
-            "--chat-system-timeout-ms",
-            "1000",
-        ]
-        .iter()
-        .map(|argument| argument.to_string())
-        .collect();
-        for pair in FAST_RETRIES.chunks(2) {
-            if !extra.contains(&pair[0]) {
-                arguments.extend(pair.iter().map(|argument| argument.to_string()));
+        let amqp_url = testkit::amqp_url_via(self.amqp_proxy.address());
+        let redis_url = testkit::redis_url();
+        let defaults = [
+            ["--metrics-addr", "127.0.0.1:0"],
+            ["--log", "warn"],
+            ["--amqp-url", &amqp_url],
+            ["--redis-url", &redis_url],
+            ["--queue-prefix", &self.broker.prefix],
+            ["--redis-prefix", &self.redis.prefix],
+            ["--chat-system-url", &self.upstream.url],
+            ["--chat-system-timeout-ms", "1000"],
+        ];
+        let fast_retries = FAST_RETRIES.chunks(2).map(|pair| [pair[0], pair[1]]);
+        let mut arguments = Vec::new();
+        for [flag, value] in defaults.into_iter().chain(fast_retries) {
+            if !extra.contains(&flag) {
+                arguments.extend([flag.to_owned(), value.to_owned()]);
             }
         }
         arguments.extend(extra.iter().map(|argument| argument.to_string()));

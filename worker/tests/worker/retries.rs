@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use lapin::options::BasicGetOptions;
 use shared::job::Job;
 use testkit::{Fault, eventually};
 use worker::Outcome;
@@ -119,4 +120,37 @@ async fn a_job_that_keeps_failing_is_dead_lettered_with_its_attempts_and_last_er
     );
     dead.attempt = 0;
     assert_eq!(dead, job);
+}
+
+#[tokio::test]
+async fn a_retry_copy_keeps_its_error_without_the_token() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    stack
+        .publish(&[Job::message(token.clone(), 1, 1, "x".into())])
+        .await;
+    // Nothing listens on port 1: the chat-system is unreachable.
+    let worker = stack
+        .worker(&["--chat-system-url", "http://127.0.0.1:1"])
+        .await;
+
+    assert_eq!(worker.process_next().await.unwrap(), [Outcome::Retried]);
+
+    let retry_queue = format!("{}.retry.100ms", stack.broker.prefix);
+    let (_connection, channel) = stack.broker.channel().await;
+    let copy = channel
+        .basic_get(retry_queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .expect("the retry copy");
+    let headers = copy
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    let error = header(&headers, "x-last-error");
+    assert!(error.starts_with("chat-system unreachable"), "{error}");
+    assert!(!error.contains(&token), "{error}");
+    assert!(!error.contains("127.0.0.1"), "no URL: {error}");
 }
