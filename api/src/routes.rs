@@ -112,8 +112,21 @@ pub(crate) fn routes(
         .unify()
         .or(metrics)
         .unify()
+        .or(shared::http::method_not_allowed(allowed_methods))
+        .unify()
         .recover(shared::http::recover)
         .unify()
+}
+
+/// The methods of each path of the contract, for 405's `Allow`.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    match segments {
+        ["applications", _, "chats"]
+        | ["applications", _, "chats", _, "messages"]
+        | ["applications", _, "chats", _, "messages", _] => Some("POST"),
+        ["healthz" | "readyz" | "metrics"] => Some("GET"),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Deserialize)]

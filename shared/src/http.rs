@@ -34,6 +34,39 @@ pub fn json_with_status<T: serde::Serialize>(value: &T, status: StatusCode) -> R
     warp::reply::with_status(warp::reply::json(value), status).into_response()
 }
 
+/// The last route of a service: a path the service knows, asked with a
+/// method it does not support, gets 405 with the `Allow` header RFC 9110
+/// requires. `allow` gives a path's methods (`"GET, PUT"`), by its
+/// segments; `None` for a path the service does not know. Any other
+/// request is rejected as not found, so the rejection of the route that
+/// did match (a body too large, say) is the one answered.
+pub fn method_not_allowed(
+    allow: fn(&[&str]) -> Option<&'static str>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path::full().and(warp::method()).and_then(
+        move |path: warp::path::FullPath, method: warp::http::Method| async move {
+            let segments: Vec<&str> = path.as_str().trim_matches('/').split('/').collect();
+            match allow(&segments) {
+                Some(methods)
+                    if !methods
+                        .split(", ")
+                        .any(|allowed| allowed == method.as_str()) =>
+                {
+                    let mut response = error(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "method not allowed on this route",
+                    );
+                    response
+                        .headers_mut()
+                        .insert(header::ALLOW, HeaderValue::from_static(methods));
+                    Ok(response)
+                }
+                _ => Err(warp::reject::not_found()),
+            }
+        },
+    )
+}
+
 /// Turns warp's own rejections into the JSON convention.
 pub async fn recover(rejection: warp::Rejection) -> Result<Response, Infallible> {
     use warp::reject;

@@ -9,6 +9,7 @@ pub struct Answer {
     pub status: u16,
     pub body: Value,
     pub retry_after: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 impl Answer {
@@ -17,6 +18,11 @@ impl Answer {
         self.body["error"]
             .as_str()
             .unwrap_or_else(|| panic!("no error in {}", self.body))
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
     }
 
     /// The number under `key` of a 200 answer (`"chat number"`,
@@ -42,6 +48,7 @@ pub fn client() -> reqwest::Client {
 pub async fn send(request: reqwest::RequestBuilder) -> Answer {
     let response = request.send().await.expect("the service answers");
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let retry_after = response
         .headers()
         .get("retry-after")
@@ -53,5 +60,6 @@ pub async fn send(request: reqwest::RequestBuilder) -> Answer {
         status,
         body,
         retry_after,
+        headers,
     }
 }

@@ -184,3 +184,24 @@ async fn health_readiness_and_metrics_answer() {
         assert!(metrics.contains(name), "{name} in\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn a_method_a_path_does_not_support_is_405_with_the_methods_it_does() {
+    let app = spawn_app().await;
+    let base = format!("{}/applications/t", app.url);
+    let cases = [
+        (app.client.get(format!("{base}/chats")), "POST"),
+        (app.client.put(format!("{base}/chats/1/messages")), "POST"),
+        (
+            app.client.delete(format!("{base}/chats/1/messages/hi")),
+            "POST",
+        ),
+        (app.client.post(format!("{}/readyz", app.url)), "GET"),
+        (app.client.delete(format!("{}/metrics", app.url)), "GET"),
+    ];
+    for (request, allow) in cases {
+        let answer = http::send(request).await;
+        assert_eq!(answer.status, 405, "{}", answer.body);
+        assert_eq!(answer.header("allow"), Some(allow), "RFC 9110");
+    }
+}

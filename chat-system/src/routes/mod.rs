@@ -116,8 +116,26 @@ pub(crate) fn routes(
         .unify()
         .or(store_records)
         .unify()
+        .or(shared::http::method_not_allowed(allowed_methods))
+        .unify()
         .recover(shared::http::recover)
         .unify()
+}
+
+/// The methods of each path of the contract, for 405's `Allow`.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    match segments {
+        ["applications"] | ["records"] => Some("POST"),
+        ["applications", _]
+        | ["applications", _, "chats"]
+        | ["applications", _, "chats", _, "messages"]
+        | ["applications", _, "chats", _, "messages", "search"]
+        | ["healthz" | "readyz"] => Some("GET"),
+        ["applications", _, "chats", _] | ["applications", _, "chats", _, "messages", _] => {
+            Some("GET, PUT")
+        }
+        _ => None,
+    }
 }
 
 /// The span of a write: its log lines carry the trace id of the caller's

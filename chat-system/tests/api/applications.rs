@@ -136,6 +136,28 @@ async fn unknown_routes_and_methods_get_json_errors() {
     assert_eq!(no_route.status, 404);
     assert_eq!(wrong_method.status, 405);
     assert!(!wrong_method.error().is_empty());
+    assert_eq!(wrong_method.header("allow"), Some("GET"), "RFC 9110");
+    let cases = [
+        ("/applications", "POST"),
+        (
+            &format!("/applications/{token}/chats/1") as &str,
+            "GET, PUT",
+        ),
+        (
+            &format!("/applications/{token}/chats/1/messages/1"),
+            "GET, PUT",
+        ),
+        (
+            &format!("/applications/{token}/chats/1/messages/search"),
+            "GET",
+        ),
+        ("/records", "POST"),
+    ];
+    for (path, allow) in cases {
+        let answer = http::send(app.client.delete(app.url(path))).await;
+        assert_eq!(answer.status, 405, "{path}");
+        assert_eq!(answer.header("allow"), Some(allow), "{path}");
+    }
 }
 
 #[tokio::test]
