@@ -52,19 +52,24 @@ pub fn method_not_allowed(
                         .split(", ")
                         .any(|allowed| allowed == method.as_str()) =>
                 {
-                    let mut response = error(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "method not allowed on this route",
-                    );
-                    response
-                        .headers_mut()
-                        .insert(header::ALLOW, HeaderValue::from_static(methods));
-                    Ok(response)
+                    Ok(not_allowed(methods))
                 }
                 _ => Err(warp::reject::not_found()),
             }
         },
     )
+}
+
+/// 405, with the methods the path does have in `Allow`.
+pub fn not_allowed(methods: &'static str) -> Response {
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(methods));
+    response
 }
 
 /// Turns warp's own rejections into the JSON convention.

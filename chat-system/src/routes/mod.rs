@@ -380,6 +380,10 @@ async fn put_message(
     body: Result<NewMessage, BodyError>,
     store: Store,
 ) -> Response {
+    if message_raw == "search" {
+        // The search path, which only has GET.
+        return shared::http::not_allowed("GET");
+    }
     answer(
         async {
             let chat = number(&chat_raw, "chat number")?;

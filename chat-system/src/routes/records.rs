@@ -33,6 +33,7 @@ pub(crate) struct Request {
 enum Record {
     Chat {
         token: String,
+        #[serde(deserialize_with = "integer")]
         number: i64,
         #[serde(default)]
         job_id: Option<String>,
@@ -41,7 +42,9 @@ enum Record {
     },
     Message {
         token: String,
+        #[serde(deserialize_with = "integer")]
         chat: i64,
+        #[serde(deserialize_with = "integer")]
         number: i64,
         body: String,
         #[serde(default)]
@@ -49,6 +52,21 @@ enum Record {
         #[serde(default)]
         traceparent: Option<String>,
     },
+}
+
+/// A JSON integer, also written with a zero fraction (`130.0`), which
+/// JSON Schema's `integer` allows.
+fn integer<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(integer) = number.as_i64() {
+        return Ok(integer);
+    }
+    match number.as_f64() {
+        Some(float) if float.fract() == 0.0 && float.abs() < 9.2e18 => Ok(float as i64),
+        _ => Err(serde::de::Error::custom(format!(
+            "{number} is not a 64-bit integer"
+        ))),
+    }
 }
 
 #[derive(Debug, Serialize)]
