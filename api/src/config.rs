@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use clap::Parser;
 use shared::config::{Broker, ChatSystem, Counters, Telemetry};
 
+use crate::durability::Durability;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "api",
@@ -34,6 +36,14 @@ pub struct Config {
     /// with 503.
     #[arg(long, env = "SEED_WAIT_MS", default_value_t = 5000)]
     pub seed_wait_ms: u64,
+
+    /// What the api demands of its Redis before it draws numbers: `verify`
+    /// (`appendonly yes` and `appendfsync always`, checked with `CONFIG
+    /// GET`), `trust` (the operator vouches for it, where `CONFIG` is not
+    /// allowed), or `unsafe-none` (any Redis; after a Redis crash numbers
+    /// may be handed out twice).
+    #[arg(long, env = "REDIS_DURABILITY", value_enum, default_value_t = Durability::Verify)]
+    pub redis_durability: Durability,
 
     /// Timeout of one Redis command, in milliseconds.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500)]

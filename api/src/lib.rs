@@ -6,6 +6,7 @@
 
 mod chat_system;
 pub mod config;
+pub mod durability;
 mod error;
 mod intake;
 mod numbers;

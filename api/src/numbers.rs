@@ -9,6 +9,7 @@
 //! others wait for it, polling with a short backoff, instead of each
 //! calling the chat-system.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
@@ -17,6 +18,7 @@ use shared::counters::{self, Drawn, Invocation, Keys, Release, Scope};
 use tokio::time::Instant;
 
 use crate::chat_system::{ChatSystem, ChatSystemError};
+use crate::durability::{Guard, Refusal, State as DurabilityState};
 use crate::error::ApiError;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,8 @@ pub(crate) enum NumberError {
     SeedTimeout,
     #[error("the draw script answered {0}, which it never does")]
     UnexpectedReply(i64),
+    #[error(transparent)]
+    NotDurable(#[from] Refusal),
 }
 
 impl From<NumberError> for ApiError {
@@ -42,9 +46,9 @@ impl From<NumberError> for ApiError {
             NumberError::UnknownChat => ApiError::UnknownChat,
             NumberError::Redis(error) => ApiError::unavailable("redis", error),
             NumberError::ChatSystem(error) => ApiError::unavailable("chat-system", error),
-            error @ (NumberError::SeedTimeout | NumberError::UnexpectedReply(_)) => {
-                ApiError::unavailable("redis", error)
-            }
+            error @ (NumberError::SeedTimeout
+            | NumberError::UnexpectedReply(_)
+            | NumberError::NotDurable(_)) => ApiError::unavailable("redis", error),
         }
     }
 }
@@ -60,6 +64,7 @@ pub(crate) struct Timings {
 
 pub(crate) struct Numbers {
     redis: ConnectionManager,
+    durability: Arc<Guard>,
     keys: Keys,
     chat_system: ChatSystem,
     timings: Timings,
@@ -72,12 +77,14 @@ pub(crate) struct Numbers {
 impl Numbers {
     pub(crate) fn new(
         redis: ConnectionManager,
+        durability: Arc<Guard>,
         keys: Keys,
         chat_system: ChatSystem,
         timings: Timings,
     ) -> Self {
         Self {
             redis,
+            durability,
             keys,
             chat_system,
             timings,
@@ -91,6 +98,7 @@ impl Numbers {
     /// The next number of `scope`, now in flight until its job is stored
     /// (the worker releases it) or refused ([`Numbers::give_back`]).
     pub(crate) async fn draw(&self, scope: Scope<'_>) -> Result<i64, NumberError> {
+        self.durability.ensure(&self.redis).await?;
         let lock_value = lock_value();
         let give_up = Instant::now() + self.timings.seed_wait;
         let mut pause = Duration::from_millis(2);
@@ -160,7 +168,8 @@ impl Numbers {
             .key(call.keys)
             .arg(call.args)
             .invoke_async(&mut self.redis.clone())
-            .await?;
+            .await
+            .inspect_err(|_| self.durability.suspect())?;
         Drawn::from_reply(reply).ok_or(NumberError::UnexpectedReply(reply))
     }
 
@@ -179,12 +188,19 @@ impl Numbers {
         Ok(())
     }
 
-    /// For `/readyz`.
-    pub(crate) async fn ping(&self) -> Result<(), NumberError> {
+    /// For `/readyz`: Redis answers, and may be drawn from.
+    pub(crate) async fn ready(&self) -> Result<(), NumberError> {
         let _: String = redis::cmd("PING")
             .query_async(&mut self.redis.clone())
-            .await?;
+            .await
+            .inspect_err(|_| self.durability.suspect())?;
+        self.durability.ensure(&self.redis).await?;
         Ok(())
+    }
+
+    /// What the durability check last found.
+    pub(crate) fn durability(&self) -> DurabilityState {
+        self.durability.state()
     }
 }
 

@@ -27,6 +27,7 @@ use warp::reply::Response;
 use crate::chat_system::ChatSystem;
 use crate::error::ApiError;
 use crate::intake::{Create, Intake};
+use crate::numbers::NumberError;
 
 /// What the handlers share.
 pub(crate) struct State {
@@ -274,27 +275,33 @@ fn number_reply(key: &str, number: i64) -> Response {
     response
 }
 
-/// Ready when Redis answers, the broker connection is up and not blocked
+/// Ready when Redis answers and keeps every write (see `durability`), the
+/// broker connection is up and not blocked
 /// by a resource alarm, and the chat-system answers; each check bounded so
 /// a hung dependency is reported, not waited for.
 async fn readyz(state: Arc<State>) -> Response {
     const CHECK: Duration = Duration::from_secs(1);
     let (redis, chat_system) = tokio::join!(
-        tokio::time::timeout(CHECK, state.intake.numbers().ping()),
+        tokio::time::timeout(CHECK, state.intake.numbers().ready()),
         tokio::time::timeout(CHECK, state.chat_system.ping()),
     );
     let verdict = |ok: bool| if ok { "ok" } else { "unavailable" };
-    let redis = matches!(redis, Ok(Ok(())));
+    let redis_ready = matches!(redis, Ok(Ok(())));
+    let redis_said = match redis {
+        Ok(Ok(())) => "ok",
+        Ok(Err(NumberError::NotDurable(_))) => state.intake.numbers().durability().label(),
+        _ => "unavailable",
+    };
     let chat_system = matches!(chat_system, Ok(Ok(())));
     let publisher = state.intake.publisher();
     let blocked = publisher.is_blocked();
     let rabbitmq = publisher.is_connected() && !blocked;
     let body = serde_json::json!({
-        "redis": verdict(redis),
+        "redis": redis_said,
         "rabbitmq": if blocked { "blocked" } else { verdict(rabbitmq) },
         "chat-system": verdict(chat_system),
     });
-    let status = if redis && rabbitmq && chat_system {
+    let status = if redis_ready && rabbitmq && chat_system {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

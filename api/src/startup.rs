@@ -14,9 +14,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shared::counters::Keys;
 use shared::topology::Topology;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::chat_system::ChatSystem;
 use crate::config::Config;
+use crate::durability::Guard;
 use crate::intake::Intake;
 use crate::numbers::{Numbers, Timings};
 use crate::publisher::{self, Publisher};
@@ -27,6 +29,8 @@ pub struct Application {
     address: SocketAddr,
     state: Arc<State>,
     closer: publisher::Closer,
+    stop_watching: CancellationToken,
+    watching: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -44,8 +48,16 @@ impl Application {
             seed_lock: Duration::from_millis(config.seed_lock_ms),
             seed_wait: Duration::from_millis(config.seed_wait_ms),
         };
+        let durability = Arc::new(Guard::new(config.redis_durability));
+        let stop_watching = CancellationToken::new();
+        let watching = tokio::spawn({
+            let (durability, redis, stop) =
+                (durability.clone(), redis.clone(), stop_watching.clone());
+            async move { durability.watch(redis, stop).await }
+        });
         let numbers = Numbers::new(
             redis,
+            durability,
             Keys::new(&config.counters.redis_prefix),
             chat_system.clone(),
             timings,
@@ -72,6 +84,8 @@ impl Application {
             address,
             state,
             closer,
+            stop_watching,
+            watching,
         })
     }
 
@@ -93,6 +107,8 @@ impl Application {
             .run()
             .await;
         self.closer.close().await;
+        self.stop_watching.cancel();
+        let _ = self.watching.await;
         tracing::info!("api stopped");
         Ok(())
     }

@@ -9,6 +9,7 @@
 mod broker;
 mod chat_system;
 mod database;
+mod durable_redis;
 pub mod http;
 mod http_proxy;
 pub mod logs;
@@ -20,6 +21,7 @@ mod wait;
 pub use broker::{Taken, TestBroker, amqp_address, amqp_url, amqp_url_via};
 pub use chat_system::TestChatSystem;
 pub use database::TestDatabase;
+pub use durable_redis::DurableRedis;
 pub use http::Answer;
 pub use http_proxy::{Fault, HttpProxy, Seen};
 pub use proxy::TcpProxy;

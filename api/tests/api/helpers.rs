@@ -26,10 +26,24 @@ pub(crate) async fn spawn_app() -> TestApp {
 }
 
 pub(crate) async fn spawn_app_with(flags: &[&str]) -> TestApp {
+    spawn_app_on(testkit::redis_address(), flags).await
+}
+
+/// The api with its counters on the Redis at `redis` (through a proxy),
+/// once ready.
+pub(crate) async fn spawn_app_on(redis: std::net::SocketAddr, flags: &[&str]) -> TestApp {
+    let app = spawn_unready(redis, flags).await;
+    app.wait_until_ready().await;
+    app
+}
+
+/// The api with its counters on the Redis at `redis`, once it answers
+/// (ready or not).
+pub(crate) async fn spawn_unready(redis: std::net::SocketAddr, flags: &[&str]) -> TestApp {
     let chat_system = TestChatSystem::start().await;
     let upstream_link = TcpProxy::start(chat_system.address).await;
     let upstream = HttpProxy::start(&format!("http://{}", upstream_link.address())).await;
-    let redis_proxy = TcpProxy::start(testkit::redis_address()).await;
+    let redis_proxy = TcpProxy::start(redis).await;
     let amqp_proxy = TcpProxy::start(testkit::amqp_address()).await;
     let broker = TestBroker::new();
     let redis = TestRedis::new();
@@ -57,6 +71,11 @@ pub(crate) async fn spawn_app_with(flags: &[&str]) -> TestApp {
         "--publish-timeout-ms",
         "2000",
     ];
+    // The machine's Redis keeps nothing on disk; the durability tests
+    // bring a Redis of their own and set this flag themselves.
+    if !flags.contains(&"--redis-durability") {
+        arguments.extend(["--redis-durability", "unsafe-none"]);
+    }
     arguments.extend_from_slice(flags);
     let config = api::Config::parse_from(arguments);
     let application = api::Application::build(config)
@@ -78,7 +97,11 @@ pub(crate) async fn spawn_app_with(flags: &[&str]) -> TestApp {
         redis,
         server,
     };
-    app.wait_until_ready().await;
+    eventually("the api to answer", Duration::from_secs(20), || async {
+        let url = format!("{}/healthz", app.url);
+        app.client.get(url).send().await.ok().map(|_| ())
+    })
+    .await;
     app
 }
 
@@ -94,6 +117,10 @@ impl TestApp {
             response.status().is_success().then_some(())
         })
         .await;
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Answer {
+        http::send(self.client.get(format!("{}{path}", self.url))).await
     }
 
     pub(crate) async fn post(&self, path: &str) -> Answer {

@@ -144,6 +144,9 @@ impl TestStack {
             &self.broker.prefix,
             "--chat-system-url",
             &self.chat_system.url,
+            // The machine's Redis keeps nothing on disk.
+            "--redis-durability",
+            "unsafe-none",
         ];
         let application = api::Application::build(api::Config::parse_from(arguments))
             .await
