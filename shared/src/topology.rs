@@ -25,11 +25,61 @@ use crate::config::{Broker, QueueType};
 /// The routing key of every job.
 pub const ROUTING_KEY: &str = "job";
 
-/// Deliveries of one job (crashes, connection losses) before the broker
-/// dead-letters it by itself: a payload that kills its worker must not kill
-/// every worker forever. High, because a delivery interrupted by a worker
-/// restart counts too.
+/// Deliveries of one job (crashes, connection losses, requeues) before the
+/// broker dead-letters it by itself: a payload that kills its worker must
+/// not kill every worker forever. High, because a delivery interrupted by a
+/// worker restart counts too. Declared on every quorum queue but the
+/// dead-letter queue, which must keep its letters however often they are
+/// browsed (see [`Dialect`]).
 const DELIVERY_LIMIT: i64 = 50;
+
+/// How the broker's quorum queues take a delivery limit.
+///
+/// RabbitMQ 4 gives every quorum queue a delivery limit of 20 by default,
+/// and before 4.3 every requeue counts toward it (a get-and-requeue
+/// browse too); `x-delivery-limit: -1` disables it. RabbitMQ 3 has no
+/// default limit, and there -1 is a limit below one: the first requeue
+/// dead-letters the message. So the dead-letter queue is declared with -1
+/// on 4 and without the argument on 3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// RabbitMQ 3.x (or a broker whose version could not be read).
+    V3,
+    /// RabbitMQ 4.x and later.
+    V4,
+}
+
+impl Dialect {
+    /// From the broker's version string (`3.10.8`, `4.1.2`).
+    pub fn from_version(version: &str) -> Self {
+        match version
+            .split('.')
+            .next()
+            .and_then(|major| major.parse::<u32>().ok())
+        {
+            Some(major) if major >= 4 => Self::V4,
+            _ => Self::V3,
+        }
+    }
+
+    /// The `x-delivery-limit` of a quorum queue of `role`: `None` leaves
+    /// the argument out.
+    pub fn delivery_limit(self, role: Role) -> Option<i64> {
+        match (role, self) {
+            (Role::Dead, Self::V4) => Some(-1),
+            (Role::Dead, Self::V3) => None,
+            (Role::Jobs | Role::Retry, _) => Some(DELIVERY_LIMIT),
+        }
+    }
+}
+
+/// What a queue of the topology is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Jobs,
+    Retry,
+    Dead,
+}
 
 /// How long connecting to RabbitMQ may take before it counts as a failure.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +88,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Topology {
     prefix: String,
     queue_type: QueueType,
+    /// Where to read the broker's version from.
+    amqp_url: String,
 }
 
 impl Topology {
@@ -45,6 +97,7 @@ impl Topology {
         Self {
             prefix: broker.queue_prefix.clone(),
             queue_type: broker.queue_type,
+            amqp_url: broker.amqp_url.clone(),
         }
     }
 
@@ -74,14 +127,38 @@ impl Topology {
         format!("{}.retry.{}ms", self.prefix, delay.as_millis())
     }
 
-    fn queue_arguments(&self) -> FieldTable {
+    /// The arguments of a queue of `role`: its type and, for a quorum
+    /// queue, its delivery limit as the broker's dialect takes it.
+    pub fn queue_arguments(&self, role: Role, dialect: Dialect) -> FieldTable {
         let mut arguments = FieldTable::default();
         let kind = match self.queue_type {
             QueueType::Quorum => "quorum",
             QueueType::Classic => "classic",
         };
         insert(&mut arguments, "x-queue-type", string(kind));
+        if self.queue_type == QueueType::Quorum
+            && let Some(limit) = dialect.delivery_limit(role)
+        {
+            insert(
+                &mut arguments,
+                "x-delivery-limit",
+                AMQPValue::LongLongInt(limit),
+            );
+        }
         arguments
+    }
+
+    /// The broker's dialect, from the version it announces.
+    async fn dialect(&self) -> Dialect {
+        match broker_version(&self.amqp_url).await {
+            Some(version) => Dialect::from_version(&version),
+            None => {
+                tracing::warn!(
+                    "could not read RabbitMQ's version: declaring queues as for RabbitMQ 3 (on 4 the dead-letter queue keeps the default delivery limit)"
+                );
+                Dialect::V3
+            }
+        }
     }
 
     /// Arguments that send what a queue drops to `exchange` with `key`,
@@ -112,21 +189,15 @@ impl Topology {
                 .await?;
         }
 
-        let mut jobs = self.queue_arguments();
+        let dialect = self.dialect().await;
+        let mut jobs = self.queue_arguments(Role::Jobs, dialect);
         self.dead_lettering(&mut jobs, self.dead_exchange(), ROUTING_KEY);
-        if self.queue_type == QueueType::Quorum {
-            insert(
-                &mut jobs,
-                "x-delivery-limit",
-                AMQPValue::LongLongInt(DELIVERY_LIMIT),
-            );
-        }
         self.declare_queue(channel, &self.jobs_queue(), jobs, &self.jobs_exchange())
             .await?;
         self.declare_queue(
             channel,
             &self.dead_queue(),
-            self.queue_arguments(),
+            self.queue_arguments(Role::Dead, dialect),
             &self.dead_exchange(),
         )
         .await
@@ -139,7 +210,7 @@ impl Topology {
         channel: &Channel,
         delay: Duration,
     ) -> lapin::Result<()> {
-        let mut arguments = self.queue_arguments();
+        let mut arguments = self.queue_arguments(Role::Retry, self.dialect().await);
         insert(
             &mut arguments,
             "x-message-ttl",
@@ -233,6 +304,39 @@ pub fn blocked(
         .boxed()
 }
 
+/// The version RabbitMQ announces in its `connection.start` (lapin does
+/// not keep it), read over a throwaway TCP connection: send the protocol
+/// header, read the first frame, find `version` in its server properties.
+pub async fn broker_version(url: &str) -> Option<String> {
+    use lapin::types::parsing::parse_field_table;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let uri: lapin::uri::AMQPUri = url.parse().ok()?;
+    let address = (uri.authority.host.as_str(), uri.authority.port);
+    let read = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream.write_all(b"AMQP\x00\x00\x09\x01").await.ok()?;
+        // Frame: type (1), channel (2), size (4), payload, end (0xCE).
+        let mut header = [0u8; 7];
+        stream.read_exact(&mut header).await.ok()?;
+        let size = u32::from_be_bytes([header[3], header[4], header[5], header[6]]) as usize;
+        let mut payload = vec![0u8; size.min(1 << 20)];
+        stream.read_exact(&mut payload).await.ok()?;
+        // connection.start: class 10, method 10, version major and minor,
+        // then the server properties.
+        if header[0] != 1 || payload.get(..4) != Some(&[0, 10, 0, 10]) {
+            return None;
+        }
+        let (_, properties) = parse_field_table(payload.get(6..)?).ok()?;
+        match properties.inner().get("version")? {
+            AMQPValue::LongString(version) => Some(version.to_string()),
+            AMQPValue::ShortString(version) => Some(version.to_string()),
+            _ => None,
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, read).await.ok()?
+}
+
 /// How a watched connection ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectionLost {
@@ -269,6 +373,43 @@ pub fn lost(connection: &Connection) -> impl Future<Output = ConnectionLost> + S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dead_letter_queue_is_exempt_from_the_delivery_limit_in_each_dialect() {
+        let topology = Topology::new(&Broker {
+            amqp_url: String::new(),
+            queue_prefix: "t".into(),
+            queue_type: QueueType::Quorum,
+            publish_timeout_ms: 5000,
+        });
+        let limit = |role, dialect| {
+            topology
+                .queue_arguments(role, dialect)
+                .inner()
+                .get("x-delivery-limit")
+                .cloned()
+        };
+        assert_eq!(Dialect::from_version("4.1.2"), Dialect::V4);
+        assert_eq!(Dialect::from_version("3.10.8"), Dialect::V3);
+        assert_eq!(Dialect::from_version("garbage"), Dialect::V3);
+        // RabbitMQ 4: -1 disables its default limit of 20.
+        assert_eq!(
+            limit(Role::Dead, Dialect::V4),
+            Some(AMQPValue::LongLongInt(-1))
+        );
+        // RabbitMQ 3: no default limit, and -1 would dead-letter a letter
+        // on its first requeue.
+        assert_eq!(limit(Role::Dead, Dialect::V3), None);
+        for dialect in [Dialect::V3, Dialect::V4] {
+            for role in [Role::Jobs, Role::Retry] {
+                assert_eq!(
+                    limit(role, dialect),
+                    Some(AMQPValue::LongLongInt(DELIVERY_LIMIT)),
+                    "{role:?} {dialect:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn names_derive_from_the_prefix() {

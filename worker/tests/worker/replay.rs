@@ -116,3 +116,35 @@ async fn filters_and_limits_choose_what_is_replayed() {
         (first.as_str(), 1, 0)
     );
 }
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_again_and_again_and_stay() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    let jobs: Vec<Job> = (1..=3).map(|chat| Job::chat(token.clone(), chat)).collect();
+    dead_lettered(&stack, &jobs).await;
+    let config = stack.worker_config(&[]);
+    let version = shared::topology::broker_version(&config.broker.amqp_url)
+        .await
+        .expect("the broker announces its version");
+    assert!(
+        version.starts_with(|c: char| c.is_ascii_digit()),
+        "{version}"
+    );
+
+    // Each listing takes every letter and puts it back: more often than
+    // RabbitMQ 4's default delivery limit (20) and RabbitMQ 3's -1 would
+    // allow.
+    for _ in 0..25 {
+        let report = worker::replay::replay(&config, &Selection::default(), true, &mut Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(report.matched, 3);
+    }
+
+    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 3);
+    let report = worker::replay::replay(&config, &Selection::default(), false, &mut Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, 3, "and they can still be replayed");
+}
