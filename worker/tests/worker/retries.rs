@@ -129,14 +129,22 @@ async fn a_retry_copy_keeps_its_error_without_the_token() {
     stack
         .publish(&[Job::message(token.clone(), 1, 1, "x".into())])
         .await;
-    // Nothing listens on port 1: the chat-system is unreachable.
+    // Nothing listens on port 1: the chat-system is unreachable. A long
+    // delay keeps the copy in its retry queue while the test reads it.
     let worker = stack
-        .worker(&["--chat-system-url", "http://127.0.0.1:1"])
+        .worker(&[
+            "--chat-system-url",
+            "http://127.0.0.1:1",
+            "--retry-initial-delay-ms",
+            "60000",
+            "--retry-max-delay-ms",
+            "60000",
+        ])
         .await;
 
     assert_eq!(worker.process_next().await.unwrap(), [Outcome::Retried]);
 
-    let retry_queue = format!("{}.retry.100ms", stack.broker.prefix);
+    let retry_queue = format!("{}.retry.60000ms", stack.broker.prefix);
     let (_connection, channel) = stack.broker.channel().await;
     let copy = channel
         .basic_get(retry_queue.into(), BasicGetOptions { no_ack: true })
