@@ -4,39 +4,60 @@
 //!
 //! Each replayed job leaves the dead-letter queue (is acknowledged) only
 //! after its re-publish was confirmed, so a crash mid-replay loses nothing
-//! and at worst replays a job twice, which persisting absorbs. Dead letters
-//! that are not taken (filtered out, unreadable, or a dry run) are held
-//! unacknowledged while the queue is read, so the read moves past them,
-//! and returned to the queue at the end, in place.
+//! and at worst replays a job twice, which storing absorbs.
+//!
+//! A run reads at most as many letters as the queue held when it started:
+//! a replayed job that fails again at once comes back to the tail while
+//! the run goes on, and must not keep it going forever. Letters it does not
+//! take (filtered out, unreadable, or a dry run) are held unacknowledged,
+//! so the read moves past them, and returned in place at the end; at most
+//! [`MAX_HELD`] of them. Past that, a replay moves the letters it passes
+//! over to the tail (re-published as they are, confirmed, then
+//! acknowledged), and a listing stops and says how many it did not show.
 
 use std::io::Write;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
-use shared::job::{Job, Record};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use shared::job::{self, Job, Record};
 use shared::publish::{self, Message};
 use shared::telemetry::short_token;
 use shared::topology::{self, ROUTING_KEY, Topology};
 
 use crate::config::{Config, Selection};
 
+/// Most letters a run holds back unacknowledged.
+pub const MAX_HELD: usize = 10_000;
+
+/// A progress line goes to standard error every this many letters.
+const PROGRESS_EVERY: usize = 1000;
+
 /// Counts of one run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
+    /// Letters in the queue when the run started: the most it reads.
+    pub found: usize,
     /// Dead letters that passed the filter (listed, or replayed).
     pub matched: usize,
     /// Re-published and removed from the dead-letter queue.
     pub replayed: usize,
-    /// Filtered out, left in place.
+    /// Filtered out, left in the queue.
     pub skipped: usize,
-    /// Not a readable job, left in place.
+    /// Not a readable job, left in the queue.
     pub unreadable: usize,
+    /// A listing that reached [`MAX_HELD`] and stopped: letters not shown.
+    pub not_shown: usize,
 }
 
-/// The command: prints one line per dead letter taken and a summary.
+/// The command: prints one line per dead letter taken and a summary. Each
+/// line is written on its own: standard output is never held locked while
+/// the broker is waited for (the log writes there too).
 pub async fn run(config: &Config, filter: &Selection, list_only: bool) -> anyhow::Result<()> {
     let dry_run = list_only || filter.dry_run;
-    let report = replay(config, filter, dry_run, &mut std::io::stdout().lock()).await?;
+    let report = replay(config, filter, dry_run, &mut std::io::stdout()).await?;
     let verb = if dry_run { "would replay" } else { "replayed" };
     let done = if dry_run {
         report.matched
@@ -44,9 +65,15 @@ pub async fn run(config: &Config, filter: &Selection, list_only: bool) -> anyhow
         report.replayed
     };
     println!(
-        "{verb} {done} of {} matching dead letters ({} filtered out, {} unreadable, left in place)",
-        report.matched, report.skipped, report.unreadable
+        "{verb} {done} of {} matching dead letters ({} filtered out, {} unreadable, left in the queue; {} in the queue at the start)",
+        report.matched, report.skipped, report.unreadable, report.found
     );
+    if report.not_shown > 0 {
+        println!(
+            "{} more not shown: a listing holds at most {MAX_HELD} letters",
+            report.not_shown
+        );
+    }
     Ok(())
 }
 
@@ -66,11 +93,35 @@ pub async fn replay(
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let found = channel
+        .queue_declare(topology.dead_queue().into(), passive, FieldTable::default())
+        .await?
+        .message_count() as usize;
 
-    let mut report = Report::default();
+    let run = Run {
+        config,
+        topology: &topology,
+        publisher: &publisher,
+        dry_run,
+    };
+    let mut report = Report {
+        found,
+        ..Report::default()
+    };
     let mut held: Vec<Delivery> = Vec::new();
     let outcome = async {
-        while filter.limit.is_none_or(|limit| report.matched < limit) {
+        for read in 0..found {
+            if filter.limit.is_some_and(|limit| report.matched >= limit) {
+                break;
+            }
+            if dry_run && held.len() >= MAX_HELD {
+                report.not_shown = found - read;
+                break;
+            }
             let Some(message) = channel
                 .basic_get(topology.dead_queue().into(), BasicGetOptions::default())
                 .await?
@@ -78,44 +129,56 @@ pub async fn replay(
                 break;
             };
             let delivery = message.delivery;
-            let Ok(mut job) = Job::decode(&delivery.data) else {
-                report.unreadable += 1;
-                writeln!(
-                    out,
-                    "unreadable payload ({} bytes), reason {}",
-                    delivery.data.len(),
-                    reason(&delivery)
-                )?;
-                held.push(delivery);
-                continue;
-            };
-            if !matches(filter, &job) {
-                report.skipped += 1;
-                held.push(delivery);
-                continue;
+            let kind = delivery
+                .properties
+                .kind()
+                .as_ref()
+                .map(|kind| kind.as_str());
+            let jobs: Result<Vec<Job>, _> = job::unpack(kind, &delivery.data)
+                .into_iter()
+                .map(|unpacked| unpacked.job)
+                .collect();
+            match jobs {
+                Err(_) => {
+                    report.unreadable += 1;
+                    writeln!(
+                        out,
+                        "unreadable payload ({} bytes), reason {}",
+                        delivery.data.len(),
+                        reason(&delivery)
+                    )?;
+                    run.pass_over(delivery, &mut held).await?;
+                }
+                Ok(jobs) if !jobs.iter().any(|job| matches(filter, job)) => {
+                    report.skipped += 1;
+                    run.pass_over(delivery, &mut held).await?;
+                }
+                Ok(mut jobs) => {
+                    report.matched += jobs.len();
+                    for job in &jobs {
+                        writeln!(out, "{}", describe(job, &delivery))?;
+                    }
+                    if dry_run {
+                        held.push(delivery);
+                    } else {
+                        report.replayed += jobs.len();
+                        match (jobs.pop(), jobs.is_empty()) {
+                            (Some(job), true) => run.replay(job, delivery).await?,
+                            // A batch the broker dead-lettered whole (its
+                            // delivery limit): back as it came.
+                            _ => run.move_to(delivery, run.topology.jobs_exchange()).await?,
+                        }
+                    }
+                }
             }
-            report.matched += 1;
-            writeln!(out, "{}", describe(&job, &delivery))?;
-            if dry_run {
-                held.push(delivery);
-                continue;
-            }
-            job.attempt = 0;
-            let message = Message {
-                exchange: topology.jobs_exchange(),
-                routing_key: ROUTING_KEY.into(),
-                payload: job.encode(),
-                properties: publish::job_properties(&job),
-            };
-            let timeout = config.broker.publish_timeout();
-            if let Err(error) = publish::publish(&publisher, message, timeout).await {
-                held.push(delivery);
-                anyhow::bail!("re-publishing job {} failed, stopping: {error}", job.id);
-            }
-            delivery.ack(BasicAckOptions::default()).await?;
-            report.replayed += 1;
-            if report.replayed % 1000 == 0 {
-                eprintln!("replayed {} so far", report.replayed);
+            if (read + 1) % PROGRESS_EVERY == 0 {
+                eprintln!(
+                    "{} of {found} read: {} matched, {} replayed, {} left in the queue",
+                    read + 1,
+                    report.matched,
+                    report.replayed,
+                    report.skipped + report.unreadable
+                );
             }
         }
         anyhow::Ok(())
@@ -131,6 +194,59 @@ pub async fn replay(
     }
     connection.close(200, "replay done".into()).await?;
     outcome.map(|()| report)
+}
+
+/// What a run acts with.
+struct Run<'a> {
+    config: &'a Config,
+    topology: &'a Topology,
+    publisher: &'a lapin::Channel,
+    dry_run: bool,
+}
+
+impl Run<'_> {
+    /// Re-publishes `job` with its attempts reset, then takes its letter
+    /// off the dead-letter queue.
+    async fn replay(&self, mut job: Job, delivery: Delivery) -> anyhow::Result<()> {
+        job.attempt = 0;
+        let message = Message {
+            exchange: self.topology.jobs_exchange(),
+            routing_key: ROUTING_KEY.into(),
+            payload: job.encode(),
+            properties: publish::job_properties(&job),
+        };
+        let timeout = self.config.broker.publish_timeout();
+        if let Err(error) = publish::publish(self.publisher, message, timeout).await {
+            anyhow::bail!("re-publishing job {} failed, stopping: {error}", job.id);
+        }
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
+
+    /// Leaves a letter in the queue: held back while there is room, else
+    /// (a replay) moved to the tail as it is.
+    async fn pass_over(&self, delivery: Delivery, held: &mut Vec<Delivery>) -> anyhow::Result<()> {
+        if self.dry_run || held.len() < MAX_HELD {
+            held.push(delivery);
+            return Ok(());
+        }
+        self.move_to(delivery, self.topology.dead_exchange()).await
+    }
+
+    /// Re-publishes a letter as it is to `exchange`, confirmed, then takes
+    /// it off the dead-letter queue.
+    async fn move_to(&self, delivery: Delivery, exchange: String) -> anyhow::Result<()> {
+        let message = Message {
+            exchange,
+            routing_key: ROUTING_KEY.into(),
+            payload: delivery.data.clone(),
+            properties: delivery.properties.clone(),
+        };
+        let timeout = self.config.broker.publish_timeout();
+        publish::publish(self.publisher, message, timeout).await?;
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(())
+    }
 }
 
 fn matches(filter: &Selection, job: &Job) -> bool {

@@ -1,6 +1,8 @@
 //! `worker replay` brings dead letters home; `--dry-run` and filters
 //! leave the others in place.
 
+use std::time::Duration;
+
 use shared::job::Job;
 use shared::job::Kind;
 use testkit::Fault;
@@ -147,4 +149,62 @@ async fn dead_letters_can_be_listed_again_and_again_and_stay() {
         .await
         .unwrap();
     assert_eq!(report.replayed, 3, "and they can still be replayed");
+}
+
+#[tokio::test]
+async fn a_replay_ends_even_when_its_letters_fail_again_at_once() {
+    let stack = TestStack::start().await;
+    // Letters of an unknown application: dead-lettered again as soon as a
+    // worker takes them back.
+    let jobs: Vec<Job> = (1..=5)
+        .map(|chat| Job::chat("no-such-token".into(), chat))
+        .collect();
+    stack.publish(&jobs).await;
+    let worker = stack.spawn_worker(&[]).await;
+    stack.wait_for_dead_letters(5).await;
+    let config = stack.worker_config(&[]);
+
+    let (selection, mut output) = (Selection::default(), Vec::new());
+    let run = worker::replay::replay(&config, &selection, false, &mut output);
+    let report = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the run ends")
+        .unwrap();
+
+    assert_eq!(report.found, 5);
+    assert!(
+        report.replayed <= 5,
+        "it reads no more than the queue held at its start: {report:?}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn listing_and_dry_runs_finish_with_debug_logging() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    dead_lettered(&stack, &[Job::chat(token.clone(), 1)]).await;
+
+    for command in [&["dead-letters"][..], &["replay", "--dry-run"]] {
+        let mut arguments = stack.worker_arguments(&[]);
+        arguments.retain(|argument| argument != "--log" && argument != "warn");
+        arguments.extend(command.iter().map(|part| part.to_string()));
+        let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+            .args(&arguments)
+            .env("RUST_LOG", "debug")
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), run)
+            .await
+            .unwrap_or_else(|_| panic!("`worker {command:?}` hung"))
+            .expect("the worker binary runs");
+
+        assert!(output.status.success(), "{command:?}: {output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("would replay 1 of 1"),
+            "{command:?}: {stdout}"
+        );
+    }
+    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 1);
 }
