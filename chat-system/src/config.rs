@@ -36,6 +36,19 @@ pub struct Config {
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
     pub database_acquire_timeout_ms: u64,
 
+    /// Connections searches may hold at once, apart from the pool writes
+    /// and other reads use.
+    #[arg(long, env = "SEARCH_MAX_CONNECTIONS", default_value_t = 4)]
+    pub search_max_connections: u32,
+
+    /// A search statement is cancelled (503) after this many milliseconds.
+    #[arg(long, env = "SEARCH_TIMEOUT_MS", default_value_t = 2000)]
+    pub search_timeout_ms: u64,
+
+    /// Most words a search query may have (400 beyond).
+    #[arg(long, env = "SEARCH_MAX_TERMS", default_value_t = 16)]
+    pub search_max_terms: usize,
+
     /// Transactions writing at once. Writes that arrive while they are busy
     /// gather and share the next one (group commit).
     #[arg(long, env = "DATABASE_WRITE_LANES", default_value_t = 1)]

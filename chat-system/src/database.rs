@@ -22,14 +22,30 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// a dead one is replaced on the next acquire, so a PostgreSQL restart
 /// needs no restart here.
 pub(crate) fn pool(config: &Config) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(&config.database_url)
-        .map_err(|error| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {error}"))?
-        .application_name("chat-system");
     Ok(PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         .acquire_timeout(Duration::from_millis(config.database_acquire_timeout_ms))
         .test_before_acquire(false)
-        .connect_lazy_with(options))
+        .connect_lazy_with(options(config)?))
+}
+
+/// The pool searches run on, apart from the one writes take their
+/// connections from: a burst of searches over large chats cannot hold the
+/// connections the workers' writes need. Each statement on it is cancelled
+/// after `SEARCH_TIMEOUT_MS`.
+pub(crate) fn search_pool(config: &Config) -> anyhow::Result<PgPool> {
+    let timeout = config.search_timeout_ms.to_string();
+    Ok(PgPoolOptions::new()
+        .max_connections(config.search_max_connections)
+        .acquire_timeout(Duration::from_millis(config.database_acquire_timeout_ms))
+        .test_before_acquire(false)
+        .connect_lazy_with(options(config)?.options([("statement_timeout", timeout.as_str())])))
+}
+
+fn options(config: &Config) -> anyhow::Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(&config.database_url)
+        .map_err(|error| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {error}"))?
+        .application_name("chat-system"))
 }
 
 /// Set once the schema is in place; requests are refused with 503 before.

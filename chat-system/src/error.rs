@@ -35,6 +35,9 @@ pub(crate) enum StoreError {
     /// The number is taken by another body; the stored row is unchanged.
     #[error("message {number} of chat {chat} already exists with a different body")]
     Conflict { chat: i64, number: i64 },
+    /// A search ran past `SEARCH_TIMEOUT_MS` and was cancelled.
+    #[error("the search took too long")]
+    SearchTimedOut,
     /// The schema is not in place yet (the service just started).
     #[error("database is not ready yet")]
     Starting,
@@ -96,7 +99,9 @@ impl StoreError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Refused(_) => StatusCode::BAD_REQUEST,
-            Self::Starting | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Starting | Self::Unavailable(_) | Self::SearchTimedOut => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,6 +114,7 @@ impl StoreError {
             Self::Unavailable(_) => tracing::warn!(error = %error, "database unavailable"),
             Self::Refused(_) => tracing::warn!(error = %error, "input refused by the database"),
             Self::Internal(_) => tracing::error!(error = %error, "request failed"),
+            Self::SearchTimedOut => tracing::warn!(error = %error, "search cancelled"),
             Self::NotFound(_) | Self::Conflict { .. } | Self::Starting => {}
         }
     }

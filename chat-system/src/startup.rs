@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::database::{self, Readiness};
-use crate::routes::routes;
+use crate::routes::{Limits, routes};
 use crate::store::{Database, Store};
 
 pub struct Application {
@@ -54,14 +54,19 @@ impl Application {
             self.pool.clone(),
             self.readiness.clone(),
         ));
-        let database = Database::new(self.pool.clone(), self.readiness);
+        let search_pool = database::search_pool(&self.config)?;
+        let database = Database::new(self.pool.clone(), search_pool, self.readiness);
         let store = Store::new(
             database,
             self.config.database_write_lanes,
             self.config.database_write_batch,
         );
         tracing::info!(address = %self.address, "chat-system listening");
-        warp::serve(routes(store, self.config.max_body_bytes))
+        let limits = Limits {
+            max_body_bytes: self.config.max_body_bytes,
+            search_max_terms: self.config.search_max_terms,
+        };
+        warp::serve(routes(store, limits))
             .incoming(self.listener)
             .graceful(shutdown)
             .run()

@@ -65,12 +65,18 @@ impl<T> Page<T> {
 #[derive(Clone)]
 pub(crate) struct Database {
     pool: PgPool,
+    /// Searches only (`database::search_pool`).
+    search_pool: PgPool,
     readiness: Readiness,
 }
 
 impl Database {
-    pub(crate) fn new(pool: PgPool, readiness: Readiness) -> Self {
-        Self { pool, readiness }
+    pub(crate) fn new(pool: PgPool, search_pool: PgPool, readiness: Readiness) -> Self {
+        Self {
+            pool,
+            search_pool,
+            readiness,
+        }
     }
 
     /// The pool, once migrations have run; 503 before.
@@ -80,6 +86,12 @@ impl Database {
         } else {
             Err(StoreError::Starting)
         }
+    }
+
+    /// The searches' pool, once migrations have run.
+    fn search_pool(&self) -> Result<&PgPool, StoreError> {
+        self.pool()?;
+        Ok(&self.search_pool)
     }
 }
 
@@ -260,8 +272,15 @@ impl Store {
         .bind(chat_id)
         .bind(query)
         .bind(limit)
-        .fetch_all(self.db()?)
-        .await?;
+        .fetch_all(self.database.search_pool()?)
+        .await
+        .map_err(|error| match &error {
+            // query_canceled: the statement timeout of the search pool.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
+                StoreError::SearchTimedOut
+            }
+            _ => StoreError::from(error),
+        })?;
         Ok(hits)
     }
 }

@@ -29,11 +29,23 @@ const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
 const MAX_NAME_CHARS: usize = 255;
 
+/// The limits the routes enforce, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Largest request body; `/readyz` tells it, so callers can check that
+    /// what they send fits.
+    pub(crate) max_body_bytes: u64,
+    /// Most words in a search query.
+    pub(crate) search_max_terms: usize,
+}
+
 /// Every route of the service, errors included.
 pub(crate) fn routes(
     store: Store,
-    max_body_bytes: u64,
+    limits: Limits,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let max_body_bytes = limits.max_body_bytes;
+    let limits = warp::any().map(move || limits);
     let store = warp::any().map(move || store.clone());
     let query = warp::query::<HashMap<String, String>>();
 
@@ -70,6 +82,7 @@ pub(crate) fn routes(
         .and(warp::get())
         .and(query)
         .and(store.clone())
+        .and(limits)
         .then(search_messages);
     let put_message = warp::path!("applications" / String / "chats" / String / "messages" / String)
         .and(warp::put())
@@ -91,6 +104,7 @@ pub(crate) fn routes(
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(store)
+        .and(limits)
         .then(readyz);
 
     shared::http::healthz()
@@ -349,6 +363,7 @@ async fn search_messages(
     chat_raw: String,
     query: HashMap<String, String>,
     store: Store,
+    limits: Limits,
 ) -> Response {
     answer(
         async {
@@ -363,6 +378,12 @@ async fn search_messages(
                 return Err(HttpError::BadRequest(
                     "q must not contain NUL characters".into(),
                 ));
+            }
+            if text.split_whitespace().count() > limits.search_max_terms {
+                return Err(HttpError::BadRequest(format!(
+                    "q must have at most {} words",
+                    limits.search_max_terms
+                )));
             }
             let hits = store
                 .search(&token(&token_raw)?, chat, text, limit(&query)?)
@@ -425,9 +446,13 @@ async fn get_message(
     )
 }
 
-async fn readyz(store: Store) -> Response {
+async fn readyz(store: Store, limits: Limits) -> Response {
     match store.ping().await {
-        Ok(()) => warp::reply::json(&serde_json::json!({ "status": "ready" })).into_response(),
+        Ok(()) => warp::reply::json(&serde_json::json!({
+            "status": "ready",
+            "max_body_bytes": limits.max_body_bytes,
+        }))
+        .into_response(),
         Err(error) => shared::http::error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {error}"),
