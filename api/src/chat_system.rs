@@ -79,11 +79,20 @@ impl ChatSystem {
         Ok(chat.map(|chat| chat.last_message_number))
     }
 
-    /// For `/readyz`.
-    pub(crate) async fn ping(&self) -> Result<(), ChatSystemError> {
+    /// For `/readyz`: ready, and the largest request body it takes when it
+    /// tells (`max_body_bytes`).
+    pub(crate) async fn ping(&self) -> Result<Option<u64>, ChatSystemError> {
+        #[derive(Deserialize)]
+        struct Ready {
+            max_body_bytes: Option<u64>,
+        }
         let response = self.client.get(self.url(&["readyz"])).send().await?;
         match response.status() {
-            status if status.is_success() => Ok(()),
+            status if status.is_success() => Ok(response
+                .json::<Ready>()
+                .await
+                .ok()
+                .and_then(|ready| ready.max_body_bytes)),
             status => Err(ChatSystemError::Status(status)),
         }
     }

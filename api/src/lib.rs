@@ -9,6 +9,7 @@ pub mod config;
 pub mod durability;
 mod error;
 mod intake;
+mod limits;
 mod numbers;
 mod publisher;
 mod routes;

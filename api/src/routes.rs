@@ -27,6 +27,7 @@ use warp::reply::Response;
 use crate::chat_system::ChatSystem;
 use crate::error::ApiError;
 use crate::intake::{Create, Intake};
+use crate::limits::MessageLimit;
 use crate::numbers::NumberError;
 
 /// What the handlers share.
@@ -34,6 +35,7 @@ pub(crate) struct State {
     pub(crate) intake: Intake,
     pub(crate) chat_system: ChatSystem,
     pub(crate) max_message_bytes: usize,
+    pub(crate) message_limit: Arc<MessageLimit>,
     pub(crate) metrics: PrometheusHandle,
 }
 
@@ -228,7 +230,8 @@ async fn create_message(
     trace: TraceParent,
     state: &State,
 ) -> Result<Response, ApiError> {
-    check_message(&text, state.max_message_bytes)?;
+    check_message(&text)?;
+    state.message_limit.check(&text)?;
     let create = Create::Message { chat, body: text };
     let number = state.intake.create(token, create, trace).await?;
     Ok(number_reply("message number", number))
@@ -248,14 +251,10 @@ fn parse_chat(raw: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::BadRequest("chat number must be a positive integer".into()))
 }
 
-fn check_message(text: &str, max_bytes: usize) -> Result<(), ApiError> {
+/// The content checks; the size is `MessageLimit`'s.
+fn check_message(text: &str) -> Result<(), ApiError> {
     if text.is_empty() {
         return Err(ApiError::BadRequest("message must not be empty".into()));
-    }
-    if text.len() > max_bytes {
-        return Err(ApiError::TooLarge(format!(
-            "message is longer than {max_bytes} bytes"
-        )));
     }
     if text.contains('\0') {
         return Err(ApiError::BadRequest(
@@ -292,14 +291,23 @@ async fn readyz(state: Arc<State>) -> Response {
         Ok(Err(NumberError::NotDurable(_))) => state.intake.numbers().durability().label(),
         _ => "unavailable",
     };
-    let chat_system = matches!(chat_system, Ok(Ok(())));
+    let fits = match &chat_system {
+        Ok(Ok(Some(max_body_bytes))) => state.message_limit.learn(*max_body_bytes),
+        _ => state.message_limit.fits_chat_system(),
+    };
+    let chat_system_said = match (&chat_system, fits) {
+        (Ok(Ok(_)), true) => "ok",
+        (Ok(Ok(_)), false) => "MAX_BODY_BYTES too small for MAX_MESSAGE_BYTES",
+        _ => "unavailable",
+    };
+    let chat_system = matches!(chat_system, Ok(Ok(_))) && fits;
     let publisher = state.intake.publisher();
     let blocked = publisher.is_blocked();
     let rabbitmq = publisher.is_connected() && !blocked;
     let body = serde_json::json!({
         "redis": redis_said,
         "rabbitmq": if blocked { "blocked" } else { verdict(rabbitmq) },
-        "chat-system": verdict(chat_system),
+        "chat-system": chat_system_said,
     });
     let status = if redis_ready && rabbitmq && chat_system {
         StatusCode::OK
@@ -315,21 +323,19 @@ mod tests {
 
     #[test]
     fn messages_are_checked_before_a_number_is_drawn() {
-        assert!(check_message("hello, world / 你好", 64).is_ok());
+        assert!(check_message("hello, world / 你好").is_ok());
+        assert!(matches!(check_message(""), Err(ApiError::BadRequest(_))));
         assert!(matches!(
-            check_message("", 64),
+            check_message("a\0b"),
             Err(ApiError::BadRequest(_))
         ));
+        let limit = MessageLimit::new(64);
         assert!(matches!(
-            check_message("a\0b", 64),
-            Err(ApiError::BadRequest(_))
-        ));
-        assert!(matches!(
-            check_message(&"x".repeat(65), 64),
+            limit.check(&"x".repeat(65)),
             Err(ApiError::TooLarge(_))
         ));
         assert!(
-            check_message(&"é".repeat(32), 64).is_ok(),
+            limit.check(&"é".repeat(32)).is_ok(),
             "the limit counts bytes"
         );
     }

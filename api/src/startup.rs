@@ -20,6 +20,7 @@ use crate::chat_system::ChatSystem;
 use crate::config::Config;
 use crate::durability::Guard;
 use crate::intake::Intake;
+use crate::limits::MessageLimit;
 use crate::numbers::{Numbers, Timings};
 use crate::publisher::{self, Publisher};
 use crate::routes::{State, routes};
@@ -29,8 +30,10 @@ pub struct Application {
     address: SocketAddr,
     state: Arc<State>,
     closer: publisher::Closer,
+    /// Stops the background checks (Redis's durability, the chat-system's
+    /// limit).
     stop_watching: CancellationToken,
-    watching: tokio::task::JoinHandle<()>,
+    watching: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
@@ -50,11 +53,20 @@ impl Application {
         };
         let durability = Arc::new(Guard::new(config.redis_durability));
         let stop_watching = CancellationToken::new();
-        let watching = tokio::spawn({
+        let mut watching = vec![tokio::spawn({
             let (durability, redis, stop) =
                 (durability.clone(), redis.clone(), stop_watching.clone());
             async move { durability.watch(redis, stop).await }
-        });
+        })];
+        let message_limit = Arc::new(MessageLimit::new(config.max_message_bytes));
+        watching.push(tokio::spawn({
+            let (limit, chat_system, stop) = (
+                message_limit.clone(),
+                chat_system.clone(),
+                stop_watching.clone(),
+            );
+            async move { limit.learn_at_start(&chat_system, stop).await }
+        }));
         let numbers = Numbers::new(
             redis,
             durability,
@@ -77,6 +89,7 @@ impl Application {
             intake: Intake::new(numbers, publisher),
             chat_system,
             max_message_bytes: config.max_message_bytes,
+            message_limit,
             metrics: shared::telemetry::metrics(),
         });
         Ok(Self {
@@ -108,7 +121,9 @@ impl Application {
             .await;
         self.closer.close().await;
         self.stop_watching.cancel();
-        let _ = self.watching.await;
+        for task in self.watching {
+            let _ = task.await;
+        }
         tracing::info!("api stopped");
         Ok(())
     }

@@ -29,6 +29,21 @@ pub const BATCH_TYPE: &str = "batch";
 /// The AMQP header that counts the jobs of a message (absent: one).
 pub const JOBS_HEADER: &str = "x-jobs";
 
+/// Bytes of a record in the chat-system's bulk write besides its message:
+/// kind, token (at most 128 bytes), numbers, job id and trace context, with
+/// room to spare.
+pub const RECORD_OVERHEAD_BYTES: usize = 512;
+
+/// Bytes of the bulk write's envelope, `{"records":[` and `]}`.
+pub const BULK_ENVELOPE_BYTES: usize = 16;
+
+/// The most bytes one record can take in a bulk write, for messages of at
+/// most `max_message_bytes` bytes: JSON writes a control character as
+/// `\u00XX`, six bytes for one.
+pub fn largest_record(max_message_bytes: usize) -> usize {
+    max_message_bytes * 6 + RECORD_OVERHEAD_BYTES
+}
+
 /// What a job stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {

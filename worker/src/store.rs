@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
@@ -37,6 +38,9 @@ pub(crate) struct Storage {
     release: Script,
     counter_ttl: Duration,
     limits: Limits,
+    /// Most bytes of records one request carries: `limits.bytes`, less
+    /// once the chat-system refused a request as too large (413).
+    request_bytes: AtomicUsize,
 }
 
 /// One record of the bulk request, borrowed from its job.
@@ -99,6 +103,7 @@ impl Storage {
             release: Script::new(counters::RELEASE),
             counter_ttl,
             limits,
+            request_bytes: AtomicUsize::new(limits.bytes),
         })
     }
 
@@ -106,12 +111,19 @@ impl Storage {
     /// job, in order.
     pub(crate) async fn store(&self, jobs: &[&Job]) -> Vec<Result<(), Failure>> {
         let mut results = Vec::with_capacity(jobs.len());
-        let mut records: Vec<Vec<u8>> = jobs.iter().map(|job| record(job)).collect();
+        let records: Vec<Vec<u8>> = jobs.iter().map(|job| record(job)).collect();
         let mut start = 0;
         while start < jobs.len() {
             let end = self.chunk_end(&records[start..]) + start;
-            let body = bulk_body(&mut records[start..end]);
-            results.extend(self.store_chunk(&jobs[start..end], body).await);
+            let body = bulk_body(&records[start..end]);
+            let size = body.len();
+            match self.post(body, end - start).await {
+                Err(WholeFailure::Status(StatusCode::PAYLOAD_TOO_LARGE, _)) if end - start > 1 => {
+                    self.shrink_requests(size);
+                    continue;
+                }
+                answered => results.extend(answer_each(&jobs[start..end], answered)),
+            }
             start = end;
         }
         self.release_stored(jobs, &mut results).await;
@@ -132,7 +144,7 @@ impl Storage {
         let mut count = 0;
         for record in records.iter().take(self.limits.records.max(1)) {
             bytes += record.len() + 1;
-            if count > 0 && bytes > self.limits.bytes {
+            if count > 0 && bytes > self.request_bytes.load(Ordering::Relaxed) {
                 break;
             }
             count += 1;
@@ -140,36 +152,31 @@ impl Storage {
         count
     }
 
-    async fn store_chunk(&self, jobs: &[&Job], body: Vec<u8>) -> Vec<Result<(), Failure>> {
-        let started = Instant::now();
-        let answered = self.post(body).await;
-        metrics::histogram!("worker_store_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("worker_store_batch_records").record(jobs.len() as f64);
-        match answered {
-            Ok(answer) if answer.results.len() == jobs.len() => jobs
-                .iter()
-                .zip(answer.results)
-                .map(|(job, result)| outcome(job, result))
-                .collect(),
-            Ok(answer) => jobs
-                .iter()
-                .map(|_| {
-                    Err(Failure::Transient(StoreError::Status {
-                        status: StatusCode::OK,
-                        body: format!(
-                            "{} results for {} records",
-                            answer.results.len(),
-                            jobs.len()
-                        ),
-                    }))
-                })
-                .collect(),
-            Err(failure) => jobs.iter().map(|_| Err(failure.for_each())).collect(),
+    /// The chat-system refused a request of `size` bytes as too large
+    /// (its `MAX_BODY_BYTES` is below `WORKER_BATCH_BYTES`): later
+    /// requests carry at most half of it, the refused records included.
+    fn shrink_requests(&self, size: usize) {
+        let before = self.request_bytes.fetch_min(size / 2, Ordering::Relaxed);
+        if before == self.limits.bytes {
+            tracing::warn!(
+                batch_bytes = self.limits.bytes,
+                refused_bytes = size,
+                "the chat-system refused a bulk write as too large: WORKER_BATCH_BYTES is above its MAX_BODY_BYTES; sending smaller ones"
+            );
         }
     }
 
-    async fn post(&self, body: Vec<u8>) -> Result<Answer, WholeFailure> {
+    /// One bulk request of `records` records.
+    async fn post(&self, body: Vec<u8>, records: usize) -> Result<Answer, WholeFailure> {
+        let started = Instant::now();
+        let answered = self.send(body).await;
+        metrics::histogram!("worker_store_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("worker_store_batch_records").record(records as f64);
+        answered
+    }
+
+    async fn send(&self, body: Vec<u8>) -> Result<Answer, WholeFailure> {
         let response = self
             .client
             .post(self.records_url.clone())
@@ -230,13 +237,18 @@ impl Storage {
         }
     }
 
-    /// For `/readyz`.
-    pub(crate) async fn ready(&self) -> bool {
+    /// For `/readyz`: whether Redis and the chat-system answer.
+    pub(crate) async fn ready(&self) -> Result<(), &'static str> {
         let redis: Result<String, _> = redis::cmd("PING")
             .query_async(&mut self.redis.clone())
             .await;
-        let chat_system = self.client.get(self.readyz_url.clone()).send().await;
-        redis.is_ok() && chat_system.is_ok_and(|response| response.status().is_success())
+        if redis.is_err() {
+            return Err("redis unavailable");
+        }
+        match self.client.get(self.readyz_url.clone()).send().await {
+            Ok(response) if response.status().is_success() => Ok(()),
+            _ => Err("chat-system unavailable"),
+        }
     }
 }
 
@@ -265,6 +277,33 @@ impl WholeFailure {
                 })
             }
         }
+    }
+}
+
+/// The result of each of `jobs`, whose records went in one request.
+fn answer_each(jobs: &[&Job], answered: Result<Answer, WholeFailure>) -> Vec<Result<(), Failure>> {
+    match answered {
+        Ok(answer) if answer.results.len() == jobs.len() => jobs
+            .iter()
+            .zip(answer.results)
+            .map(|(job, result)| outcome(job, result))
+            .collect(),
+        Ok(answer) => {
+            let body = format!(
+                "{} results for {} records",
+                answer.results.len(),
+                jobs.len()
+            );
+            jobs.iter()
+                .map(|_| {
+                    Err(Failure::Transient(StoreError::Status {
+                        status: StatusCode::OK,
+                        body: body.clone(),
+                    }))
+                })
+                .collect()
+        }
+        Err(failure) => jobs.iter().map(|_| Err(failure.for_each())).collect(),
     }
 }
 
@@ -332,15 +371,15 @@ fn record(job: &Job) -> Vec<u8> {
 }
 
 /// `{"records":[...]}` of records already in JSON.
-fn bulk_body(records: &mut [Vec<u8>]) -> Vec<u8> {
+fn bulk_body(records: &[Vec<u8>]) -> Vec<u8> {
     let length = records.iter().map(|record| record.len() + 1).sum::<usize>() + 16;
     let mut body = Vec::with_capacity(length);
     body.extend_from_slice(br#"{"records":["#);
-    for (index, record) in records.iter_mut().enumerate() {
+    for (index, record) in records.iter().enumerate() {
         if index > 0 {
             body.push(b',');
         }
-        body.append(record);
+        body.extend_from_slice(record);
     }
     body.extend_from_slice(b"]}");
     body

@@ -3,7 +3,11 @@
 use serde_json::json;
 use testkit::http;
 
-use crate::helpers::{TestApp, spawn_app};
+use std::time::Duration;
+
+use testkit::{TestChatSystem, eventually};
+
+use crate::helpers::{TestApp, spawn_app, spawn_beside};
 
 /// Bad requests against an application with chat 1; none may draw.
 fn bad_requests(app: &TestApp, token: &str) -> Vec<(&'static str, reqwest::RequestBuilder, u16)> {
@@ -204,4 +208,38 @@ async fn a_method_a_path_does_not_support_is_405_with_the_methods_it_does() {
         assert_eq!(answer.status, 405, "{}", answer.body);
         assert_eq!(answer.header("allow"), Some(allow), "RFC 9110");
     }
+}
+
+#[tokio::test]
+async fn a_message_the_chat_system_could_not_take_is_refused_and_readyz_says_why() {
+    // 64 KiB messages need ~385 KB per record escaped; this chat-system
+    // takes 100 KB per request.
+    let chat_system = TestChatSystem::start_with(false, &["--max-body-bytes", "100000"]).await;
+    let app = spawn_beside(chat_system, testkit::redis_address(), &[]).await;
+    let token = app.application(1).await;
+
+    let ready = eventually("the limit learnt", Duration::from_secs(10), || async {
+        let ready = app.get("/readyz").await;
+        let learnt = ready.body["chat-system"] != "ok" && ready.body["rabbitmq"] == "ok";
+        learnt.then_some(ready)
+    })
+    .await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(
+        ready.body["chat-system"],
+        "MAX_BODY_BYTES too small for MAX_MESSAGE_BYTES"
+    );
+    let fits = app
+        .create_message_json(&token, 1, &"x".repeat(20_000))
+        .await;
+    assert_eq!(fits.number("message number"), 1, "20 KB of text fits");
+    let too_large = app
+        .create_message_json(&token, 1, &"\u{1}".repeat(20_000))
+        .await;
+    assert_eq!(too_large.status, 413, "120 KB escaped: {}", too_large.body);
+    assert_eq!(
+        app.jobs().await.len(),
+        1,
+        "only the one that fits was queued"
+    );
 }

@@ -40,7 +40,15 @@ pub(crate) async fn spawn_app_on(redis: std::net::SocketAddr, flags: &[&str]) ->
 /// The api with its counters on the Redis at `redis`, once it answers
 /// (ready or not).
 pub(crate) async fn spawn_unready(redis: std::net::SocketAddr, flags: &[&str]) -> TestApp {
-    let chat_system = TestChatSystem::start().await;
+    spawn_beside(TestChatSystem::start().await, redis, flags).await
+}
+
+/// The api in front of `chat_system`, once it answers (ready or not).
+pub(crate) async fn spawn_beside(
+    chat_system: TestChatSystem,
+    redis: std::net::SocketAddr,
+    flags: &[&str],
+) -> TestApp {
     let upstream_link = TcpProxy::start(chat_system.address).await;
     let upstream = HttpProxy::start(&format!("http://{}", upstream_link.address())).await;
     let redis_proxy = TcpProxy::start(redis).await;

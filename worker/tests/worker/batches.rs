@@ -89,3 +89,26 @@ async fn a_job_that_is_not_one_inside_a_batch_is_dead_lettered_alone_byte_for_by
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].0, garbage, "its own bytes, not the whole batch");
 }
+
+#[tokio::test]
+async fn a_batch_larger_than_the_chat_system_takes_is_sent_in_smaller_requests() {
+    // 200 messages of 2 KB: 400 KB, under WORKER_BATCH_BYTES (512 KiB)
+    // but four times what this chat-system takes in one request.
+    let stack = TestStack::start_with(&["--max-body-bytes", "100000"]).await;
+    let token = stack.application().await;
+    assert_eq!(stack.chat_system.put_chat(&token, 1).await.status, 201);
+    let body = "x".repeat(2000);
+    let jobs: Vec<Job> = (1..=200)
+        .map(|number| Job::message(token.clone(), 1, number, body.clone()))
+        .collect();
+    stack.publish_batches(&jobs, jobs.len()).await;
+    let worker = stack.worker(&[]).await;
+
+    let outcomes = worker.process_next().await.unwrap();
+
+    assert_eq!(outcomes, vec![Outcome::Stored; 200]);
+    let stored = stack.messages(&token, 1).await;
+    assert_eq!(stored.len(), 200);
+    assert!(stored.iter().all(|(_, stored)| *stored == body));
+    assert!(stack.dead_letters().await.is_empty());
+}

@@ -46,8 +46,13 @@ pub(crate) const FAST_RETRIES: &[&str] = &[
 
 impl TestStack {
     pub(crate) async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// A stack whose chat-system runs with `flags`.
+    pub(crate) async fn start_with(flags: &[&str]) -> Self {
         testkit::logs::show();
-        let chat_system = TestChatSystem::start().await;
+        let chat_system = TestChatSystem::start_with(false, flags).await;
         let upstream = HttpProxy::start(&chat_system.url).await;
         let amqp_proxy = TcpProxy::start(testkit::amqp_address()).await;
         Self {
