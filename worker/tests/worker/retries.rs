@@ -162,3 +162,75 @@ async fn a_retry_copy_keeps_its_error_without_the_token() {
     assert!(!error.contains(&token), "{error}");
     assert!(!error.contains("127.0.0.1"), "no URL: {error}");
 }
+
+#[tokio::test]
+async fn a_stored_job_whose_number_cannot_be_released_is_retried_without_spending_attempts() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    stack.publish(&[Job::chat(token.clone(), 1)]).await;
+    let redis = testkit::TcpProxy::start(testkit::redis_address()).await;
+    let redis_url = format!("redis://{}", redis.address());
+    // One attempt only: a failure that spent it would dead-letter the job.
+    let worker = stack
+        .worker(&[
+            "--redis-url",
+            &redis_url,
+            "--retry-max-attempts",
+            "1",
+            "--retry-initial-delay-ms",
+            "200",
+            "--retry-max-delay-ms",
+            "200",
+        ])
+        .await;
+    redis.cut();
+
+    assert_eq!(worker.process_next().await.unwrap(), [Outcome::Retried]);
+    assert_eq!(stack.chats_count(&token).await, 1, "the record is stored");
+    let retry_queue = format!("{}.retry.200ms", stack.broker.prefix);
+    let (_connection, channel) = stack.broker.channel().await;
+    let copy = channel
+        .basic_get(retry_queue.into(), BasicGetOptions::default())
+        .await
+        .expect("basic.get")
+        .expect("the retry copy");
+    let headers = copy
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(header(&headers, "x-release-attempts"), "1");
+    let error = header(&headers, "x-last-error");
+    assert!(error.contains("release"), "{error}");
+    assert_eq!(
+        Job::decode(&copy.delivery.data).unwrap().attempt,
+        0,
+        "no attempt spent"
+    );
+    copy.delivery
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .expect("back to its retry queue");
+
+    // A second failed release still spends nothing.
+    let again = eventually("the copy back", Duration::from_secs(10), || async {
+        let outcomes = worker.process_next().await.unwrap();
+        (!outcomes.is_empty()).then_some(outcomes)
+    })
+    .await;
+    assert_eq!(again, [Outcome::Retried]);
+
+    redis.restore();
+    let settled = eventually("the copy back", Duration::from_secs(20), || async {
+        let outcomes = worker.process_next().await.unwrap();
+        (!outcomes.is_empty()).then_some(outcomes)
+    })
+    .await;
+    assert_eq!(settled, [Outcome::Stored]);
+    assert_eq!(stack.chats_count(&token).await, 1);
+    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+}
