@@ -59,6 +59,8 @@ pub(crate) struct Publisher {
     queue: mpsc::Sender<Pending>,
     link: Link,
     blocked: Arc<AtomicBool>,
+    /// `PUBLISH_TIMEOUT_MS`: the most a request waits for its answer.
+    timeout: Duration,
 }
 
 /// What the publisher needs.
@@ -112,6 +114,7 @@ impl Publisher {
                 tokio::spawn(lane.run())
             })
             .collect();
+        let timeout = settings.confirm_timeout;
         let stop_keeper = CancellationToken::new();
         let keeper = tokio::spawn(keep_connected(
             settings,
@@ -124,6 +127,7 @@ impl Publisher {
             queue,
             link,
             blocked,
+            timeout,
         };
         let closer = Closer {
             lanes,
@@ -159,13 +163,19 @@ impl Publisher {
             .send(pending)
             .await
             .map_err(|_| PublishError::NotConnected)?;
-        answer.await.unwrap_or_else(|_| {
+        // Bounded as a whole, waiting for a lane included: a lane stalled
+        // by a blocked broker must not hold requests. A job not yet taken
+        // may still be published later, so this is a timeout (the broker
+        // may get it), not a refusal.
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(answered)) => answered,
             // A lane took the job and went away without an answer: whether
             // the broker has it is unknown.
-            Err(PublishError::Unconfirmed(
+            Ok(Err(_)) => Err(PublishError::Unconfirmed(
                 std::io::Error::other("the publisher stopped").into(),
-            ))
-        })
+            )),
+            Err(_) => Err(PublishError::TimedOut(self.timeout)),
+        }
     }
 }
 
@@ -198,8 +208,14 @@ impl Lane {
                     let timed_out = self.publish(&current, pending).await;
                     if timed_out {
                         // Abandoned confirms live as long as their channel.
+                        // Closed aside: on a blocked connection the close
+                        // waits as long as the block.
                         channel = None;
-                        let _ = current.close(200, "confirm timed out".into()).await;
+                        metrics::counter!("api_publish_channels_replaced_total").increment(1);
+                        tracing::warn!("a confirm timed out: replacing the publish channel");
+                        tokio::spawn(async move {
+                            let _ = current.close(200, "confirm timed out".into()).await;
+                        });
                     }
                 }
                 Err(error) => {
@@ -228,18 +244,24 @@ impl Lane {
         {
             return Ok(open.clone());
         }
-        let opened = async {
+        let timeout = self.settings.confirm_timeout;
+        let opened = tokio::time::timeout(timeout, async {
             let open = connection.create_channel().await?;
             open.confirm_select(ConfirmSelectOptions::default()).await?;
             lapin::Result::Ok(open)
-        }
+        })
         .await;
         match opened {
-            Ok(open) => {
+            Ok(Ok(open)) => {
                 *channel = Some((connection, open.clone()));
                 Ok(open)
             }
-            Err(error) => {
+            Err(_) => {
+                // Nothing was sent: the jobs' numbers can be given back.
+                tracing::warn!(?timeout, "no publish channel in time (a blocked broker?)");
+                Err(PublishError::NotConnected)
+            }
+            Ok(Err(error)) => {
                 tracing::warn!(error = %Chain(&error), "cannot open a publish channel");
                 self.broken.notify_waiters();
                 Err(PublishError::NotConnected)

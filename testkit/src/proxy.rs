@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -11,10 +12,13 @@ use tokio::task::JoinSet;
 /// Forwards every connection made to [`TcpProxy::address`] to `target`.
 /// [`cut`](TcpProxy::cut) closes the open connections and makes new ones
 /// fail at once, as a crashed server would; [`restore`](TcpProxy::restore)
-/// lets them through again.
+/// lets them through again. [`freeze`](TcpProxy::freeze) keeps every
+/// connection open but holds the bytes, both ways, as a blocked or hung
+/// server would, until [`thaw`](TcpProxy::thaw).
 pub struct TcpProxy {
     address: SocketAddr,
     up: watch::Sender<bool>,
+    flowing: watch::Sender<bool>,
     connections: Arc<Mutex<JoinSet<()>>>,
     acceptor: tokio::task::JoinHandle<()>,
 }
@@ -28,11 +32,19 @@ impl TcpProxy {
             .local_addr()
             .expect("a bound listener has an address");
         let (up, up_receiver) = watch::channel(true);
+        let (flowing, _) = watch::channel(true);
         let connections = Arc::new(Mutex::new(JoinSet::new()));
-        let acceptor = tokio::spawn(accept(listener, target, up_receiver, connections.clone()));
+        let acceptor = tokio::spawn(accept(
+            listener,
+            target,
+            up_receiver,
+            flowing.subscribe(),
+            connections.clone(),
+        ));
         Self {
             address,
             up,
+            flowing,
             connections,
             acceptor,
         }
@@ -51,6 +63,16 @@ impl TcpProxy {
     pub fn restore(&self) {
         self.up.send_replace(true);
     }
+
+    /// Holds every byte, both ways, on open connections and new ones.
+    pub fn freeze(&self) {
+        self.flowing.send_replace(false);
+    }
+
+    /// Lets the held bytes, and the ones after them, through.
+    pub fn thaw(&self) {
+        self.flowing.send_replace(true);
+    }
 }
 
 impl Drop for TcpProxy {
@@ -64,10 +86,11 @@ async fn accept(
     listener: TcpListener,
     target: SocketAddr,
     up: watch::Receiver<bool>,
+    flowing: watch::Receiver<bool>,
     connections: Arc<Mutex<JoinSet<()>>>,
 ) {
     loop {
-        let Ok((mut client, _)) = listener.accept().await else {
+        let Ok((client, _)) = listener.accept().await else {
             continue;
         };
         if !*up.borrow() {
@@ -78,12 +101,40 @@ async fn accept(
         }
         let mut connections = connections.lock().expect("proxy lock");
         while connections.try_join_next().is_some() {}
+        let flowing = flowing.clone();
         connections.spawn(async move {
-            if let Ok(mut server) = TcpStream::connect(target).await {
+            if let Ok(server) = TcpStream::connect(target).await {
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::select! {
+                    () = pump(client_read, server_write, flowing.clone()) => {}
+                    () = pump(server_read, client_write, flowing) => {}
+                }
             }
         });
+    }
+}
+
+/// Copies `from` to `to` until either ends, holding what it read while
+/// the proxy is frozen.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut flowing: watch::Receiver<bool>,
+) {
+    let mut buffer = vec![0; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if flowing.wait_for(|flowing| *flowing).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }

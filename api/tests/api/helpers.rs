@@ -74,15 +74,18 @@ pub(crate) async fn spawn_beside(
         &broker.prefix,
         "--chat-system-url",
         &upstream.url,
-        "--chat-system-timeout-ms",
-        "500",
-        "--publish-timeout-ms",
-        "2000",
     ];
     // The machine's Redis keeps nothing on disk; the durability tests
     // bring a Redis of their own and set this flag themselves.
-    if !flags.contains(&"--redis-durability") {
-        arguments.extend(["--redis-durability", "unsafe-none"]);
+    let defaults = [
+        ["--chat-system-timeout-ms", "500"],
+        ["--publish-timeout-ms", "2000"],
+        ["--redis-durability", "unsafe-none"],
+    ];
+    for [flag, value] in defaults {
+        if !flags.contains(&flag) {
+            arguments.extend([flag, value]);
+        }
     }
     arguments.extend_from_slice(flags);
     let config = api::Config::parse_from(arguments);

@@ -182,3 +182,49 @@ async fn shutting_down_answers_the_requests_in_flight_first() {
         "its job was published before the api stopped"
     );
 }
+
+#[tokio::test]
+async fn a_broker_that_stops_answering_gets_timeouts_then_a_fresh_channel() {
+    let app = crate::helpers::spawn_app_with(&["--publish-timeout-ms", "500"]).await;
+    let token = app.application(0).await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+
+    // Connected, but nothing comes back: no confirm, no channel.
+    app.amqp_proxy.freeze();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let during = app.create_chat(&token).await;
+        assert_eq!(during.status, 503, "{}", during.body);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(450) && waited < Duration::from_secs(2),
+            "answered after its publish timeout, not later: {waited:?}"
+        );
+    }
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    // Only this test of the binary lets a confirm time out.
+    let replaced = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("api_publish_channels_replaced_total "))
+        .expect("the channels replaced counted");
+    assert!(replaced.parse::<f64>().unwrap() >= 1.0, "{replaced}");
+
+    app.amqp_proxy.thaw();
+    let after = recovers(&app, &token).await;
+    assert!(after >= 2);
+    assert!(
+        app.jobs()
+            .await
+            .iter()
+            .any(|job| job.chat_number() == after),
+        "published on the fresh channel"
+    );
+}
