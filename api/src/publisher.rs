@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use futures::StreamExt;
 use futures::future::join_all;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
@@ -357,12 +356,15 @@ async fn keep_connected(
             Ok(connection) => {
                 tracing::info!("connected to RabbitMQ");
                 delays = backoff.build();
-                let lost = topology::lost(&connection);
-                let mut changes = topology::blocked(&connection);
+                let topology::Watched {
+                    lost,
+                    blocked: mut changes,
+                } = topology::watch(&connection);
                 let connection = Arc::new(connection);
                 sender.send_replace(Some(connection.clone()));
                 let watching = async {
-                    while let Some(now_blocked) = changes.next().await {
+                    while changes.changed().await.is_ok() {
+                        let now_blocked = *changes.borrow_and_update();
                         set_blocked(&blocked, now_blocked);
                     }
                     std::future::pending::<()>().await;

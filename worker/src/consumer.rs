@@ -169,23 +169,20 @@ async fn session(
     // batch in hand give up then, since lapin may leave them waiting
     // forever; the broker redelivers what was not acknowledged.
     let abandon = CancellationToken::new();
+    let consume_watched = topology::watch(&link.consume_connection);
+    let publish_watched = topology::watch(&link.publish_connection);
     let watcher = tokio::spawn({
-        let consume = topology::lost(&link.consume_connection);
-        let publish = topology::lost(&link.publish_connection);
         let abandon = abandon.clone();
         async move {
             let lost = tokio::select! {
-                lost = consume => lost,
-                lost = publish => lost,
+                lost = consume_watched.lost => lost,
+                lost = publish_watched.lost => lost,
             };
             abandon.cancel();
             lost
         }
     });
-    let blocked = tokio::spawn(watch_blocked(
-        topology::blocked(&link.publish_connection),
-        status.clone(),
-    ));
+    let blocked = tokio::spawn(watch_blocked(publish_watched.blocked, status.clone()));
     let ended = consume(handler, settings, status, stop, &link, &abandon).await;
     blocked.abort();
     status.publish_blocked.store(false, Ordering::Relaxed);
@@ -200,11 +197,9 @@ async fn session(
 
 /// Mirrors the publish connection's blocked state into `status` and the
 /// `worker_publish_blocked` gauge.
-async fn watch_blocked(
-    mut changes: impl futures::Stream<Item = bool> + Unpin,
-    status: Arc<Status>,
-) {
-    while let Some(blocked) = changes.next().await {
+async fn watch_blocked(mut changes: tokio::sync::watch::Receiver<bool>, status: Arc<Status>) {
+    while changes.changed().await.is_ok() {
+        let blocked = *changes.borrow_and_update();
         status.publish_blocked.store(blocked, Ordering::Relaxed);
         metrics::gauge!("worker_publish_blocked").set(if blocked { 1.0 } else { 0.0 });
         if blocked {
