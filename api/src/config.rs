@@ -64,6 +64,11 @@ pub struct Config {
     #[arg(long, env = "PUBLISH_BATCH_BYTES", default_value_t = 256 * 1024)]
     pub publish_batch_bytes: usize,
 
+    /// Seconds an `Idempotency-Key` is remembered: a retry with it within
+    /// that time gets the first request's number.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]
+    pub idempotency_ttl_secs: u64,
+
     #[command(flatten)]
     pub counters: Counters,
 

@@ -21,6 +21,12 @@ pub(crate) enum ApiError {
     TooLarge(String),
     #[error("content-type must be application/json")]
     UnsupportedMediaType,
+    /// An `Idempotency-Key` sent before with another request.
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
+    /// Another request with the `Idempotency-Key` is still at work.
+    #[error("a request with this Idempotency-Key is in progress, retry later")]
+    IdempotencyKeyBusy,
     /// A dependency is down or too slow; the client should retry.
     #[error("{dependency} unavailable, retry later")]
     Unavailable {
@@ -47,6 +53,8 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyKeyBusy => StatusCode::CONFLICT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

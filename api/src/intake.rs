@@ -1,5 +1,7 @@
 //! Taking one record in: draw its number, publish its job, and give the
-//! number back if the broker certainly did not take the job.
+//! number back if the broker certainly did not take the job. With an
+//! `Idempotency-Key`, the key is claimed first and the number and job are
+//! recorded under it before the publish (see `idempotency`).
 //!
 //! The whole sequence runs in a task of its own, so a client that hangs up
 //! mid-request cannot cut it short between the draw and the publish, or
@@ -7,14 +9,19 @@
 //! span, which gets the job's id and number as soon as they are known.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use shared::counters::Scope;
-use shared::job::{Job, Record};
+use shared::job::{Job, Kind, Record};
 use shared::telemetry::Chain;
 use shared::trace::TraceParent;
 use tracing::Instrument;
 
+use shared::publish::PublishError;
+use tokio::time::Instant;
+
 use crate::error::ApiError;
+use crate::idempotency::{Claimed, Held, IdempotencyKey, Keyed};
 use crate::numbers::Numbers;
 use crate::publisher::Publisher;
 
@@ -25,6 +32,24 @@ pub(crate) enum Create {
     Message { chat: i64, body: String },
 }
 
+impl Create {
+    fn kind(&self) -> Kind {
+        match self {
+            Self::Chat => Kind::Chat,
+            Self::Message { .. } => Kind::Message,
+        }
+    }
+
+    /// What an `Idempotency-Key`'s fingerprint is taken of: the same for
+    /// the same request by path or by JSON body.
+    fn fingerprint(&self) -> String {
+        match self {
+            Self::Chat => "chat".to_owned(),
+            Self::Message { chat, body } => format!("message\n{chat}\n{body}"),
+        }
+    }
+}
+
 /// Cheap to clone: every request's task holds one.
 #[derive(Clone)]
 pub(crate) struct Intake(Arc<Parts>);
@@ -32,11 +57,14 @@ pub(crate) struct Intake(Arc<Parts>);
 pub(crate) struct Parts {
     pub(crate) numbers: Numbers,
     pub(crate) publisher: Publisher,
+    pub(crate) keyed: Keyed,
+    /// How long a request waits for another one with its key.
+    pub(crate) key_wait: Duration,
 }
 
 impl Intake {
-    pub(crate) fn new(numbers: Numbers, publisher: Publisher) -> Self {
-        Self(Arc::new(Parts { numbers, publisher }))
+    pub(crate) fn new(parts: Parts) -> Self {
+        Self(Arc::new(parts))
     }
 
     pub(crate) fn numbers(&self) -> &Numbers {
@@ -54,20 +82,122 @@ impl Intake {
         token: String,
         create: Create,
         trace: TraceParent,
+        key: Option<IdempotencyKey>,
     ) -> Result<i64, ApiError> {
         let intake = self.clone();
-        let run = async move { intake.run(token, create, trace).await };
+        let run = async move {
+            match key {
+                None => intake.create_once(token, create, trace).await,
+                Some(key) => intake.create_keyed(token, create, trace, key).await,
+            }
+        };
         tokio::spawn(run.instrument(tracing::Span::current()))
             .await
             .map_err(ApiError::Internal)?
     }
 
-    async fn run(
+    async fn create_once(
         &self,
         token: String,
         create: Create,
         trace: TraceParent,
     ) -> Result<i64, ApiError> {
+        let job = self.draw(token, create, trace).await?;
+        let Err(error) = self.publish(&job).await else {
+            return Ok(job.number());
+        };
+        if error.never_queued()
+            && let Err(give_back_error) = self.numbers().give_back(job.scope(), job.number()).await
+        {
+            // The number stays in flight: its counter will not expire,
+            // which is safe, merely kept longer than needed.
+            tracing::warn!(
+                error = %Chain(&give_back_error),
+                "could not give the number back"
+            );
+        }
+        Err(error.into())
+    }
+
+    /// A create with an `Idempotency-Key`: the first request with it
+    /// creates; a retry gets the first one's number, publishing its job
+    /// again unless it is known to be queued.
+    async fn create_keyed(
+        &self,
+        token: String,
+        create: Create,
+        trace: TraceParent,
+        key: IdempotencyKey,
+    ) -> Result<i64, ApiError> {
+        let keyed = &self.0.keyed;
+        let request = create.fingerprint();
+        let give_up = Instant::now() + self.0.key_wait;
+        let mut pause = Duration::from_millis(5);
+        let held = loop {
+            match keyed.claim(&token, create.kind(), &key, &request).await? {
+                Claimed::New(held) => break held,
+                Claimed::Queued(number) => {
+                    metrics::counter!("api_idempotent_replays_total", "how" => "queued")
+                        .increment(1);
+                    tracing::Span::current().record("number", number);
+                    return Ok(number);
+                }
+                Claimed::Republish(held, job) => {
+                    metrics::counter!("api_idempotent_replays_total", "how" => "republished")
+                        .increment(1);
+                    record_in_span(&job);
+                    return self.publish_keyed(&held, &job).await;
+                }
+                Claimed::Mismatch => return Err(ApiError::IdempotencyKeyReused),
+                Claimed::Busy if Instant::now() >= give_up => {
+                    return Err(ApiError::IdempotencyKeyBusy);
+                }
+                Claimed::Busy => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            }
+        };
+        let job = match self.draw(token, create, trace).await {
+            Ok(job) => job,
+            Err(error) => {
+                keyed.abandon(&held).await;
+                return Err(error);
+            }
+        };
+        if !keyed.record(&held, &job).await? {
+            // Too slow: the lease ran out and another request took the
+            // key. This number was never recorded under it.
+            let _ = self.numbers().give_back(job.scope(), job.number()).await;
+            return Err(ApiError::IdempotencyKeyBusy);
+        }
+        self.publish_keyed(&held, &job).await
+    }
+
+    /// Publishes the job recorded under `held`. On failure the number is
+    /// kept (a retry with the key publishes the job again) and the key
+    /// left for that retry at once.
+    async fn publish_keyed(&self, held: &Held, job: &Job) -> Result<i64, ApiError> {
+        let keyed = &self.0.keyed;
+        if let Err(error) = self.publish(job).await {
+            keyed.abandon(held).await;
+            return Err(error.into());
+        }
+        if let Err(error) = keyed.confirm(held).await {
+            // A retry would publish the job once more: harmless, the
+            // record is stored once.
+            tracing::warn!(error = %Chain(&error), "could not mark the Idempotency-Key queued");
+        }
+        Ok(job.number())
+    }
+
+    /// Draws the record's number: its job, not yet published.
+    async fn draw(
+        &self,
+        token: String,
+        create: Create,
+        trace: TraceParent,
+    ) -> Result<Job, ApiError> {
         let scope = match &create {
             Create::Chat => Scope::Chats { token: &token },
             Create::Message { chat, .. } => Scope::Messages {
@@ -81,30 +211,27 @@ impl Intake {
             Create::Message { chat, body } => Record::Message { chat, number, body },
         };
         let job = Job::new(token, record, Some(trace));
-        let span = tracing::Span::current();
-        span.record("job_id", tracing::field::display(job.id));
-        span.record("number", number);
+        record_in_span(&job);
         tracing::debug!("number drawn, publishing its job");
-
-        let Err(error) = self.publisher().publish(&job).await else {
-            tracing::debug!("job queued");
-            return Ok(number);
-        };
-        metrics::counter!("api_publish_failures_total", "reason" => error.reason()).increment(1);
-        tracing::warn!(
-            error = %Chain(&error),
-            "publish failed"
-        );
-        if error.never_queued()
-            && let Err(give_back_error) = self.numbers().give_back(job.scope(), number).await
-        {
-            // The number stays in flight: its counter will not expire,
-            // which is safe, merely kept longer than needed.
-            tracing::warn!(
-                error = %Chain(&give_back_error),
-                "could not give the number back"
-            );
-        }
-        Err(error.into())
+        Ok(job)
     }
+
+    async fn publish(&self, job: &Job) -> Result<(), PublishError> {
+        let published = self.publisher().publish(job).await;
+        match &published {
+            Ok(()) => tracing::debug!("job queued"),
+            Err(error) => {
+                metrics::counter!("api_publish_failures_total", "reason" => error.reason())
+                    .increment(1);
+                tracing::warn!(error = %Chain(error), "publish failed");
+            }
+        }
+        published
+    }
+}
+
+fn record_in_span(job: &Job) {
+    let span = tracing::Span::current();
+    span.record("job_id", tracing::field::display(job.id));
+    span.record("number", job.number());
 }

@@ -8,6 +8,7 @@ mod chat_system;
 pub mod config;
 pub mod durability;
 mod error;
+mod idempotency;
 mod intake;
 mod limits;
 mod numbers;

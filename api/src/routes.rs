@@ -21,11 +21,12 @@ use shared::trace::TraceParent;
 use tokio::time::Instant;
 use tracing::{Instrument, Span};
 use warp::Filter;
-use warp::http::{StatusCode, header};
+use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
 use crate::chat_system::ChatSystem;
 use crate::error::ApiError;
+use crate::idempotency::IdempotencyKey;
 use crate::intake::{Create, Intake};
 use crate::limits::MessageLimit;
 use crate::numbers::NumberError;
@@ -49,40 +50,47 @@ pub(crate) fn routes(
     let create_chat = warp::path!("applications" / String / "chats")
         .and(warp::post())
         .and(traceparent())
+        .and(idempotency_key())
         .and(state.clone())
-        .then(|token: String, trace: TraceParent, state: Arc<State>| {
-            let span = request_span("create_chat", Kind::Chat, &token, &trace);
-            observed("create_chat", create_chat(token, trace, state)).instrument(span)
-        });
+        .then(
+            |token: String, trace: TraceParent, key: Option<HeaderValue>, state: Arc<State>| {
+                let span = request_span("create_chat", Kind::Chat, &token, &trace);
+                observed("create_chat", create_chat(token, trace, key, state)).instrument(span)
+            },
+        );
     let create_message =
         warp::path!("applications" / String / "chats" / String / "messages" / String)
             .and(warp::post())
             .and(traceparent())
+            .and(idempotency_key())
             .and(state.clone())
             .then(
                 |token: String,
                  chat: String,
                  message: String,
                  trace: TraceParent,
+                 key: Option<HeaderValue>,
                  state: Arc<State>| {
                     let span = request_span("create_message", Kind::Message, &token, &trace);
-                    let handler = create_message_in_path(token, chat, message, trace, state);
+                    let handler = create_message_in_path(token, chat, message, trace, key, state);
                     observed("create_message", handler).instrument(span)
                 },
             );
     let create_message_json = warp::path!("applications" / String / "chats" / String / "messages")
         .and(warp::post())
         .and(traceparent())
+        .and(idempotency_key())
         .and(json_body::<NewMessage>(json_limit))
         .and(state.clone())
         .then(
             |token: String,
              chat: String,
              trace: TraceParent,
+             key: Option<HeaderValue>,
              body: Result<NewMessage, BodyError>,
              state: Arc<State>| {
                 let span = request_span("create_message_json", Kind::Message, &token, &trace);
-                let handler = create_message_in_body(token, chat, body, trace, state);
+                let handler = create_message_in_body(token, chat, body, trace, key, state);
                 observed("create_message_json", handler).instrument(span)
             },
         );
@@ -148,6 +156,15 @@ fn traceparent() -> impl Filter<Extract = (TraceParent,), Error = Infallible> + 
         .map(|header: Option<String>| TraceParent::continue_from(header.as_deref()))
 }
 
+/// The `Idempotency-Key` header as sent, checked by the handler (so a bad
+/// one is a counted 400 like any bad input).
+fn idempotency_key() -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone {
+    warp::header::value("idempotency-key")
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
 /// The span every log line of a create request is in. `job_id` and
 /// `number` are filled in once drawn; `attempt` is 0 here (the worker's
 /// spans count the retries).
@@ -181,10 +198,12 @@ async fn observed(
 async fn create_chat(
     token: String,
     trace: TraceParent,
+    key: Option<HeaderValue>,
     state: Arc<State>,
 ) -> Result<Response, ApiError> {
     let token = parse_token(&token)?;
-    let number = state.intake.create(token, Create::Chat, trace).await?;
+    let key = parse_key(key.as_ref())?;
+    let number = state.intake.create(token, Create::Chat, trace, key).await?;
     Ok(number_reply("chat number", number))
 }
 
@@ -193,13 +212,15 @@ async fn create_message_in_path(
     chat: String,
     message: String,
     trace: TraceParent,
+    key: Option<HeaderValue>,
     state: Arc<State>,
 ) -> Result<Response, ApiError> {
     let token = parse_token(&token)?;
     let chat = parse_chat(&chat)?;
+    let key = parse_key(key.as_ref())?;
     let text = decode_segment(&message)
         .ok_or_else(|| ApiError::BadRequest("message is not valid UTF-8".into()))?;
-    create_message(token, chat, text, trace, &state).await
+    create_message(token, chat, text, trace, key, &state).await
 }
 
 async fn create_message_in_body(
@@ -207,10 +228,12 @@ async fn create_message_in_body(
     chat: String,
     body: Result<NewMessage, BodyError>,
     trace: TraceParent,
+    key: Option<HeaderValue>,
     state: Arc<State>,
 ) -> Result<Response, ApiError> {
     let token = parse_token(&token)?;
     let chat = parse_chat(&chat)?;
+    let key = parse_key(key.as_ref())?;
     let text = match body {
         Ok(message) => message.body,
         Err(BodyError::UnsupportedMediaType) => return Err(ApiError::UnsupportedMediaType),
@@ -220,7 +243,7 @@ async fn create_message_in_body(
             )));
         }
     };
-    create_message(token, chat, text, trace, &state).await
+    create_message(token, chat, text, trace, key, &state).await
 }
 
 async fn create_message(
@@ -228,13 +251,19 @@ async fn create_message(
     chat: i64,
     text: String,
     trace: TraceParent,
+    key: Option<IdempotencyKey>,
     state: &State,
 ) -> Result<Response, ApiError> {
     check_message(&text)?;
     state.message_limit.check(&text)?;
     let create = Create::Message { chat, body: text };
-    let number = state.intake.create(token, create, trace).await?;
+    let number = state.intake.create(token, create, trace, key).await?;
     Ok(number_reply("message number", number))
+}
+
+fn parse_key(key: Option<&HeaderValue>) -> Result<Option<IdempotencyKey>, ApiError> {
+    key.map(|key| IdempotencyKey::parse(key.as_bytes()))
+        .transpose()
 }
 
 /// A token that could not be stored (not UTF-8, braces that would break

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::chat_system::ChatSystem;
 use crate::config::Config;
 use crate::durability::Guard;
-use crate::intake::Intake;
+use crate::idempotency::Keyed;
+use crate::intake::{self, Intake};
 use crate::limits::MessageLimit;
 use crate::numbers::{Numbers, Timings};
 use crate::publisher::{self, Publisher};
@@ -67,6 +68,18 @@ impl Application {
             );
             async move { limit.learn_at_start(&chat_system, stop).await }
         }));
+        // A keyed request holds its key through a draw (seeding included)
+        // and a publish.
+        let lease = timings.seed_wait
+            + Duration::from_millis(config.chat_system.chat_system_timeout_ms)
+            + config.broker.publish_timeout()
+            + Duration::from_secs(1);
+        let keyed = Keyed::new(
+            redis.clone(),
+            Keys::new(&config.counters.redis_prefix),
+            Duration::from_secs(config.idempotency_ttl_secs),
+            lease,
+        );
         let numbers = Numbers::new(
             redis,
             durability,
@@ -86,7 +99,12 @@ impl Application {
         let (publisher, closer) = Publisher::start(settings);
 
         let state = Arc::new(State {
-            intake: Intake::new(numbers, publisher),
+            intake: Intake::new(intake::Parts {
+                numbers,
+                publisher,
+                keyed,
+                key_wait: config.broker.publish_timeout(),
+            }),
             chat_system,
             max_message_bytes: config.max_message_bytes,
             message_limit,

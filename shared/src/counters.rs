@@ -104,6 +104,12 @@ impl Keys {
         format!("{}:unknown", self.base(scope))
     }
 
+    /// Where the api keeps an `Idempotency-Key` of `token`'s creates of
+    /// `kind` (`chat`, `message`): in the token's slot, like its counters.
+    pub fn idempotency(&self, token: &str, kind: &str, key: &str) -> String {
+        format!("{}:{{{token}}}:idempotency:{kind}:{key}", self.prefix)
+    }
+
     /// The invocation of [`DRAW`] for `scope`, offering `lock_value` for
     /// its seed lock, which lives `lock`.
     pub fn draw(&self, scope: Scope<'_>, lock_value: &str, lock: Duration) -> Invocation {

@@ -138,6 +138,14 @@ impl TestApp {
         http::send(self.client.post(format!("{}{path}", self.url))).await
     }
 
+    pub(crate) async fn post_keyed(&self, path: &str, key: &str) -> Answer {
+        let request = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("idempotency-key", key);
+        http::send(request).await
+    }
+
     /// POSTs to `path` exactly as written (no client-side normalisation of
     /// dot segments); the status and the body.
     pub(crate) async fn post_raw(&self, path: &str) -> (u16, String) {
@@ -186,6 +194,29 @@ impl TestApp {
         http::send(self.client.post(url).json(&json!({ "body": body }))).await
     }
 
+    /// A create chat request with `Idempotency-Key: key`.
+    pub(crate) async fn create_chat_keyed(&self, token: &str, key: &str) -> Answer {
+        let url = format!("{}/applications/{token}/chats", self.url);
+        http::send(self.client.post(url).header("idempotency-key", key)).await
+    }
+
+    /// A create message request, JSON body, with `Idempotency-Key: key`.
+    pub(crate) async fn create_message_keyed(
+        &self,
+        token: &str,
+        chat: i64,
+        body: &str,
+        key: &str,
+    ) -> Answer {
+        let url = format!("{}/applications/{token}/chats/{chat}/messages", self.url);
+        let request = self
+            .client
+            .post(url)
+            .header("idempotency-key", key)
+            .json(&json!({ "body": body }));
+        http::send(request).await
+    }
+
     /// An application registered in the chat-system (directly, not through
     /// the proxy), with chats `1..=chats` stored.
     pub(crate) async fn application(&self, chats: i64) -> String {
@@ -220,6 +251,21 @@ impl TestApp {
         }
         jobs.extend(self.jobs().await);
         assert_eq!(jobs.len(), count, "exactly {count} jobs on the queue");
+        jobs
+    }
+
+    /// Waits until the jobs queue held at least `count` jobs, and takes
+    /// every one.
+    pub(crate) async fn expect_jobs_at_least(&self, count: usize) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+        while jobs.len() < count && tokio::time::Instant::now() < give_up {
+            jobs.extend(self.jobs().await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        jobs.extend(self.jobs().await);
+        assert!(jobs.len() >= count, "at least {count} jobs: {jobs:?}");
         jobs
     }
 

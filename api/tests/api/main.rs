@@ -5,6 +5,7 @@
 mod durability;
 mod errors;
 mod helpers;
+mod idempotency;
 mod jobs;
 mod numbers;
 mod outages;

@@ -106,3 +106,39 @@ async fn a_stored_number_leaves_flight_and_its_counter_gets_its_ttl_back() {
     );
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_create_retried_with_its_key_after_a_lost_confirm_is_stored_once() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    assert_eq!(stack.chat_system.put_chat(&token, 1).await.status, 201);
+    let amqp = testkit::TcpProxy::start(testkit::amqp_address()).await;
+    let (api, _api) = stack
+        .spawn_api_via(amqp.address(), &["--publish-timeout-ms", "500"])
+        .await;
+    let _worker = stack.spawn_worker(&[]).await;
+    let client = testkit::http::client();
+    let create = || {
+        client
+            .post(format!("{api}/applications/{token}/chats/1/messages"))
+            .header("idempotency-key", "retry-me")
+            .json(&serde_json::json!({ "body": "exactly once" }))
+    };
+
+    // The job reaches the broker, the confirm does not reach the api.
+    amqp.freeze();
+    let first = testkit::http::send(create()).await;
+    assert_eq!(first.status, 503, "{}", first.body);
+    amqp.thaw();
+    let retried = eventually("the retry answered", Duration::from_secs(20), || async {
+        let answer = testkit::http::send(create()).await;
+        (answer.status == 200).then_some(answer)
+    })
+    .await;
+
+    assert_eq!(retried.number("message number"), 1);
+    let stored = stack.wait_for_messages(&token, 1, 1).await;
+    assert_eq!(stored, [(1, "exactly once".to_owned())]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stack.messages(&token, 1).await.len(), 1, "one row");
+}

@@ -131,9 +131,19 @@ impl TestStack {
     /// The api on port 0, on this stack's prefixes, straight to RabbitMQ and
     /// the chat-system; stopped when the returned [`Running`] is dropped.
     pub(crate) async fn spawn_api(&self) -> (String, Running) {
+        self.spawn_api_via(testkit::amqp_address(), &[]).await
+    }
+
+    /// The api as [`TestStack::spawn_api`] makes it, but reaching RabbitMQ
+    /// at `amqp` (a proxy) and with `flags` added.
+    pub(crate) async fn spawn_api_via(
+        &self,
+        amqp: std::net::SocketAddr,
+        flags: &[&str],
+    ) -> (String, Running) {
         let redis_url = testkit::redis_url();
-        let amqp_url = testkit::amqp_url();
-        let arguments = [
+        let amqp_url = testkit::amqp_url_via(amqp);
+        let mut arguments = vec![
             "api",
             "--addr",
             "127.0.0.1:0",
@@ -153,6 +163,7 @@ impl TestStack {
             "--redis-durability",
             "unsafe-none",
         ];
+        arguments.extend_from_slice(flags);
         let application = api::Application::build(api::Config::parse_from(arguments))
             .await
             .expect("an api");

@@ -1,0 +1,266 @@
+//! `Idempotency-Key`: a client may retry a create with the same key and
+//! get the same number, with one record stored, even when the first
+//! attempt's answer was lost or was a 503 after its job reached the queue.
+//!
+//! A key belongs to an application token and a kind of create (`chat`,
+//! `message`); it lives in Redis next to the token's counters (same hash
+//! tag) for `IDEMPOTENCY_TTL_SECS`, as a hash:
+//!
+//! - `fingerprint`: SHA-1 of the request (kind, chat, body); the same key
+//!   with another request is refused (422);
+//! - `owner`, `lease`: the request working on it, until when (Redis time);
+//!   another request with the key waits for it, then gets 409;
+//! - `number`, `job`: recorded after the draw and before the publish, so
+//!   a retry of an attempt whose job is not known to be queued publishes
+//!   the very same job again (same id, same number; storing is
+//!   idempotent);
+//! - `queued`: the broker confirmed the job; the `job` is dropped and a
+//!   retry is answered the number at once.
+//!
+//! A number recorded under a key is never given back: a retry may still
+//! publish its job, and after the key expires the number simply stays in
+//! flight (its counter kept, as for any job whose fate is unknown).
+
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+use shared::counters::Keys;
+use shared::job::{Job, Kind};
+
+use crate::error::ApiError;
+
+/// The longest key accepted, in bytes.
+pub(crate) const MAX_KEY_BYTES: usize = 255;
+
+/// A key as the client sent it: 1 to 255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub(crate) fn parse(value: &[u8]) -> Result<Self, ApiError> {
+        let visible = value.iter().all(|byte| (0x21..=0x7e).contains(byte));
+        if value.is_empty() || value.len() > MAX_KEY_BYTES || !visible {
+            return Err(ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_BYTES} visible ASCII characters"
+            )));
+        }
+        let text = std::str::from_utf8(value).expect("visible ASCII is UTF-8");
+        Ok(Self(text.to_owned()))
+    }
+}
+
+/// What a key says about a request that carries it.
+#[derive(Debug)]
+pub(crate) enum Claimed {
+    /// Unused: this request holds it and creates the record.
+    New(Held),
+    /// The first attempt's job is queued: its number is the answer.
+    Queued(i64),
+    /// The first attempt's job is not known to be queued: this request
+    /// holds the key and publishes that job again.
+    Republish(Held, Job),
+    /// Another request with the key is at work.
+    Busy,
+    /// The key was used for another request.
+    Mismatch,
+}
+
+/// A key this request works on, until its lease ends.
+#[derive(Debug)]
+pub(crate) struct Held {
+    key: String,
+    owner: String,
+}
+
+pub(crate) struct Keyed {
+    redis: ConnectionManager,
+    keys: Keys,
+    ttl: Duration,
+    lease: Duration,
+    claim: Script,
+    record: Script,
+    confirm: Script,
+    abandon: Script,
+}
+
+/// Time from Redis, so api instances with different clocks agree on
+/// leases.
+const CLAIM: &str = "local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local fingerprint = redis.sha1hex(ARGV[1])
+local held = redis.call('HMGET', KEYS[1], 'fingerprint', 'lease', 'number', 'queued')
+if not held[1] then
+  redis.call('HSET', KEYS[1], 'fingerprint', fingerprint, 'owner', ARGV[2],
+    'lease', now + tonumber(ARGV[3]))
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  return {'new'}
+end
+if held[1] ~= fingerprint then return {'mismatch'} end
+if held[4] then return {'queued', held[3]} end
+if tonumber(held[2]) > now then return {'busy'} end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'lease', now + tonumber(ARGV[3]))
+if held[3] then return {'republish', redis.call('HGET', KEYS[1], 'job')} end
+return {'new'}";
+
+/// Records the number and job, if this request still holds the key.
+const RECORD: &str = "if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'number', ARGV[2], 'job', ARGV[3])
+return 1";
+
+/// The job is queued, whoever published it.
+const CONFIRM: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'queued', '1', 'lease', '0')
+redis.call('HDEL', KEYS[1], 'job')
+return 1";
+
+/// This request gives up: a key with a number is left for a retry at once
+/// (lease over); one without is forgotten, as if never sent.
+const ABANDON: &str = "if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'number') == 1 then
+  redis.call('HSET', KEYS[1], 'lease', '0')
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1";
+
+impl Keyed {
+    /// `lease` must outlast a request: a draw (seeding included) and a
+    /// publish.
+    pub(crate) fn new(
+        redis: ConnectionManager,
+        keys: Keys,
+        ttl: Duration,
+        lease: Duration,
+    ) -> Self {
+        Self {
+            redis,
+            keys,
+            ttl,
+            lease,
+            claim: Script::new(CLAIM),
+            record: Script::new(RECORD),
+            confirm: Script::new(CONFIRM),
+            abandon: Script::new(ABANDON),
+        }
+    }
+
+    /// Looks `key` up for a request of `kind` described by `request`
+    /// (what its fingerprint is taken of), claiming it when free.
+    pub(crate) async fn claim(
+        &self,
+        token: &str,
+        kind: Kind,
+        key: &IdempotencyKey,
+        request: &str,
+    ) -> Result<Claimed, KeyError> {
+        let key = self.keys.idempotency(token, kind.as_str(), &key.0);
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let reply: Vec<Vec<u8>> = self
+            .claim
+            .key(&key)
+            .arg(request)
+            .arg(&owner)
+            .arg(self.lease.as_millis() as u64)
+            .arg(self.ttl.as_secs().max(1))
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        let held = Held { key, owner };
+        match reply.first().map(Vec::as_slice) {
+            Some(b"new") => Ok(Claimed::New(held)),
+            Some(b"queued") => {
+                let number = reply.get(1).and_then(|number| parse_number(number));
+                number.map(Claimed::Queued).ok_or(KeyError::Corrupt)
+            }
+            Some(b"republish") => {
+                let job = reply.get(1).ok_or(KeyError::Corrupt)?;
+                let job = Job::decode(job).map_err(|_| KeyError::Corrupt)?;
+                Ok(Claimed::Republish(held, job))
+            }
+            Some(b"busy") => Ok(Claimed::Busy),
+            Some(b"mismatch") => Ok(Claimed::Mismatch),
+            _ => Err(KeyError::Corrupt),
+        }
+    }
+
+    /// Records the drawn number and its job under the key; `false` if
+    /// this request no longer holds it (its lease ran out).
+    pub(crate) async fn record(&self, held: &Held, job: &Job) -> Result<bool, KeyError> {
+        let recorded: i64 = self
+            .record
+            .key(&held.key)
+            .arg(&held.owner)
+            .arg(job.number())
+            .arg(job.encode())
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(recorded == 1)
+    }
+
+    /// The key's job is queued.
+    pub(crate) async fn confirm(&self, held: &Held) -> Result<(), KeyError> {
+        let _: i64 = self
+            .confirm
+            .key(&held.key)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// This request gives the key up (see [`ABANDON`]); a failure is
+    /// only logged, the lease then ends by itself.
+    pub(crate) async fn abandon(&self, held: &Held) {
+        let abandoned: Result<i64, _> = self
+            .abandon
+            .key(&held.key)
+            .arg(&held.owner)
+            .invoke_async(&mut self.redis.clone())
+            .await;
+        if let Err(error) = abandoned {
+            tracing::warn!(%error, "could not give up the Idempotency-Key; its lease ends by itself");
+        }
+    }
+}
+
+fn parse_number(bytes: &[u8]) -> Option<i64> {
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeyError {
+    #[error("redis unavailable")]
+    Redis(#[from] redis::RedisError),
+    #[error("an Idempotency-Key record in Redis is not one this api writes")]
+    Corrupt,
+}
+
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> Self {
+        ApiError::unavailable("redis", error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_one_to_255_visible_ascii_characters() {
+        assert!(IdempotencyKey::parse(b"8e03978e-40d5-43e8-bc93-6894a57f9324").is_ok());
+        assert!(IdempotencyKey::parse(b"\"quoted\",{braces}:~").is_ok());
+        assert!(IdempotencyKey::parse(&[b'k'; MAX_KEY_BYTES]).is_ok());
+        for bad in [
+            &b""[..],
+            &[b'k'; MAX_KEY_BYTES + 1][..],
+            b"with space",
+            b"tab\t",
+            "caf\u{e9}".as_bytes(),
+            b"\x7f",
+        ] {
+            assert!(
+                matches!(IdempotencyKey::parse(bad), Err(ApiError::BadRequest(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! `Idempotency-Key`: a retry with the key gets the first attempt's number
+//! and publishes at most that attempt's job again; nothing else is drawn.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+
+/// The next number drawn without a key: shows what the keyed requests
+/// before it drew.
+async fn next_chat(app: &TestApp, token: &str) -> i64 {
+    app.create_chat(token).await.number("chat number")
+}
+
+#[tokio::test]
+async fn a_retry_after_a_confirm_that_never_came_gets_the_first_number_and_the_same_job() {
+    let app = spawn_app_with(&["--publish-timeout-ms", "500"]).await;
+    let token = app.application(0).await;
+
+    app.amqp_proxy.freeze();
+    let first = app.create_chat_keyed(&token, "order-17").await;
+    assert_eq!(first.status, 503, "{}", first.body);
+    app.amqp_proxy.thaw();
+
+    let retry = testkit::eventually("the retry to be answered", Duration::from_secs(20), || {
+        let app = &app;
+        let token = &token;
+        async move {
+            let retry = app.create_chat_keyed(token, "order-17").await;
+            (retry.status == 200).then_some(retry)
+        }
+    })
+    .await;
+    assert_eq!(retry.number("chat number"), 1);
+    let again = app.create_chat_keyed(&token, "order-17").await;
+    assert_eq!(again.number("chat number"), 1, "answered from the key");
+    assert_eq!(next_chat(&app, &token).await, 2, "nothing else drawn");
+
+    let jobs = app.expect_jobs_at_least(2).await;
+    let keyed: Vec<_> = jobs.iter().filter(|job| job.number() == 1).collect();
+    assert!(!keyed.is_empty());
+    let ids: HashSet<_> = keyed.iter().map(|job| job.id).collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "the first attempt's job, published again: {keyed:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_request_is_422_and_draws_nothing() {
+    let app = spawn_app().await;
+    let token = app.application(1).await;
+    let first = app.create_message_keyed(&token, 1, "hello", "k1").await;
+    assert_eq!(first.number("message number"), 1);
+
+    let other_body = app.create_message_keyed(&token, 1, "hullo", "k1").await;
+    assert_eq!(other_body.status, 422, "{}", other_body.body);
+    app.store_chat(&token, 2).await;
+    let other_chat = app.create_message_keyed(&token, 2, "hello", "k1").await;
+    assert_eq!(other_chat.status, 422, "{}", other_chat.body);
+
+    let by_path = app
+        .post_keyed(
+            &format!("/applications/{token}/chats/1/messages/hello"),
+            "k1",
+        )
+        .await;
+    assert_eq!(
+        by_path.number("message number"),
+        1,
+        "the same request by path is the same request"
+    );
+    let next = app.create_message_json(&token, 1, "next").await;
+    assert_eq!(
+        next.number("message number"),
+        2,
+        "nothing drawn by the 422s"
+    );
+    assert_eq!(app.expect_jobs(2).await.len(), 2);
+}
+
+#[tokio::test]
+async fn twenty_concurrent_requests_with_one_key_draw_one_number() {
+    let app = spawn_app().await;
+    let token = app.application(1).await;
+
+    let answers =
+        join_all((0..20).map(|_| app.create_message_keyed(&token, 1, "once", "the-key"))).await;
+
+    for answer in &answers {
+        assert_eq!(answer.number("message number"), 1, "{}", answer.body);
+    }
+    let next = app.create_message_json(&token, 1, "after").await;
+    assert_eq!(next.number("message number"), 2);
+    let jobs = app.expect_jobs(2).await;
+    assert_eq!(
+        jobs.iter().filter(|job| job.number() == 1).count(),
+        1,
+        "one job published: {jobs:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_used_again_after_its_ttl_is_a_new_create() {
+    let app = spawn_app_with(&["--idempotency-ttl-secs", "1"]).await;
+    let token = app.application(0).await;
+    assert_eq!(
+        app.create_chat_keyed(&token, "k")
+            .await
+            .number("chat number"),
+        1
+    );
+    assert_eq!(
+        app.create_chat_keyed(&token, "k")
+            .await
+            .number("chat number"),
+        1
+    );
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    assert_eq!(
+        app.create_chat_keyed(&token, "k")
+            .await
+            .number("chat number"),
+        2
+    );
+}
+
+#[tokio::test]
+async fn keys_are_per_application_and_per_kind() {
+    let app = spawn_app().await;
+    let first = app.application(1).await;
+    let second = app.application(1).await;
+
+    assert_eq!(
+        app.create_chat_keyed(&first, "k")
+            .await
+            .number("chat number"),
+        2
+    );
+    assert_eq!(
+        app.create_chat_keyed(&second, "k")
+            .await
+            .number("chat number"),
+        2
+    );
+    let message = app.create_message_keyed(&first, 1, "m", "k").await;
+    assert_eq!(message.number("message number"), 1, "{}", message.body);
+    assert_eq!(app.expect_jobs(3).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_key_that_is_empty_too_long_or_not_visible_ascii_is_400_and_draws_nothing() {
+    let app = spawn_app().await;
+    let token = app.application(0).await;
+    let long = "k".repeat(256);
+    let bad: [&[u8]; 4] = [b"", long.as_bytes(), b"two words", b"caf\xc3\xa9"];
+    for key in bad {
+        let url = format!("{}/applications/{token}/chats", app.url);
+        let value = reqwest::header::HeaderValue::from_bytes(key).expect("a header value");
+        let answer =
+            testkit::http::send(app.client.post(url).header("idempotency-key", value)).await;
+        assert_eq!(answer.status, 400, "{key:?}: {}", answer.body);
+        assert!(
+            answer.error().contains("Idempotency-Key"),
+            "{}",
+            answer.body
+        );
+    }
+    assert_eq!(next_chat(&app, &token).await, 1);
+}
