@@ -10,12 +10,14 @@
 //!   with another request is refused (422);
 //! - `owner`, `lease`: the request working on it, until when (Redis time);
 //!   another request with the key waits for it, then gets 409;
-//! - `number`, `job`: recorded after the draw and before the publish, so
-//!   a retry of an attempt whose job is not known to be queued publishes
-//!   the very same job again (same id, same number; storing is
-//!   idempotent);
-//! - `queued`: the broker confirmed the job; the `job` is dropped and a
-//!   retry is answered the number at once.
+//! - `job_id`, `created_at`: the job's identity, chosen at the claim;
+//! - `number`: recorded by the draw script itself, so a number is never
+//!   drawn for a key without being recorded under it. A retry of an
+//!   attempt whose job is not known to be queued publishes that job again,
+//!   rebuilt from its own (identical) request: same id, same number, same
+//!   body; storing it is idempotent;
+//! - `queued`: the broker confirmed the job; a retry is answered the
+//!   number at once.
 //!
 //! A number recorded under a key is never given back: a retry may still
 //! publish its job, and after the key expires the number simply stays in
@@ -26,7 +28,7 @@ use std::time::Duration;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use shared::counters::Keys;
-use shared::job::{Job, Kind};
+use shared::job::Kind;
 
 use crate::error::ApiError;
 
@@ -53,24 +55,32 @@ impl IdempotencyKey {
 /// What a key says about a request that carries it.
 #[derive(Debug)]
 pub(crate) enum Claimed {
-    /// Unused: this request holds it and creates the record.
+    /// Unused: this request holds it and creates the record, as the job
+    /// `identity`.
     New(Held),
     /// The first attempt's job is queued: its number is the answer.
     Queued(i64),
-    /// The first attempt's job is not known to be queued: this request
-    /// holds the key and publishes that job again.
-    Republish(Held, Job),
+    /// The first attempt's job, `number` and `identity`, is not known to
+    /// be queued: this request holds the key and publishes it again.
+    Republish(Held, i64, Identity),
     /// Another request with the key is at work.
     Busy,
     /// The key was used for another request.
     Mismatch,
 }
 
+/// The id and creation time of a key's job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) id: uuid::Uuid,
+    pub(crate) created_at_ms: u64,
+}
+
 /// A key this request works on, until its lease ends.
 #[derive(Debug)]
 pub(crate) struct Held {
-    key: String,
-    owner: String,
+    pub(crate) key: String,
+    pub(crate) owner: String,
 }
 
 pub(crate) struct Keyed {
@@ -79,20 +89,20 @@ pub(crate) struct Keyed {
     ttl: Duration,
     lease: Duration,
     claim: Script,
-    record: Script,
     confirm: Script,
     abandon: Script,
 }
 
-/// Time from Redis, so api instances with different clocks agree on
-/// leases.
+/// KEYS: the key's hash. ARGV: the request, the owner, the lease and
+/// TTL, the job's identity should the key be new. Time from Redis, so api
+/// instances with different clocks agree on leases.
 const CLAIM: &str = "local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local fingerprint = redis.sha1hex(ARGV[1])
 local held = redis.call('HMGET', KEYS[1], 'fingerprint', 'lease', 'number', 'queued')
 if not held[1] then
   redis.call('HSET', KEYS[1], 'fingerprint', fingerprint, 'owner', ARGV[2],
-    'lease', now + tonumber(ARGV[3]))
+    'lease', now + tonumber(ARGV[3]), 'job_id', ARGV[5], 'created_at', ARGV[6])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   return {'new'}
 end
@@ -100,18 +110,15 @@ if held[1] ~= fingerprint then return {'mismatch'} end
 if held[4] then return {'queued', held[3]} end
 if tonumber(held[2]) > now then return {'busy'} end
 redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'lease', now + tonumber(ARGV[3]))
-if held[3] then return {'republish', redis.call('HGET', KEYS[1], 'job')} end
+if held[3] then
+  local job = redis.call('HMGET', KEYS[1], 'job_id', 'created_at')
+  return {'republish', held[3], job[1], job[2]}
+end
 return {'new'}";
-
-/// Records the number and job, if this request still holds the key.
-const RECORD: &str = "if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'number', ARGV[2], 'job', ARGV[3])
-return 1";
 
 /// The job is queued, whoever published it.
 const CONFIRM: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'queued', '1', 'lease', '0')
-redis.call('HDEL', KEYS[1], 'job')
 return 1";
 
 /// This request gives up: a key with a number is left for a retry at once
@@ -139,20 +146,21 @@ impl Keyed {
             ttl,
             lease,
             claim: Script::new(CLAIM),
-            record: Script::new(RECORD),
             confirm: Script::new(CONFIRM),
             abandon: Script::new(ABANDON),
         }
     }
 
     /// Looks `key` up for a request of `kind` described by `request`
-    /// (what its fingerprint is taken of), claiming it when free.
+    /// (what its fingerprint is taken of), claiming it for a job of
+    /// `identity` when free.
     pub(crate) async fn claim(
         &self,
         token: &str,
         kind: Kind,
         key: &IdempotencyKey,
         request: &str,
+        identity: Identity,
     ) -> Result<Claimed, KeyError> {
         let key = self.keys.idempotency(token, kind.as_str(), &key.0);
         let owner = uuid::Uuid::new_v4().simple().to_string();
@@ -163,38 +171,39 @@ impl Keyed {
             .arg(&owner)
             .arg(self.lease.as_millis() as u64)
             .arg(self.ttl.as_secs().max(1))
+            .arg(identity.id.to_string())
+            .arg(identity.created_at_ms)
             .invoke_async(&mut self.redis.clone())
             .await?;
         let held = Held { key, owner };
+        let field = |index: usize| {
+            reply
+                .get(index)
+                .and_then(|field| std::str::from_utf8(field).ok())
+        };
         match reply.first().map(Vec::as_slice) {
             Some(b"new") => Ok(Claimed::New(held)),
             Some(b"queued") => {
-                let number = reply.get(1).and_then(|number| parse_number(number));
+                let number = field(1).and_then(|number| number.parse().ok());
                 number.map(Claimed::Queued).ok_or(KeyError::Corrupt)
             }
             Some(b"republish") => {
-                let job = reply.get(1).ok_or(KeyError::Corrupt)?;
-                let job = Job::decode(job).map_err(|_| KeyError::Corrupt)?;
-                Ok(Claimed::Republish(held, job))
+                let number = field(1).and_then(|number| number.parse().ok());
+                let id = field(2).and_then(|id| id.parse().ok());
+                let created_at_ms = field(3).and_then(|at| at.parse().ok());
+                match (number, id, created_at_ms) {
+                    (Some(number), Some(id), Some(created_at_ms)) => Ok(Claimed::Republish(
+                        held,
+                        number,
+                        Identity { id, created_at_ms },
+                    )),
+                    _ => Err(KeyError::Corrupt),
+                }
             }
             Some(b"busy") => Ok(Claimed::Busy),
             Some(b"mismatch") => Ok(Claimed::Mismatch),
             _ => Err(KeyError::Corrupt),
         }
-    }
-
-    /// Records the drawn number and its job under the key; `false` if
-    /// this request no longer holds it (its lease ran out).
-    pub(crate) async fn record(&self, held: &Held, job: &Job) -> Result<bool, KeyError> {
-        let recorded: i64 = self
-            .record
-            .key(&held.key)
-            .arg(&held.owner)
-            .arg(job.number())
-            .arg(job.encode())
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        Ok(recorded == 1)
     }
 
     /// The key's job is queued.
@@ -220,10 +229,6 @@ impl Keyed {
             tracing::warn!(%error, "could not give up the Idempotency-Key; its lease ends by itself");
         }
     }
-}
-
-fn parse_number(bytes: &[u8]) -> Option<i64> {
-    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 #[derive(Debug, thiserror::Error)]

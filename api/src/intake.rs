@@ -21,7 +21,7 @@ use shared::publish::PublishError;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
-use crate::idempotency::{Claimed, Held, IdempotencyKey, Keyed};
+use crate::idempotency::{Claimed, IdempotencyKey, Identity, Keyed};
 use crate::numbers::Numbers;
 use crate::publisher::Publisher;
 
@@ -102,12 +102,13 @@ impl Intake {
         create: Create,
         trace: TraceParent,
     ) -> Result<i64, ApiError> {
-        let job = self.draw(token, create, trace).await?;
+        let number = self.numbers().draw(scope(&token, &create), None).await?;
+        let job = job(token, create, number, trace);
         let Err(error) = self.publish(&job).await else {
-            return Ok(job.number());
+            return Ok(number);
         };
         if error.never_queued()
-            && let Err(give_back_error) = self.numbers().give_back(job.scope(), job.number()).await
+            && let Err(give_back_error) = self.numbers().give_back(job.scope(), number).await
         {
             // The number stays in flight: its counter will not expire,
             // which is safe, merely kept longer than needed.
@@ -131,22 +132,40 @@ impl Intake {
     ) -> Result<i64, ApiError> {
         let keyed = &self.0.keyed;
         let request = create.fingerprint();
+        let identity = Identity {
+            id: uuid::Uuid::now_v7(),
+            created_at_ms: now_ms(),
+        };
         let give_up = Instant::now() + self.0.key_wait;
         let mut pause = Duration::from_millis(5);
-        let held = loop {
-            match keyed.claim(&token, create.kind(), &key, &request).await? {
-                Claimed::New(held) => break held,
+        let (held, number, identity) = loop {
+            match keyed
+                .claim(&token, create.kind(), &key, &request, identity)
+                .await?
+            {
+                Claimed::New(held) => {
+                    let drawn = self
+                        .numbers()
+                        .draw(scope(&token, &create), Some((&held.key, &held.owner)))
+                        .await;
+                    match drawn {
+                        Ok(number) => break (held, number, identity),
+                        Err(error) => {
+                            keyed.abandon(&held).await;
+                            return Err(error.into());
+                        }
+                    }
+                }
+                Claimed::Republish(held, number, identity) => {
+                    metrics::counter!("api_idempotent_replays_total", "how" => "republished")
+                        .increment(1);
+                    break (held, number, identity);
+                }
                 Claimed::Queued(number) => {
                     metrics::counter!("api_idempotent_replays_total", "how" => "queued")
                         .increment(1);
                     tracing::Span::current().record("number", number);
                     return Ok(number);
-                }
-                Claimed::Republish(held, job) => {
-                    metrics::counter!("api_idempotent_replays_total", "how" => "republished")
-                        .increment(1);
-                    record_in_span(&job);
-                    return self.publish_keyed(&held, &job).await;
                 }
                 Claimed::Mismatch => return Err(ApiError::IdempotencyKeyReused),
                 Claimed::Busy if Instant::now() >= give_up => {
@@ -158,62 +177,30 @@ impl Intake {
                 }
             }
         };
-        let job = match self.draw(token, create, trace).await {
-            Ok(job) => job,
-            Err(error) => {
-                keyed.abandon(&held).await;
-                return Err(error);
-            }
-        };
-        if !keyed.record(&held, &job).await? {
-            // Too slow: the lease ran out and another request took the
-            // key. This number was never recorded under it.
-            let _ = self.numbers().give_back(job.scope(), job.number()).await;
-            return Err(ApiError::IdempotencyKeyBusy);
-        }
-        self.publish_keyed(&held, &job).await
-    }
-
-    /// Publishes the job recorded under `held`. On failure the number is
-    /// kept (a retry with the key publishes the job again) and the key
-    /// left for that retry at once.
-    async fn publish_keyed(&self, held: &Held, job: &Job) -> Result<i64, ApiError> {
-        let keyed = &self.0.keyed;
-        if let Err(error) = self.publish(job).await {
-            keyed.abandon(held).await;
+        let mut job = job(token, create, number, trace);
+        job.id = identity.id;
+        job.created_at_ms = identity.created_at_ms;
+        record_in_span(&job);
+        // On failure the number is kept (a retry with the key publishes
+        // the job again) and the key left for that retry at once.
+        if let Err(error) = self.publish(&job).await {
+            keyed.abandon(&held).await;
             return Err(error.into());
         }
-        if let Err(error) = keyed.confirm(held).await {
-            // A retry would publish the job once more: harmless, the
-            // record is stored once.
-            tracing::warn!(error = %Chain(&error), "could not mark the Idempotency-Key queued");
-        }
-        Ok(job.number())
-    }
-
-    /// Draws the record's number: its job, not yet published.
-    async fn draw(
-        &self,
-        token: String,
-        create: Create,
-        trace: TraceParent,
-    ) -> Result<Job, ApiError> {
-        let scope = match &create {
-            Create::Chat => Scope::Chats { token: &token },
-            Create::Message { chat, .. } => Scope::Messages {
-                token: &token,
-                chat: *chat,
-            },
-        };
-        let number = self.numbers().draw(scope).await?;
-        let record = match create {
-            Create::Chat => Record::Chat { number },
-            Create::Message { chat, body } => Record::Message { chat, number, body },
-        };
-        let job = Job::new(token, record, Some(trace));
-        record_in_span(&job);
-        tracing::debug!("number drawn, publishing its job");
-        Ok(job)
+        // Marked queued after the answer, not before: one Redis write (and
+        // its fsync) less on the request's path. Until it lands, a retry
+        // finds the key held and waits for it; should it never land, a
+        // retry publishes the job once more, which stores nothing twice.
+        let intake = self.clone();
+        tokio::spawn(
+            async move {
+                if let Err(error) = intake.0.keyed.confirm(&held).await {
+                    tracing::warn!(error = %Chain(&error), "could not mark the Idempotency-Key queued");
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(number)
     }
 
     async fn publish(&self, job: &Job) -> Result<(), PublishError> {
@@ -230,8 +217,34 @@ impl Intake {
     }
 }
 
+/// The counter a create draws from.
+fn scope<'a>(token: &'a str, create: &Create) -> Scope<'a> {
+    match create {
+        Create::Chat => Scope::Chats { token },
+        Create::Message { chat, .. } => Scope::Messages { token, chat: *chat },
+    }
+}
+
+/// The job of a create whose number is drawn; a new id.
+fn job(token: String, create: Create, number: i64, trace: TraceParent) -> Job {
+    let record = match create {
+        Create::Chat => Record::Chat { number },
+        Create::Message { chat, body } => Record::Message { chat, number, body },
+    };
+    let job = Job::new(token, record, Some(trace));
+    record_in_span(&job);
+    tracing::debug!("number drawn, publishing its job");
+    job
+}
+
 fn record_in_span(job: &Job) {
     let span = tracing::Span::current();
     span.record("job_id", tracing::field::display(job.id));
     span.record("number", job.number());
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }

@@ -37,6 +37,9 @@ pub(crate) enum NumberError {
     UnexpectedReply(i64),
     #[error(transparent)]
     NotDurable(#[from] Refusal),
+    /// The `Idempotency-Key` to record the number under was taken over.
+    #[error("the Idempotency-Key was taken over by another request")]
+    KeyLost,
 }
 
 impl From<NumberError> for ApiError {
@@ -44,6 +47,7 @@ impl From<NumberError> for ApiError {
         match error {
             NumberError::UnknownApplication => ApiError::UnknownApplication,
             NumberError::UnknownChat => ApiError::UnknownChat,
+            NumberError::KeyLost => ApiError::IdempotencyKeyBusy,
             NumberError::Redis(error) => ApiError::unavailable("redis", error),
             NumberError::ChatSystem(error) => ApiError::unavailable("chat-system", error),
             error @ (NumberError::SeedTimeout
@@ -96,17 +100,23 @@ impl Numbers {
     }
 
     /// The next number of `scope`, now in flight until its job is stored
-    /// (the worker releases it) or refused ([`Numbers::give_back`]).
-    pub(crate) async fn draw(&self, scope: Scope<'_>) -> Result<i64, NumberError> {
+    /// (the worker releases it) or refused ([`Numbers::give_back`]). With
+    /// `key` (an `Idempotency-Key` hash and its owner) the number is
+    /// recorded there in the same script, if the owner still holds it.
+    pub(crate) async fn draw(
+        &self,
+        scope: Scope<'_>,
+        key: Option<(&str, &str)>,
+    ) -> Result<i64, NumberError> {
         self.durability.ensure(&self.redis).await?;
         let lock_value = lock_value();
         let give_up = Instant::now() + self.timings.seed_wait;
         let mut pause = Duration::from_millis(2);
         loop {
             let call = self.keys.draw(scope, &lock_value, self.timings.seed_lock);
-            let mut drawn = self.run(&self.draw, call).await?;
+            let mut drawn = self.run(&self.draw, recorded(call, key)).await?;
             if drawn == Drawn::MustSeed {
-                drawn = self.seed(scope, &lock_value).await?;
+                drawn = self.seed(scope, &lock_value, key).await?;
             }
             match drawn {
                 Drawn::Number(number) => {
@@ -115,6 +125,7 @@ impl Numbers {
                     return Ok(number);
                 }
                 Drawn::Unknown => return Err(unknown(scope)),
+                Drawn::KeyLost => return Err(NumberError::KeyLost),
                 Drawn::Wait | Drawn::MustSeed => {
                     // Another request holds the seed lock (or ours expired
                     // while seeding): draw again, for a while.
@@ -133,7 +144,12 @@ impl Numbers {
     /// Holding the seed lock: reads the highest stored number and seeds
     /// and draws in one script. On a chat-system failure the lock is
     /// released at once, so the next request tries again.
-    async fn seed(&self, scope: Scope<'_>, lock_value: &str) -> Result<Drawn, NumberError> {
+    async fn seed(
+        &self,
+        scope: Scope<'_>,
+        lock_value: &str,
+        key: Option<(&str, &str)>,
+    ) -> Result<Drawn, NumberError> {
         metrics::counter!("api_counter_seeds_total", "scope" => scope.label()).increment(1);
         let highest = match scope {
             Scope::Chats { token } => self.chat_system.last_chat_number(token).await,
@@ -159,7 +175,7 @@ impl Numbers {
         let call = self
             .keys
             .seed(scope, lock_value, highest, self.timings.negative_ttl);
-        self.run(&self.seed, call).await
+        self.run(&self.seed, recorded(call, key)).await
     }
 
     /// Runs [`counters::DRAW`] or [`counters::SEED`] and parses the reply.
@@ -201,6 +217,13 @@ impl Numbers {
     /// What the durability check last found.
     pub(crate) fn durability(&self) -> DurabilityState {
         self.durability.state()
+    }
+}
+
+fn recorded(call: Invocation, key: Option<(&str, &str)>) -> Invocation {
+    match key {
+        Some((key, owner)) => call.recorded_under(key, owner),
+        None => call,
     }
 }
 

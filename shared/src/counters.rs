@@ -203,6 +203,17 @@ pub struct Invocation {
     pub args: Vec<String>,
 }
 
+impl Invocation {
+    /// A [`DRAW`] or [`SEED`] that records the number under the
+    /// `Idempotency-Key` hash `key`, which `owner` must hold (else it
+    /// draws nothing and answers [`Drawn::KeyLost`]).
+    pub fn recorded_under(mut self, key: &str, owner: &str) -> Self {
+        self.keys.push(key.to_owned());
+        self.args.push(owner.to_owned());
+        self
+    }
+}
+
 /// Why a number leaves flight, the third ARGV of [`RELEASE`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Release {
@@ -234,6 +245,9 @@ pub enum Drawn {
     Unknown,
     /// Another caller is seeding: wait and draw again.
     Wait,
+    /// The `Idempotency-Key` the draw was to be recorded under is no
+    /// longer the caller's (its lease ran out): nothing was drawn.
+    KeyLost,
 }
 
 impl Drawn {
@@ -244,6 +258,7 @@ impl Drawn {
             0 => Some(Self::MustSeed),
             -1 => Some(Self::Unknown),
             -2 => Some(Self::Wait),
+            -3 => Some(Self::KeyLost),
             _ => None,
         }
     }
@@ -255,6 +270,8 @@ impl Drawn {
 /// ARGV: the lock value it would hold (random), the lock's PX
 /// milliseconds, the message counter head and tail (for the chats of an
 /// application; empty strings for a chat's messages).
+/// Optionally KEYS[5], an `Idempotency-Key` hash, with its owner as the
+/// last ARGV: see [`Invocation::recorded_under`].
 /// Returns the number, or a code of [`Drawn`]. `INCR` runs only on an
 /// existing counter: a missing one is seeded, never started at 1. The
 /// number is recorded in flight and keeps the counter from expiring; a
@@ -262,7 +279,9 @@ impl Drawn {
 /// chat-system read needed for a chat just created; its key is built from
 /// head .. n .. tail and shares the token's hash tag, so it is in the same
 /// cluster slot).
-pub const DRAW: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then
+pub const DRAW: &str =
+    "if KEYS[5] and redis.call('HGET', KEYS[5], 'owner') ~= ARGV[#ARGV] then return -3 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
   if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
   if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
   return -2
@@ -271,6 +290,7 @@ local n = redis.call('INCR', KEYS[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('SADD', KEYS[2], n)
 if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
+if KEYS[5] then redis.call('HSET', KEYS[5], 'number', n) end
 return n";
 
 /// Seeds a counter from the chat-system's highest stored number and draws
@@ -282,7 +302,12 @@ return n";
 /// [`DRAW`]), the negative cache PX milliseconds. Returns the number,
 /// [`Drawn::Unknown`], or [`Drawn::Wait`] when the lock expired meanwhile
 /// (the caller draws again). `SET NX`: a live counter is never overwritten.
+/// An `Idempotency-Key` hash as in [`DRAW`].
 pub const SEED: &str = "if redis.call('GET', KEYS[4]) ~= ARGV[1] then return -2 end
+if KEYS[5] and redis.call('HGET', KEYS[5], 'owner') ~= ARGV[#ARGV] then
+  redis.call('DEL', KEYS[4])
+  return -3
+end
 redis.call('DEL', KEYS[4])
 if ARGV[2] == '' then
   redis.call('SET', KEYS[3], 1, 'PX', ARGV[5])
@@ -293,6 +318,7 @@ local n = redis.call('INCR', KEYS[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('SADD', KEYS[2], n)
 if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
+if KEYS[5] then redis.call('HSET', KEYS[5], 'number', n) end
 return n";
 
 /// Releases the lock of a seed that failed (the chat-system was down), if
@@ -381,7 +407,8 @@ mod tests {
         assert_eq!(Drawn::from_reply(0), Some(Drawn::MustSeed));
         assert_eq!(Drawn::from_reply(-1), Some(Drawn::Unknown));
         assert_eq!(Drawn::from_reply(-2), Some(Drawn::Wait));
-        assert_eq!(Drawn::from_reply(-3), None);
+        assert_eq!(Drawn::from_reply(-3), Some(Drawn::KeyLost));
+        assert_eq!(Drawn::from_reply(-4), None);
     }
 
     #[test]
