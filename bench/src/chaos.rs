@@ -34,6 +34,13 @@ pub(crate) struct LoadArgs {
     /// (a second phase of a scenario), instead of creating one.
     #[arg(long)]
     token: Option<String>,
+    /// Send every create with an `Idempotency-Key` of its own and retry it
+    /// with that key until it succeeds (for up to `--retry-secs` past the
+    /// end of the load), as a careful client does.
+    #[arg(long)]
+    with_keys: bool,
+    #[arg(long, default_value_t = 120)]
+    retry_secs: u64,
 }
 
 #[derive(clap::Args)]
@@ -72,12 +79,14 @@ struct Api {
     url: String,
     token: String,
     client: reqwest::Client,
+    /// Retry each create with an `Idempotency-Key` until this instant.
+    keyed_until: Option<Instant>,
 }
 
 impl Api {
     async fn chat(&self) -> Option<i64> {
         let url = format!("{}/applications/{}/chats", self.url, self.token);
-        self.number(self.client.post(url), "chat number").await
+        self.create(|| self.client.post(&url), "chat number").await
     }
 
     async fn message(&self, chat: i64, body: &str) -> Option<i64> {
@@ -85,11 +94,30 @@ impl Api {
             "{}/applications/{}/chats/{chat}/messages",
             self.url, self.token
         );
-        self.number(
-            self.client.post(url).json(&json!({ "body": body })),
-            "message number",
-        )
-        .await
+        let request = || self.client.post(&url).json(&json!({ "body": body }));
+        self.create(request, "message number").await
+    }
+
+    /// One create; with keys, retried with its key until it succeeds.
+    async fn create(
+        &self,
+        request: impl Fn() -> reqwest::RequestBuilder,
+        field: &str,
+    ) -> Option<i64> {
+        let Some(until) = self.keyed_until else {
+            return self.number(request(), field).await;
+        };
+        let key = uuid::Uuid::new_v4().to_string();
+        loop {
+            let keyed = request().header("idempotency-key", &key);
+            if let Some(number) = self.number(keyed, field).await {
+                return Some(number);
+            }
+            if Instant::now() > until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     async fn number(&self, request: reqwest::RequestBuilder, field: &str) -> Option<i64> {
@@ -109,13 +137,16 @@ pub(crate) async fn load(args: LoadArgs) -> anyhow::Result<()> {
         None => chat_system.application("chaos").await?,
     };
     let client = reqwest::Client::builder().no_proxy().build()?;
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let api = Arc::new(Api {
         url: args.api_url.trim_end_matches('/').to_owned(),
         token: token.clone(),
         client,
+        keyed_until: args
+            .with_keys
+            .then(|| deadline + Duration::from_secs(args.retry_secs)),
     });
     let records = Arc::new(Mutex::new(vec![Record::Application { token }]));
-    let deadline = Instant::now() + Duration::from_secs(args.seconds);
 
     let mut chats = Vec::new();
     if resumed {
@@ -203,6 +234,9 @@ struct Tally {
     stored: usize,
     lost: usize,
     duplicated: usize,
+    /// Rows stored that no 200 answered for (a create answered 503 whose
+    /// job reached the queue anyway).
+    beyond: usize,
 }
 
 pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
@@ -234,8 +268,8 @@ pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         format!("{:.1}", now.saturating_sub(since) as f64 / 1000.0)
     });
     println!(
-        "verify acknowledged={} stored={} lost={} duplicated={} recover_secs={recover}",
-        tally.acknowledged, tally.stored, tally.lost, tally.duplicated
+        "verify acknowledged={} stored={} lost={} duplicated={} beyond={} recover_secs={recover}",
+        tally.acknowledged, tally.stored, tally.lost, tally.duplicated, tally.beyond
     );
     anyhow::ensure!(
         tally.lost == 0 && tally.duplicated == 0,
@@ -254,6 +288,13 @@ async fn check(
     messages: &BTreeMap<i64, Vec<(i64, String)>>,
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally::default();
+    let counts = chat_system.counts(token).await?;
+    tally.beyond += (counts.chats_count as usize).saturating_sub(chats.len());
+    for chat in 1..=counts.last_chat_number {
+        if !messages.contains_key(&chat) && chat_system.chat_exists(token, chat).await? {
+            tally.beyond += chat_system.messages_count(token, chat).await? as usize;
+        }
+    }
     for (&chat, &times) in chats {
         tally.acknowledged += times;
         tally.duplicated += times - 1;
@@ -271,6 +312,12 @@ async fn check(
             .into_iter()
             .map(|message| (message.number, message.body))
             .collect();
+        let answered: std::collections::HashSet<i64> =
+            acknowledged.iter().map(|(number, _)| *number).collect();
+        tally.beyond += stored
+            .keys()
+            .filter(|number| !answered.contains(number))
+            .count();
         let mut seen: HashMap<i64, usize> = HashMap::new();
         for (number, body) in acknowledged {
             tally.acknowledged += 1;

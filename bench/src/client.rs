@@ -17,6 +17,12 @@ struct Application {
 }
 
 #[derive(Deserialize)]
+pub(crate) struct Counts {
+    pub(crate) chats_count: i64,
+    pub(crate) last_chat_number: i64,
+}
+
+#[derive(Deserialize)]
 struct Chat {
     messages_count: i64,
 }
@@ -102,6 +108,21 @@ impl ChatSystem {
             response.status()
         );
         Ok(())
+    }
+
+    /// How many chats an application has, and its highest chat number.
+    pub(crate) async fn counts(&self, token: &str) -> anyhow::Result<Counts> {
+        let response = self
+            .client
+            .get(format!("{}/applications/{token}", self.url))
+            .send()
+            .await?;
+        ensure!(
+            response.status().is_success(),
+            "reading the application: {}",
+            response.status()
+        );
+        Ok(response.json().await?)
     }
 
     pub(crate) async fn chat_exists(&self, token: &str, chat: i64) -> anyhow::Result<bool> {

@@ -3,7 +3,8 @@
 -- percentiles in ms, the count of non-2xx answers and socket errors, and
 -- the answered 2xx (`acknowledged`). With CHATS set, `{chat}` in PATH
 -- takes the values 1..CHATS in turn, spreading the load over that many
--- chats.
+-- chats. With WRK_KEYS=1 every request carries an Idempotency-Key of its
+-- own.
 wrk.method = "POST"
 wrk.path = os.getenv("WRK_PATH")
 local body = os.getenv("WRK_BODY")
@@ -13,16 +14,31 @@ if body and body ~= "" then
 end
 
 local chats = tonumber(os.getenv("WRK_CHATS") or "")
-if chats then
+local keyed = os.getenv("WRK_KEYS") == "1"
+if chats or keyed then
   local turn = 0
+  local run = tostring(os.time())
   function setup(thread)
     thread:set("first", turn)
+    thread:set("run", run)
     turn = turn + 1
   end
   local next_chat
+  local sent = 0
   function request()
-    next_chat = ((next_chat or first) % chats) + 1
-    return wrk.format(nil, (wrk.path:gsub("{chat}", next_chat)))
+    local path = wrk.path
+    if chats then
+      next_chat = ((next_chat or first) % chats) + 1
+      path = path:gsub("{chat}", next_chat)
+    end
+    local headers = nil
+    if keyed then
+      sent = sent + 1
+      headers = {}
+      for name, value in pairs(wrk.headers) do headers[name] = value end
+      headers["Idempotency-Key"] = string.format("%s-%d-%d", run, first, sent)
+    end
+    return wrk.format(nil, path, headers)
   end
 end
 
