@@ -26,7 +26,7 @@
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
+use shared::redis_client::RedisClient;
 use shared::counters::Keys;
 use shared::job::Kind;
 
@@ -84,7 +84,7 @@ pub(crate) struct Held {
 }
 
 pub(crate) struct Keyed {
-    redis: ConnectionManager,
+    redis: RedisClient,
     keys: Keys,
     ttl: Duration,
     lease: Duration,
@@ -114,6 +114,9 @@ if held[3] then
   local job = redis.call('HMGET', KEYS[1], 'job_id', 'created_at')
   return {'republish', held[3], job[1], job[2]}
 end
+-- The attempt that held it drew nothing: this one starts afresh, as its
+-- own job.
+redis.call('HSET', KEYS[1], 'job_id', ARGV[5], 'created_at', ARGV[6])
 return {'new'}";
 
 /// The job is queued, whoever published it.
@@ -135,7 +138,7 @@ impl Keyed {
     /// `lease` must outlast a request: a draw (seeding included) and a
     /// publish.
     pub(crate) fn new(
-        redis: ConnectionManager,
+        redis: RedisClient,
         keys: Keys,
         ttl: Duration,
         lease: Duration,

@@ -11,8 +11,8 @@
 //! tag only when every tag below it is done or was requeued.
 //!
 //! Done jobs held back behind a slow one still count against the prefetch
-//! window, so at most `hold` of them wait (`WORKER_PREFETCH` minus
-//! `WORKER_CONCURRENCY`: what the jobs in hand do not need). Past that they
+//! window, so at most `hold` of them wait (half of `WORKER_PREFETCH`, so
+//! the other half keeps deliveries coming). Past that they
 //! are acknowledged one by one, and one slow job cannot starve the worker
 //! of deliveries.
 
