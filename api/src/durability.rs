@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use clap::ValueEnum;
-use redis::aio::ConnectionManager;
+use shared::redis_client::RedisClient;
 use tokio::sync::Mutex;
 
 /// `REDIS_DURABILITY`.
@@ -114,7 +114,7 @@ impl Guard {
 
     /// `Ok` when numbers may be drawn; checks Redis first when nothing is
     /// known.
-    pub(crate) async fn ensure(&self, redis: &ConnectionManager) -> Result<(), Refusal> {
+    pub(crate) async fn ensure(&self, redis: &RedisClient) -> Result<(), Refusal> {
         if self.setting != Durability::Verify {
             return Ok(());
         }
@@ -138,7 +138,7 @@ impl Guard {
     }
 
     /// Asks Redis (once for all callers waiting) and records the answer.
-    async fn check(&self, redis: &ConnectionManager) -> Result<State, Refusal> {
+    async fn check(&self, redis: &RedisClient) -> Result<State, Refusal> {
         let _one_at_a_time = self.checking.lock().await;
         if self.state() != State::Unknown {
             return Ok(self.state());
@@ -191,7 +191,7 @@ impl Guard {
     /// change a server's durability without a reconnect).
     pub(crate) async fn watch(
         &self,
-        redis: ConnectionManager,
+        redis: RedisClient,
         stop: tokio_util::sync::CancellationToken,
     ) {
         if self.setting != Durability::Verify {

@@ -26,9 +26,9 @@
 use std::time::Duration;
 
 use redis::Script;
-use shared::redis_client::RedisClient;
 use shared::counters::Keys;
 use shared::job::Kind;
+use shared::redis_client::RedisClient;
 
 use crate::error::ApiError;
 
@@ -137,12 +137,7 @@ return 1";
 impl Keyed {
     /// `lease` must outlast a request: a draw (seeding included) and a
     /// publish.
-    pub(crate) fn new(
-        redis: RedisClient,
-        keys: Keys,
-        ttl: Duration,
-        lease: Duration,
-    ) -> Self {
+    pub(crate) fn new(redis: RedisClient, keys: Keys, ttl: Duration, lease: Duration) -> Self {
         Self {
             redis,
             keys,

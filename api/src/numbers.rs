@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 use shared::counters::{self, Drawn, Invocation, Keys, Release, Scope};
+use shared::redis_client::RedisClient;
 use tokio::time::Instant;
 
 use crate::chat_system::{ChatSystem, ChatSystemError};
@@ -40,6 +40,10 @@ pub(crate) enum NumberError {
     /// The `Idempotency-Key` to record the number under was taken over.
     #[error("the Idempotency-Key was taken over by another request")]
     KeyLost,
+    /// Fewer replicas than `REDIS_WAIT_REPLICAS` confirmed the draw in
+    /// time; its number stays in flight, never handed out again.
+    #[error("only {acked} of {wanted} Redis replicas confirmed the draw in time")]
+    NotReplicated { acked: i64, wanted: u32 },
 }
 
 impl From<NumberError> for ApiError {
@@ -52,7 +56,8 @@ impl From<NumberError> for ApiError {
             NumberError::ChatSystem(error) => ApiError::unavailable("chat-system", error),
             error @ (NumberError::SeedTimeout
             | NumberError::UnexpectedReply(_)
-            | NumberError::NotDurable(_)) => ApiError::unavailable("redis", error),
+            | NumberError::NotDurable(_)
+            | NumberError::NotReplicated { .. }) => ApiError::unavailable("redis", error),
         }
     }
 }
@@ -64,23 +69,26 @@ pub(crate) struct Timings {
     pub(crate) negative_ttl: Duration,
     pub(crate) seed_lock: Duration,
     pub(crate) seed_wait: Duration,
+    /// Replicas that must hold a draw before its number is answered.
+    pub(crate) wait_replicas: u32,
+    pub(crate) wait_timeout: Duration,
 }
 
 pub(crate) struct Numbers {
-    redis: ConnectionManager,
+    redis: RedisClient,
     durability: Arc<Guard>,
     keys: Keys,
     chat_system: ChatSystem,
     timings: Timings,
-    draw: Script,
-    seed: Script,
+    draw: Counted,
+    seed: Counted,
     unlock: Script,
     release: Script,
 }
 
 impl Numbers {
     pub(crate) fn new(
-        redis: ConnectionManager,
+        redis: RedisClient,
         durability: Arc<Guard>,
         keys: Keys,
         chat_system: ChatSystem,
@@ -92,8 +100,8 @@ impl Numbers {
             keys,
             chat_system,
             timings,
-            draw: Script::new(counters::DRAW),
-            seed: Script::new(counters::SEED),
+            draw: Counted::new(counters::DRAW),
+            seed: Counted::new(counters::SEED),
             unlock: Script::new(counters::UNLOCK),
             release: Script::new(counters::RELEASE),
         }
@@ -179,13 +187,42 @@ impl Numbers {
     }
 
     /// Runs [`counters::DRAW`] or [`counters::SEED`] and parses the reply.
-    async fn run(&self, script: &Script, call: Invocation) -> Result<Drawn, NumberError> {
-        let reply: i64 = script
-            .key(call.keys)
-            .arg(call.args)
-            .invoke_async(&mut self.redis.clone())
-            .await
-            .inspect_err(|_| self.durability.suspect())?;
+    /// With `REDIS_WAIT_REPLICAS`, a `WAIT` follows in the same pipeline,
+    /// so it reaches the node that ran the script (on a cluster, the
+    /// master of the token's slot) and covers this connection's writes
+    /// up to the script's.
+    async fn run(&self, script: &Counted, call: Invocation) -> Result<Drawn, NumberError> {
+        let wanted = self.timings.wait_replicas;
+        let reply = if wanted == 0 {
+            script
+                .script
+                .key(call.keys)
+                .arg(call.args)
+                .invoke_async(&mut self.redis.clone())
+                .await
+        } else {
+            let mut pipe = redis::pipe();
+            // EVAL, not EVALSHA: a promoted replica may not have the
+            // script cached, and a pipeline cannot load it halfway.
+            pipe.cmd("EVAL")
+                .arg(script.source)
+                .arg(call.keys.len())
+                .arg(call.keys)
+                .arg(call.args)
+                .cmd("WAIT")
+                .arg(wanted)
+                .arg(self.timings.wait_timeout.as_millis() as u64);
+            let replied: redis::RedisResult<(i64, i64)> =
+                pipe.query_async(&mut self.redis.clone()).await;
+            match replied {
+                Ok((_, acked)) if acked < i64::from(wanted) => {
+                    metrics::counter!("api_draws_not_replicated_total").increment(1);
+                    return Err(NumberError::NotReplicated { acked, wanted });
+                }
+                replied => replied.map(|(reply, _)| reply),
+            }
+        };
+        let reply = reply.inspect_err(|_| self.durability.suspect())?;
         Drawn::from_reply(reply).ok_or(NumberError::UnexpectedReply(reply))
     }
 
@@ -217,6 +254,21 @@ impl Numbers {
     /// What the durability check last found.
     pub(crate) fn durability(&self) -> DurabilityState {
         self.durability.state()
+    }
+}
+
+/// A counters script and its source (a pipelined `EVAL` sends the source).
+struct Counted {
+    script: Script,
+    source: &'static str,
+}
+
+impl Counted {
+    fn new(source: &'static str) -> Self {
+        Self {
+            script: Script::new(source),
+            source,
+        }
     }
 }
 

@@ -260,10 +260,35 @@ fn string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }
 
+/// The nodes `AMQP_URL` names: one URL, or several separated by commas
+/// (the nodes of a cluster), tried in order.
+pub fn nodes(url: &str) -> impl Iterator<Item = &str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|node| !node.is_empty())
+}
+
 /// Opens a connection named `name` (as the broker's management UI shows
-/// it), failing after [`CONNECT_TIMEOUT`] rather than hanging on a broker
-/// that accepts TCP but does not answer.
+/// it) to the first node of `url` that answers, failing after
+/// [`CONNECT_TIMEOUT`] per node rather than hanging on a broker that
+/// accepts TCP but does not answer. Called again after a connection is
+/// lost, it moves to the next node that answers.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let mut failure = None;
+    for node in nodes(url) {
+        match connect_node(node, name).await {
+            Ok(connection) => return Ok(connection),
+            Err(error) => failure = Some(error),
+        }
+    }
+    Err(failure.unwrap_or_else(|| {
+        lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+            lapin::ConnectionState::Closed,
+        ))
+    }))
+}
+
+async fn connect_node(url: &str, name: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
         Ok(connection) => connection,
@@ -290,6 +315,15 @@ pub fn reconnect_delays() -> backon::ExponentialBuilder {
 /// not keep it), read over a throwaway TCP connection: send the protocol
 /// header, read the first frame, find `version` in its server properties.
 pub async fn broker_version(url: &str) -> Option<String> {
+    for node in nodes(url) {
+        if let Some(version) = node_version(node).await {
+            return Some(version);
+        }
+    }
+    None
+}
+
+async fn node_version(url: &str) -> Option<String> {
     use lapin::types::parsing::parse_field_table;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -8,6 +8,7 @@
 
 mod broker;
 mod chat_system;
+pub mod cluster;
 mod database;
 mod durable_redis;
 pub mod http;

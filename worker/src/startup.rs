@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shared::counters::Keys;
+use shared::redis_client::{RedisClient, Timeouts};
 use shared::topology::Topology;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,13 +40,12 @@ impl Worker {
             .await
             .with_context(|| format!("binding {}", config.metrics_addr))?;
         let metrics_address = metrics_listener.local_addr()?;
-        let client = redis::Client::open(config.counters.redis_url.as_str())
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(1),
+        };
+        let redis = RedisClient::lazy(&config.counters.redis_url, timeouts)
             .context("REDIS_URL is not a Redis URL")?;
-        let redis_settings = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(1);
-        let redis = ConnectionManager::new_lazy_with_config(client, redis_settings)?;
         let keys = Keys::new(&config.counters.redis_prefix);
         let limits = Limits {
             records: config.batch_max,

@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
-use redis::aio::ConnectionManager;
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use shared::counters::{self, Keys, Release};
 use shared::job::{Job, Record};
+use shared::redis_client::RedisClient;
 use tokio::time::Instant;
 
 use crate::retry::{Failure, Reason, StoreError, classify};
@@ -33,7 +33,7 @@ pub(crate) struct Storage {
     client: reqwest::Client,
     records_url: Url,
     readyz_url: Url,
-    redis: ConnectionManager,
+    redis: RedisClient,
     keys: Keys,
     release: Script,
     counter_ttl: Duration,
@@ -81,7 +81,7 @@ struct RecordResult {
 impl Storage {
     pub(crate) fn new(
         chat_system: &shared::config::ChatSystem,
-        redis: ConnectionManager,
+        redis: RedisClient,
         keys: Keys,
         counter_ttl: Duration,
         limits: Limits,

@@ -64,8 +64,6 @@ pub(crate) async fn spawn_beside(
         "127.0.0.1:0",
         "--log",
         "warn",
-        "--redis-url",
-        &redis_url,
         "--redis-prefix",
         &redis.prefix,
         "--amqp-url",
@@ -78,6 +76,7 @@ pub(crate) async fn spawn_beside(
     // The machine's Redis keeps nothing on disk; the durability tests
     // bring a Redis of their own and set this flag themselves.
     let defaults = [
+        ["--redis-url", redis_url.as_str()],
         ["--chat-system-timeout-ms", "500"],
         ["--publish-timeout-ms", "2000"],
         ["--redis-durability", "unsafe-none"],

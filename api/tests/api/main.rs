@@ -2,6 +2,7 @@
 //! its own api on port 0, its own chat-system and database, its own key
 //! and queue prefixes, and proxies in front of every dependency to cut.
 
+mod cluster;
 mod durability;
 mod errors;
 mod helpers;

@@ -1,0 +1,108 @@
+//! On the Redis Cluster of `scripts/cluster` (3 masters, 1 replica each):
+//! a master that dies takes with it what it had not passed on to its
+//! replica, so the api answers a number only once a replica holds its draw
+//! (`REDIS_WAIT_REPLICAS`).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::future::join_all;
+use shared::counters::{Keys, Scope};
+use testkit::cluster::{Cluster, signal};
+use testkit::eventually;
+
+use crate::helpers::{TestApp, spawn_app_with};
+
+/// Creates `count` chats at once; the numbers of those answered 200.
+async fn burst(app: &TestApp, token: &str, count: usize) -> Vec<i64> {
+    let answers = join_all((0..count).map(|_| app.create_chat(token))).await;
+    answers
+        .into_iter()
+        .filter(|answer| answer.status == 200)
+        .map(|answer| answer.number("chat number"))
+        .collect()
+}
+
+#[tokio::test]
+async fn numbers_answered_before_a_master_dies_are_not_handed_out_again() {
+    let cluster = match Cluster::up().await {
+        Ok(cluster) => cluster,
+        Err(reason) => {
+            eprintln!("SKIPPED: the local cluster could not start: {reason}");
+            return;
+        }
+    };
+    let app = spawn_app_with(&[
+        "--redis-url",
+        &cluster.redis_url,
+        "--redis-wait-replicas",
+        "1",
+        "--redis-wait-timeout-ms",
+        "300",
+    ])
+    .await;
+    let token = app.application(0).await;
+    let counter = Keys::new(&app.redis.prefix).counter(Scope::Chats { token: &token });
+    let shard = cluster.shard_of(&counter).await;
+    let mut answered = burst(&app, &token, 40).await;
+    assert_eq!(
+        answered.len(),
+        40,
+        "every create is answered while all is well"
+    );
+
+    // The replica stops reading, and the master's replication stream
+    // backs up behind it: what the master sends from now on sits in its
+    // own memory, lost when it dies.
+    let replica_pid = cluster.redis_pid(shard.replica).await;
+    let master_pid = cluster.redis_pid(shard.master).await;
+    signal(replica_pid, "STOP");
+    let mut master = cluster.redis_node(shard.master).await;
+    let junk = vec![b'x'; 1 << 20];
+    for i in 0..48 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}:{{{token}}}:junk:{i}", app.redis.prefix))
+            .arg(&junk)
+            .query_async(&mut master)
+            .await
+            .expect("SET on the master");
+    }
+    // These draws reach the master only: none may be answered.
+    let unreplicated = burst(&app, &token, 20).await;
+    answered.extend(&unreplicated);
+    signal(master_pid, "KILL");
+    signal(replica_pid, "CONT");
+    eventually(
+        "the replica to be promoted",
+        Duration::from_secs(30),
+        || async { (cluster.role(shard.replica).await.as_deref() == Some("master")).then_some(()) },
+    )
+    .await;
+
+    // The promoted replica draws on from what it holds, once it has a
+    // replica of its own: the old master, back.
+    cluster.heal().await;
+    let mut after = Vec::new();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+    while after.len() < 40 {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "creates not answered again within 30 s of the failover"
+        );
+        after.extend(burst(&app, &token, 20).await);
+    }
+
+    let before: BTreeSet<i64> = answered.iter().copied().collect();
+    let again: Vec<&i64> = after.iter().filter(|n| before.contains(n)).collect();
+    assert!(again.is_empty(), "handed out twice: {again:?}");
+    let distinct: BTreeSet<i64> = after.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        after.len(),
+        "a number answered twice after the failover"
+    );
+    assert!(
+        unreplicated.is_empty(),
+        "numbers answered although no replica had them: {unreplicated:?}"
+    );
+}
