@@ -13,6 +13,7 @@ mod intake;
 mod limits;
 mod numbers;
 mod publisher;
+mod replicas;
 mod routes;
 mod startup;
 

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::chat_system::{ChatSystem, ChatSystemError};
 use crate::durability::{Guard, Refusal, State as DurabilityState};
 use crate::error::ApiError;
+use crate::replicas::{Call, Replicated, Unreplicated};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NumberError {
@@ -80,6 +81,8 @@ pub(crate) struct Numbers {
     keys: Keys,
     chat_system: ChatSystem,
     timings: Timings,
+    /// Set with `REDIS_WAIT_REPLICAS`: draws go through it.
+    replicated: Option<Replicated>,
     draw: Counted,
     seed: Counted,
     unlock: Script,
@@ -94,7 +97,10 @@ impl Numbers {
         chat_system: ChatSystem,
         timings: Timings,
     ) -> Self {
+        let replicated = (timings.wait_replicas > 0)
+            .then(|| Replicated::start(redis.clone(), timings.wait_replicas, timings.wait_timeout));
         Self {
+            replicated,
             redis,
             durability,
             keys,
@@ -187,42 +193,43 @@ impl Numbers {
     }
 
     /// Runs [`counters::DRAW`] or [`counters::SEED`] and parses the reply.
-    /// With `REDIS_WAIT_REPLICAS`, a `WAIT` follows in the same pipeline,
-    /// so it reaches the node that ran the script (on a cluster, the
-    /// master of the token's slot) and covers this connection's writes
-    /// up to the script's.
+    /// With `REDIS_WAIT_REPLICAS`, through [`Replicated`]: answered once
+    /// enough replicas hold the draw.
     async fn run(&self, script: &Counted, call: Invocation) -> Result<Drawn, NumberError> {
-        let wanted = self.timings.wait_replicas;
-        let reply = if wanted == 0 {
-            script
+        let reply = match &self.replicated {
+            None => script
                 .script
                 .key(call.keys)
                 .arg(call.args)
                 .invoke_async(&mut self.redis.clone())
                 .await
-        } else {
-            let mut pipe = redis::pipe();
-            // EVAL, not EVALSHA: a promoted replica may not have the
-            // script cached, and a pipeline cannot load it halfway.
-            pipe.cmd("EVAL")
-                .arg(script.source)
-                .arg(call.keys.len())
-                .arg(call.keys)
-                .arg(call.args)
-                .cmd("WAIT")
-                .arg(wanted)
-                .arg(self.timings.wait_timeout.as_millis() as u64);
-            let replied: redis::RedisResult<(i64, i64)> =
-                pipe.query_async(&mut self.redis.clone()).await;
-            match replied {
-                Ok((_, acked)) if acked < i64::from(wanted) => {
-                    metrics::counter!("api_draws_not_replicated_total").increment(1);
-                    return Err(NumberError::NotReplicated { acked, wanted });
-                }
-                replied => replied.map(|(reply, _)| reply),
+                .map_err(NumberError::from),
+            Some(replicated) => {
+                let call = Call {
+                    source: script.source,
+                    keys: call.keys,
+                    args: call.args,
+                };
+                replicated.run(call).await.map_err(|error| match error {
+                    Unreplicated::Redis(error) => NumberError::Redis(error),
+                    Unreplicated::TooFew { acked, wanted } => {
+                        metrics::counter!("api_draws_not_replicated_total").increment(1);
+                        NumberError::NotReplicated { acked, wanted }
+                    }
+                    // The grouping task is gone (the runtime is stopping):
+                    // nothing confirmed the draw.
+                    Unreplicated::Stopped => NumberError::NotReplicated {
+                        acked: 0,
+                        wanted: self.timings.wait_replicas,
+                    },
+                })
             }
         };
-        let reply = reply.inspect_err(|_| self.durability.suspect())?;
+        let reply = reply.inspect_err(|error| {
+            if matches!(error, NumberError::Redis(_)) {
+                self.durability.suspect();
+            }
+        })?;
         Drawn::from_reply(reply).ok_or(NumberError::UnexpectedReply(reply))
     }
 

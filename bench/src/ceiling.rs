@@ -38,8 +38,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     topology.declare(&channels[0]).await?;
 
-    let client = redis::Client::open(args.servers.redis_url.as_str())?;
-    let redis = redis::aio::ConnectionManager::new(client).await?;
+    let redis = args.servers.redis()?;
     let keys = Keys::new(&prefix);
     let token = "ceiling";
     let scope = Scope::Chats { token };

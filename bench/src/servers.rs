@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use shared::config::{Broker, QueueType};
+use shared::redis_client::{RedisClient, Timeouts};
 use shared::topology::{self, Topology};
 
 /// How long the bench's own publishes wait for their confirm.
@@ -58,6 +59,15 @@ impl Servers {
         }
     }
 
+    /// The counters' Redis, one node or a cluster, as the api reaches it.
+    pub(crate) fn redis(&self) -> anyhow::Result<RedisClient> {
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(2),
+            response: Duration::from_secs(10),
+        };
+        Ok(RedisClient::lazy(&self.redis_url, timeouts)?)
+    }
+
     /// Deletes the queues and exchanges of `prefix` (retry queues included)
     /// and its Redis keys.
     pub(crate) async fn cleanup(&self, prefix: &str) -> anyhow::Result<()> {
@@ -78,9 +88,7 @@ impl Servers {
         }
         let _ = connection.close(200, "done".into()).await;
 
-        let mut redis = redis::Client::open(self.redis_url.as_str())?
-            .get_multiplexed_async_connection()
-            .await?;
+        let mut redis = self.redis()?;
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{prefix}:*"))
             .query_async(&mut redis)
