@@ -67,7 +67,9 @@ pub struct Config {
     pub batch_max: usize,
 
     /// Most bytes of jobs one batch takes, and of records one bulk request
-    /// carries; must stay under the chat-system's `MAX_BODY_BYTES`.
+    /// carries. Keep it under the chat-system's `MAX_BODY_BYTES`: a bulk
+    /// request it refuses (413) is sent again in halves, and the halved
+    /// size kept.
     #[arg(long, env = "WORKER_BATCH_BYTES", default_value_t = 512 * 1024)]
     pub batch_bytes: usize,
 
