@@ -173,3 +173,48 @@ async fn a_key_that_is_empty_too_long_or_not_visible_ascii_is_400_and_draws_noth
     }
     assert_eq!(next_chat(&app, &token).await, 1);
 }
+
+#[tokio::test]
+async fn a_key_held_by_a_request_that_died_is_409_until_its_lease_ends() {
+    let app = spawn_app_with(&["--publish-timeout-ms", "500"]).await;
+    let token = app.application(0).await;
+    app.amqp_proxy.freeze();
+    let first = app.create_chat_keyed(&token, "order-9").await;
+    assert_eq!(first.status, 503, "{}", first.body);
+    app.amqp_proxy.thaw();
+
+    // Another api took the key over for a retry and died holding it: its
+    // lease runs a minute more (in Redis time, as the api reads it).
+    let key = shared::counters::Keys::new(&app.redis.prefix).idempotency(&token, "chat", "order-9");
+    let mut redis = app.redis.connection().await;
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut redis).await.unwrap();
+    let lease = seconds * 1000 + micros / 1000 + 60_000;
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("owner")
+        .arg("a-dead-request")
+        .arg("lease")
+        .arg(lease)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let busy = app.create_chat_keyed(&token, "order-9").await;
+    assert_eq!(busy.status, 409, "{}", busy.body);
+    assert_eq!(
+        busy.error(),
+        "a request with this Idempotency-Key is in progress, retry later"
+    );
+
+    // The lease ends: the retry publishes the first attempt's job.
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("lease")
+        .arg(0)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let retry = app.create_chat_keyed(&token, "order-9").await;
+    assert_eq!(retry.number("chat number"), 1, "{}", retry.body);
+    assert_eq!(next_chat(&app, &token).await, 2, "nothing else drawn");
+}
