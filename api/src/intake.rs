@@ -103,7 +103,7 @@ impl Intake {
         trace: TraceParent,
     ) -> Result<i64, ApiError> {
         let number = self.numbers().draw(scope(&token, &create), None).await?;
-        let job = job(token, create, number, trace);
+        let job = job(token, create, number, trace, None);
         let Err(error) = self.publish(&job).await else {
             return Ok(number);
         };
@@ -157,6 +157,13 @@ impl Intake {
                     }
                 }
                 Claimed::Republish(held, number, identity) => {
+                    // The number may have been drawn by an attempt that
+                    // failed for want of replicas: answer it only once
+                    // they hold it (the claim wrote after the draw).
+                    if let Err(error) = self.numbers().settle(&held.key).await {
+                        keyed.abandon(&held).await;
+                        return Err(error.into());
+                    }
                     metrics::counter!("api_idempotent_replays_total", "how" => "republished")
                         .increment(1);
                     break (held, number, identity);
@@ -177,10 +184,7 @@ impl Intake {
                 }
             }
         };
-        let mut job = job(token, create, number, trace);
-        job.id = identity.id;
-        job.created_at_ms = identity.created_at_ms;
-        record_in_span(&job);
+        let job = job(token, create, number, trace, Some(identity));
         // On failure the number is kept (a retry with the key publishes
         // the job again) and the key left for that retry at once.
         if let Err(error) = self.publish(&job).await {
@@ -225,13 +229,24 @@ fn scope<'a>(token: &'a str, create: &Create) -> Scope<'a> {
     }
 }
 
-/// The job of a create whose number is drawn; a new id.
-fn job(token: String, create: Create, number: i64, trace: TraceParent) -> Job {
+/// The job of a create whose number is drawn: a new one, or the one an
+/// `Idempotency-Key` names (`identity`).
+fn job(
+    token: String,
+    create: Create,
+    number: i64,
+    trace: TraceParent,
+    identity: Option<Identity>,
+) -> Job {
     let record = match create {
         Create::Chat => Record::Chat { number },
         Create::Message { chat, body } => Record::Message { chat, number, body },
     };
-    let job = Job::new(token, record, Some(trace));
+    let mut job = Job::new(token, record, Some(trace));
+    if let Some(identity) = identity {
+        job.id = identity.id;
+        job.created_at_ms = identity.created_at_ms;
+    }
     record_in_span(&job);
     tracing::debug!("number drawn, publishing its job");
     job

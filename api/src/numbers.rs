@@ -192,6 +192,37 @@ impl Numbers {
         self.run(&self.seed, recorded(call, key)).await
     }
 
+    /// With `REDIS_WAIT_REPLICAS`: waits until enough replicas hold what
+    /// this api wrote on `key` (an `Idempotency-Key` hash whose number,
+    /// drawn by an earlier attempt perhaps never replicated, is about to
+    /// be answered). A no-op without the setting.
+    pub(crate) async fn settle(&self, key: &str) -> Result<(), NumberError> {
+        if self.replicated.is_none() {
+            return Ok(());
+        }
+        let (wanted, timeout) = (self.timings.wait_replicas, self.timings.wait_timeout);
+        Replicated::settle(&self.redis, key, wanted, timeout)
+            .await
+            .map_err(|error| self.not_replicated(error))
+    }
+
+    /// A failed replicated call as a draw error.
+    fn not_replicated(&self, error: Unreplicated) -> NumberError {
+        match error {
+            Unreplicated::Redis(error) => NumberError::Redis(error),
+            Unreplicated::TooFew { acked, wanted } => {
+                metrics::counter!("api_draws_not_replicated_total").increment(1);
+                NumberError::NotReplicated { acked, wanted }
+            }
+            // The grouping task is gone (the runtime is stopping): nothing
+            // confirmed the draw.
+            Unreplicated::Stopped => NumberError::NotReplicated {
+                acked: 0,
+                wanted: self.timings.wait_replicas,
+            },
+        }
+    }
+
     /// Runs [`counters::DRAW`] or [`counters::SEED`] and parses the reply.
     /// With `REDIS_WAIT_REPLICAS`, through [`Replicated`]: answered once
     /// enough replicas hold the draw.
@@ -210,19 +241,10 @@ impl Numbers {
                     keys: call.keys,
                     args: call.args,
                 };
-                replicated.run(call).await.map_err(|error| match error {
-                    Unreplicated::Redis(error) => NumberError::Redis(error),
-                    Unreplicated::TooFew { acked, wanted } => {
-                        metrics::counter!("api_draws_not_replicated_total").increment(1);
-                        NumberError::NotReplicated { acked, wanted }
-                    }
-                    // The grouping task is gone (the runtime is stopping):
-                    // nothing confirmed the draw.
-                    Unreplicated::Stopped => NumberError::NotReplicated {
-                        acked: 0,
-                        wanted: self.timings.wait_replicas,
-                    },
-                })
+                replicated
+                    .run(call)
+                    .await
+                    .map_err(|error| self.not_replicated(error))
             }
         };
         let reply = reply.inspect_err(|error| {

@@ -92,6 +92,32 @@ impl Replicated {
     }
 }
 
+impl Replicated {
+    /// Waits until `wanted` replicas hold what this connection wrote up
+    /// to now on `key`'s node (a read of `key` routes the pipeline there).
+    /// For writes made outside the grouped draws: a claim of an
+    /// `Idempotency-Key` that republishes a number drawn earlier.
+    pub(crate) async fn settle(
+        redis: &RedisClient,
+        key: &str,
+        wanted: u32,
+        timeout: Duration,
+    ) -> Result<(), Unreplicated> {
+        let (_, acked): (i64, i64) = redis::pipe()
+            .cmd("EXISTS")
+            .arg(key)
+            .cmd("WAIT")
+            .arg(wanted)
+            .arg(timeout.as_millis() as u64)
+            .query_async(&mut redis.clone())
+            .await?;
+        if acked < i64::from(wanted) {
+            return Err(Unreplicated::TooFew { acked, wanted });
+        }
+        Ok(())
+    }
+}
+
 /// One pipeline: every script of the group, then `WAIT`.
 async fn send(mut redis: RedisClient, group: Vec<Pending>, wanted: u32, timeout: Duration) {
     let mut pipe = redis::pipe();

@@ -13,6 +13,29 @@ use testkit::eventually;
 
 use crate::helpers::{TestApp, spawn_app_with};
 
+/// The tests here stop and kill nodes: one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The api on the clusters, drawing only what a replica holds.
+async fn spawn_on(cluster: &Cluster) -> TestApp {
+    spawn_app_with(&[
+        "--redis-url",
+        &cluster.redis_url,
+        "--redis-wait-replicas",
+        "1",
+        "--redis-wait-timeout-ms",
+        "300",
+    ])
+    .await
+}
+
+async fn clusters() -> Cluster {
+    // scripts/test runs these only once the clusters are up.
+    Cluster::up()
+        .await
+        .unwrap_or_else(|reason| panic!("the local clusters did not start: {reason}"))
+}
+
 /// Creates `count` chats at once; the numbers of those answered 200.
 async fn burst(app: &TestApp, token: &str, count: usize) -> Vec<i64> {
     let answers = join_all((0..count).map(|_| app.create_chat(token))).await;
@@ -29,19 +52,9 @@ async fn burst(app: &TestApp, token: &str, count: usize) -> Vec<i64> {
 #[tokio::test]
 #[ignore = "needs the clusters of scripts/cluster; scripts/test runs it after the suite"]
 async fn numbers_answered_before_a_master_dies_are_not_handed_out_again() {
-    // scripts/test runs this only once the clusters are up.
-    let cluster = Cluster::up()
-        .await
-        .unwrap_or_else(|reason| panic!("the local clusters did not start: {reason}"));
-    let app = spawn_app_with(&[
-        "--redis-url",
-        &cluster.redis_url,
-        "--redis-wait-replicas",
-        "1",
-        "--redis-wait-timeout-ms",
-        "300",
-    ])
-    .await;
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let cluster = clusters().await;
+    let app = spawn_on(&cluster).await;
     let token = app.application(0).await;
     let counter = Keys::new(&app.redis.prefix).counter(Scope::Chats { token: &token });
     let shard = cluster.shard_of(&counter).await;
@@ -106,4 +119,42 @@ async fn numbers_answered_before_a_master_dies_are_not_handed_out_again() {
         unreplicated.is_empty(),
         "numbers answered although no replica had them: {unreplicated:?}"
     );
+}
+
+#[tokio::test]
+#[ignore = "needs the clusters of scripts/cluster; scripts/test runs it after the suite"]
+async fn a_keyed_retry_is_answered_only_once_a_replica_holds_its_number() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let cluster = clusters().await;
+    let app = spawn_on(&cluster).await;
+    let token = app.application(0).await;
+    // A warm counter: the keyed draw below needs no seed.
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+    let counter = Keys::new(&app.redis.prefix).counter(Scope::Chats { token: &token });
+    let shard = cluster.shard_of(&counter).await;
+    let replica_pid = cluster.redis_pid(shard.replica).await;
+
+    // The replica stops acknowledging: number 2 is drawn and recorded
+    // under the key on the master, but not answered.
+    signal(replica_pid, "STOP");
+    let first = app.create_chat_keyed(&token, "order-1").await;
+    let retry = app.create_chat_keyed(&token, "order-1").await;
+    signal(replica_pid, "CONT");
+    assert_eq!(first.status, 503, "{}", first.body);
+    assert_eq!(
+        retry.status, 503,
+        "a retry republished a number no replica held: {}",
+        retry.body
+    );
+
+    let retry = eventually(
+        "the retry to be answered",
+        Duration::from_secs(20),
+        || async {
+            let retry = app.create_chat_keyed(&token, "order-1").await;
+            (retry.status == 200).then_some(retry)
+        },
+    )
+    .await;
+    assert_eq!(retry.number("chat number"), 2, "the first attempt's number");
 }
