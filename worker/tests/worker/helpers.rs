@@ -135,7 +135,7 @@ impl TestStack {
     }
 
     /// The api as [`TestStack::spawn_api`] makes it, but reaching RabbitMQ
-    /// at `amqp` (a proxy) and with `flags` added.
+    /// at `amqp` (a proxy), with `flags` in place of the defaults they name.
     pub(crate) async fn spawn_api_via(
         &self,
         amqp: std::net::SocketAddr,
@@ -143,26 +143,23 @@ impl TestStack {
     ) -> (String, Running) {
         let redis_url = testkit::redis_url();
         let amqp_url = testkit::amqp_url_via(amqp);
-        let mut arguments = vec![
-            "api",
-            "--addr",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-            "--redis-url",
-            &redis_url,
-            "--redis-prefix",
-            &self.redis.prefix,
-            "--amqp-url",
-            &amqp_url,
-            "--queue-prefix",
-            &self.broker.prefix,
-            "--chat-system-url",
-            &self.chat_system.url,
+        let defaults = [
+            ["--addr", "127.0.0.1:0"],
+            ["--log", "warn"],
+            ["--redis-url", &redis_url],
+            ["--redis-prefix", &self.redis.prefix],
+            ["--amqp-url", &amqp_url],
+            ["--queue-prefix", &self.broker.prefix],
+            ["--chat-system-url", &self.chat_system.url],
             // The machine's Redis keeps nothing on disk.
-            "--redis-durability",
-            "unsafe-none",
+            ["--redis-durability", "unsafe-none"],
         ];
+        let mut arguments = vec!["api"];
+        for [flag, value] in defaults {
+            if !flags.contains(&flag) {
+                arguments.extend([flag, value]);
+            }
+        }
         arguments.extend_from_slice(flags);
         let application = api::Application::build(api::Config::parse_from(arguments))
             .await
@@ -270,6 +267,40 @@ impl TestStack {
             .message_count()
     }
 
+    /// The message at the head of `queue`, taken but not yet acked; fails
+    /// the test when the queue is empty.
+    pub(crate) async fn take_one(&self, queue: &str) -> Taken {
+        let (connection, channel) = self.broker.channel().await;
+        let message = channel
+            .basic_get(queue.into(), lapin::options::BasicGetOptions::default())
+            .await
+            .unwrap_or_else(|error| panic!("basic.get on {queue}: {error}"))
+            .unwrap_or_else(|| panic!("nothing waiting in {queue}"));
+        Taken {
+            connection,
+            _channel: channel,
+            message,
+        }
+    }
+
+    /// Sends a retry copy on as its queue's TTL would, without waiting for
+    /// it: back to the jobs exchange (confirmed), then off its queue.
+    pub(crate) async fn expire(&self, copy: Taken) {
+        let delivery = &copy.message.delivery;
+        self.publish_messages(vec![(delivery.data.clone(), delivery.properties.clone())])
+            .await;
+        delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .expect("taking the copy off its queue");
+        // Closed, not dropped: a dropped connection may go before the ack
+        // reached the broker, which then delivers the copy again.
+        copy.connection
+            .close(200, "copy sent on".into())
+            .await
+            .expect("closing the connection");
+    }
+
     /// Every dead letter, taken off the queue: payload and headers.
     pub(crate) async fn dead_letters(&self) -> Vec<(Vec<u8>, FieldTable)> {
         let (_connection, channel) = self.broker.channel().await;
@@ -337,6 +368,30 @@ impl TestStack {
 
     pub(crate) async fn chats_count(&self, token: &str) -> i64 {
         self.chat_system.chats_count(token).await
+    }
+}
+
+/// A message taken from a queue with `basic.get`, unacked: it goes back to
+/// its queue if dropped.
+pub(crate) struct Taken {
+    connection: lapin::Connection,
+    /// The message is unacked on this channel: it must stay open.
+    _channel: lapin::Channel,
+    pub(crate) message: lapin::message::BasicGetMessage,
+}
+
+impl Taken {
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.message.delivery.data
+    }
+
+    pub(crate) fn headers(&self) -> FieldTable {
+        self.message
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default()
     }
 }
 
