@@ -74,11 +74,14 @@ pub(crate) async fn spawn_beside(
         &upstream.url,
     ];
     // The machine's Redis keeps nothing on disk; the durability tests
-    // bring a Redis of their own and set this flag themselves.
+    // bring a Redis of their own and set this flag themselves. Timeouts
+    // are patient, since the suite runs beside others on two cores; a test
+    // about a timeout sets its own.
     let defaults = [
         ["--redis-url", redis_url.as_str()],
-        ["--chat-system-timeout-ms", "500"],
-        ["--publish-timeout-ms", "2000"],
+        ["--chat-system-timeout-ms", "5000"],
+        ["--seed-wait-ms", "10000"],
+        ["--publish-timeout-ms", "5000"],
         ["--redis-durability", "unsafe-none"],
     ];
     for [flag, value] in defaults {

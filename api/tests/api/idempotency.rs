@@ -105,8 +105,11 @@ async fn twenty_concurrent_requests_with_one_key_draw_one_number() {
 
 #[tokio::test]
 async fn a_key_used_again_after_its_ttl_is_a_new_create() {
-    let app = spawn_app_with(&["--idempotency-ttl-secs", "1"]).await;
+    // Three seconds: time enough for the second request even on a loaded
+    // machine; the third waits until the key is certainly gone.
+    let app = spawn_app_with(&["--idempotency-ttl-secs", "3"]).await;
     let token = app.application(0).await;
+    let first_request = tokio::time::Instant::now();
     assert_eq!(
         app.create_chat_keyed(&token, "k")
             .await
@@ -120,7 +123,7 @@ async fn a_key_used_again_after_its_ttl_is_a_new_create() {
         1
     );
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep_until(first_request + Duration::from_millis(3100)).await;
 
     assert_eq!(
         app.create_chat_keyed(&token, "k")

@@ -86,7 +86,7 @@ async fn the_chat_system_down_is_a_503_on_a_cold_counter_and_recovered_from() {
 
 #[tokio::test]
 async fn a_chat_system_timing_out_is_a_503() {
-    let app = spawn_app().await;
+    let app = crate::helpers::spawn_app_with(&["--chat-system-timeout-ms", "500"]).await;
     let token = app.application(0).await;
     app.upstream
         .fail_always(Fault::Delay(Duration::from_secs(2)));
@@ -166,11 +166,16 @@ async fn shutting_down_answers_the_requests_in_flight_first() {
     // A held-back chat-system read (seeding chat 1's message counter) keeps
     // the request in flight while the shutdown starts.
     app.upstream
-        .fail_next(1, Fault::Delay(Duration::from_millis(300)));
+        .fail_next(1, Fault::Delay(Duration::from_millis(1000)));
 
     let in_flight = app.create_message(&token, 1, "in flight during shutdown");
     let stopping = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Once the request is held at the chat-system, however long the
+        // machine took to get it there.
+        eventually("the request in flight", Duration::from_secs(10), || async {
+            (app.upstream.pending_faults() == 0).then_some(())
+        })
+        .await;
         app.stop().await;
     };
     let (answer, ()) = tokio::join!(in_flight, stopping);
