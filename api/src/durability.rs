@@ -84,6 +84,9 @@ pub(crate) struct Guard {
     checking: Mutex<()>,
     /// The last `NotDurable` reason, for the log and the answer.
     reason: std::sync::Mutex<String>,
+    /// The last verdict logged: a check that finds what the previous one
+    /// found says nothing (the state goes back to `Unknown` before each).
+    logged: AtomicU8,
 }
 
 /// How often a durable Redis is checked again even without an error.
@@ -101,6 +104,7 @@ impl Guard {
             state: AtomicU8::new(State::Unknown as u8),
             checking: Mutex::new(()),
             reason: std::sync::Mutex::new(String::new()),
+            logged: AtomicU8::new(State::Unknown as u8),
         }
     }
 
@@ -169,7 +173,8 @@ impl Guard {
             Err(error) if refused(&error) => State::Unverifiable,
             Err(error) => return Err(Refusal::Unreachable(error)),
         };
-        let before = State::from_u8(self.state.swap(state as u8, Ordering::AcqRel));
+        self.state.store(state as u8, Ordering::Release);
+        let before = State::from_u8(self.logged.swap(state as u8, Ordering::AcqRel));
         if state != before {
             match state {
                 State::Durable => tracing::info!("Redis persists every write: drawing numbers"),

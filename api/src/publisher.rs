@@ -198,7 +198,14 @@ impl Lane {
                     .await
             };
             if count == 0 {
-                return; // every sender is gone and the queue is empty
+                // Every sender is gone and the queue is empty. The channel
+                // is closed here, before the connection: dropped, it would
+                // close itself later, on a connection already closing, and
+                // the client library would log that as an error.
+                if let Some((_, open)) = channel {
+                    let _ = open.close(200, "api stopping".into()).await;
+                }
+                return;
             }
             metrics::histogram!("api_publish_batch_jobs").record(count as f64);
             let pending = std::mem::take(&mut taken);
