@@ -79,6 +79,7 @@ pub(crate) async fn spawn_beside(
     // about a timeout sets its own.
     let defaults = [
         ["--redis-url", redis_url.as_str()],
+        ["--redis-timeout-ms", "5000"],
         ["--chat-system-timeout-ms", "5000"],
         ["--seed-wait-ms", "10000"],
         ["--publish-timeout-ms", "5000"],

@@ -34,10 +34,12 @@ impl RunningWorker {
     }
 }
 
-/// Retries fast enough for tests: 4 attempts, 100 ms then 200 ms.
+/// Retries fast enough for tests: 100 ms then 200 ms, and attempts enough
+/// (40, some 8 s) that a transient wait (a chat stored late on a loaded
+/// machine) never exhausts a job; a test about exhaustion sets its own.
 pub(crate) const FAST_RETRIES: &[&str] = &[
     "--retry-max-attempts",
-    "4",
+    "40",
     "--retry-initial-delay-ms",
     "100",
     "--retry-max-delay-ms",

@@ -95,7 +95,7 @@ async fn a_job_that_keeps_failing_is_dead_lettered_with_its_attempts_and_last_er
     let token = stack.application().await;
     let job = Job::message(token.clone(), 1, 1, "never stored".into());
     stack.publish(&[Job::chat(token.clone(), 1)]).await;
-    let worker = stack.spawn_worker(&[]).await;
+    let worker = stack.spawn_worker(&["--retry-max-attempts", "4"]).await;
     crate::helpers::eventually_chats(&stack, &token, 1).await;
     stack.upstream.fail_always(Fault::Status(503));
 
