@@ -78,6 +78,12 @@ pub struct Config {
     #[arg(long, env = "PUBLISH_BATCH_BYTES", default_value_t = 256 * 1024)]
     pub publish_batch_bytes: usize,
 
+    /// Most bytes of jobs waiting for a publish lane; a request that finds
+    /// no room within `PUBLISH_TIMEOUT_MS` is answered 503 and its number
+    /// given back.
+    #[arg(long, env = "PUBLISH_QUEUE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub publish_queue_bytes: usize,
+
     /// Seconds an `Idempotency-Key` is remembered: a retry with it within
     /// that time gets the first request's number.
     #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 86_400)]

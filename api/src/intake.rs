@@ -107,15 +107,19 @@ impl Intake {
         let Err(error) = self.publish(&job).await else {
             return Ok(number);
         };
-        if error.never_queued()
-            && let Err(give_back_error) = self.numbers().give_back(job.scope(), number).await
-        {
-            // The number stays in flight: its counter will not expire,
-            // which is safe, merely kept longer than needed.
-            tracing::warn!(
-                error = %Chain(&give_back_error),
-                "could not give the number back"
-            );
+        // Certainly not queued: the number is a gap. Otherwise the
+        // publisher sends the job again until it is confirmed.
+        if error.never_queued() {
+            metrics::counter!("api_numbers_given_back_total", "reason" => error.reason())
+                .increment(1);
+            if let Err(give_back_error) = self.numbers().give_back(job.scope(), number).await {
+                // The number stays in flight: its counter will not expire,
+                // which is safe, merely kept longer than needed.
+                tracing::warn!(
+                    error = %Chain(&give_back_error),
+                    "could not give the number back"
+                );
+            }
         }
         Err(error.into())
     }

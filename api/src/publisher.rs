@@ -15,24 +15,39 @@
 //! fail. After a confirm timeout the lane replaces its channel (the client
 //! library would keep every abandoned confirm until the channel closes).
 //!
+//! A request's whole wait, room in the queue included, is bounded by
+//! `PUBLISH_TIMEOUT_MS`. A job still waiting for a lane when its request
+//! gives up is never sent (the request takes it back, atomically against
+//! a lane taking it), so its number can be given back as a gap. The queue
+//! is bounded in jobs and in bytes (`PUBLISH_QUEUE_BYTES`).
+//!
+//! A job that was sent but not confirmed (the connection broke, or the
+//! confirm came too late) may or may not be queued. Its request is
+//! answered 503, and the job is published again in the background, with
+//! backoff, until one publish of it is confirmed: then it certainly exists,
+//! the worker stores it once and releases its number. Without that its
+//! number would stay in flight for good, keeping its counter alive and its
+//! in-flight set growing.
+//!
 //! One long-lived connection, kept by a background task that reconnects
 //! with backoff whenever it breaks. Without a connection a publish fails at
 //! once (the request gets a quick 503) instead of waiting for the broker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use backon::BackoffBuilder;
 use futures::future::join_all;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
-use shared::job::{self, Job};
+use shared::job::Job;
 use shared::publish::{self, Message, PublishError};
 use shared::telemetry::Chain;
 use shared::topology::{self, Topology};
-use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -49,6 +64,30 @@ struct Pending {
     payload: Vec<u8>,
     properties: lapin::BasicProperties,
     reply: oneshot::Sender<Result<(), PublishError>>,
+    /// [`WAITING`], then [`TAKEN`] by a lane or [`ABANDONED`] by its
+    /// request, whichever comes first.
+    state: Arc<AtomicU8>,
+    /// Its bytes' share of the queue, given back when a lane takes it.
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+const WAITING: u8 = 0;
+const TAKEN: u8 = 1;
+const ABANDONED: u8 = 2;
+
+impl Pending {
+    /// A lane takes the job, unless its request gave up on it first.
+    fn take(&self) -> bool {
+        self.state
+            .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// A job that was sent without a confirm, to publish again.
+struct Unsure {
+    payload: Vec<u8>,
+    properties: lapin::BasicProperties,
 }
 
 /// The connection of the moment.
@@ -60,6 +99,11 @@ pub(crate) struct Publisher {
     blocked: Arc<AtomicBool>,
     /// `PUBLISH_TIMEOUT_MS`: the most a request waits for its answer.
     timeout: Duration,
+    /// Bytes of jobs the queue may hold (`PUBLISH_QUEUE_BYTES`).
+    room: Arc<Semaphore>,
+    room_bytes: usize,
+    /// Jobs sent without a confirm, for the resend task.
+    unsure: mpsc::UnboundedSender<Unsure>,
 }
 
 /// What the publisher needs.
@@ -72,19 +116,24 @@ pub(crate) struct Settings {
     pub(crate) batch_jobs: usize,
     /// Most payload bytes of one batch message.
     pub(crate) batch_bytes: usize,
+    /// Most payload bytes waiting for a lane.
+    pub(crate) queue_bytes: usize,
 }
 
 /// Stops the publisher once every request has its answer.
 pub(crate) struct Closer {
+    resend: JoinHandle<()>,
     lanes: Vec<JoinHandle<()>>,
     stop_keeper: CancellationToken,
     keeper: JoinHandle<()>,
 }
 
 impl Closer {
-    /// Waits until the lanes answered every request handed over (they end
-    /// once the last [`Publisher`] is dropped), then closes the connection.
+    /// Waits until the lanes answered every request handed over and the
+    /// jobs sent without a confirm were published again (they end once the
+    /// last [`Publisher`] is dropped), then closes the connection.
     pub(crate) async fn close(self) {
+        let _ = self.resend.await;
         for lane in self.lanes {
             let _ = lane.await;
         }
@@ -114,6 +163,9 @@ impl Publisher {
             })
             .collect();
         let timeout = settings.confirm_timeout;
+        let room_bytes = settings.queue_bytes.clamp(1, u32::MAX as usize);
+        let (unsure, unsure_jobs) = mpsc::unbounded_channel();
+        let resend = tokio::spawn(resend(queue.clone(), unsure_jobs, timeout));
         let stop_keeper = CancellationToken::new();
         let keeper = tokio::spawn(keep_connected(
             settings,
@@ -127,8 +179,12 @@ impl Publisher {
             link,
             blocked,
             timeout,
+            room: Arc::new(Semaphore::new(room_bytes)),
+            room_bytes,
+            unsure,
         };
         let closer = Closer {
+            resend,
             lanes,
             stop_keeper,
             keeper,
@@ -147,34 +203,135 @@ impl Publisher {
     }
 
     /// Publishes `job` with the jobs of concurrent requests, and waits for
-    /// the broker's confirm: `Ok` means the job is on a durable queue.
+    /// the broker's confirm: `Ok` means the job is on a durable queue. The
+    /// whole wait is bounded by `PUBLISH_TIMEOUT_MS`. On an error whose
+    /// outcome is unknown the job is also handed to the resend task.
     pub(crate) async fn publish(&self, job: &Job) -> Result<(), PublishError> {
+        let payload = job.encode();
+        let properties = publish::job_properties(job);
+        let published = self.send(payload.clone(), properties.clone()).await;
+        if let Err(error) = &published
+            && !error.never_queued()
+        {
+            metrics::counter!("api_publish_resends_total").increment(1);
+            let _ = self.unsure.send(Unsure {
+                payload,
+                properties,
+            });
+        }
+        published
+    }
+
+    async fn send(
+        &self,
+        payload: Vec<u8>,
+        properties: lapin::BasicProperties,
+    ) -> Result<(), PublishError> {
         if !self.is_connected() {
             return Err(PublishError::NotConnected);
         }
-        let (reply, answer) = oneshot::channel();
-        let pending = Pending {
-            payload: job.encode(),
-            properties: publish::job_properties(job),
-            reply,
-        };
-        self.queue
-            .send(pending)
+        let deadline = Instant::now() + self.timeout;
+        let not_sent = PublishError::NotSent(self.timeout);
+        let share = payload.len().clamp(1, self.room_bytes) as u32;
+        let room = tokio::time::timeout_at(deadline, self.room.clone().acquire_many_owned(share))
             .await
+            .map_err(|_| not_sent.clone())?
             .map_err(|_| PublishError::NotConnected)?;
-        // Bounded as a whole, waiting for a lane included: a lane stalled
-        // by a blocked broker must not hold requests. A job not yet taken
-        // may still be published later, so this is a timeout (the broker
-        // may get it), not a refusal.
-        match tokio::time::timeout(self.timeout, answer).await {
+        let (reply, answer) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(WAITING));
+        let pending = Pending {
+            payload,
+            properties,
+            reply,
+            state: state.clone(),
+            _room: Some(room),
+        };
+        match tokio::time::timeout_at(deadline, self.queue.send(pending)).await {
+            Err(_) => return Err(not_sent),
+            Ok(Err(_)) => return Err(PublishError::NotConnected),
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(answered)) => answered,
             // A lane took the job and went away without an answer: whether
             // the broker has it is unknown.
             Ok(Err(_)) => Err(PublishError::Unconfirmed(
                 std::io::Error::other("the publisher stopped").into(),
             )),
+            // No lane took it yet: it is taken back and never sent.
+            Err(_)
+                if state
+                    .compare_exchange(WAITING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok() =>
+            {
+                Err(not_sent)
+            }
             Err(_) => Err(PublishError::TimedOut(self.timeout)),
         }
+    }
+}
+
+/// Publishes the jobs sent without a confirm again, through the lanes, each
+/// until one publish of it is confirmed, backing off while the broker is
+/// away. Ends once the [`Publisher`] is gone and the backlog is empty, or,
+/// when the broker does not come back, a little after that (what is left
+/// is logged: those numbers stay in flight, their counters kept).
+async fn resend(
+    queue: mpsc::Sender<Pending>,
+    mut unsure: mpsc::UnboundedReceiver<Unsure>,
+    timeout: Duration,
+) {
+    let backoff = topology::reconnect_delays();
+    let mut delays = backoff.build();
+    let mut backlog: Vec<Unsure> = Vec::new();
+    let mut closed_at: Option<Instant> = None;
+    loop {
+        if backlog.is_empty() {
+            match unsure.recv().await {
+                Some(job) => backlog.push(job),
+                None => return,
+            }
+        }
+        loop {
+            match unsure.try_recv() {
+                Ok(job) => backlog.push(job),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed_at.get_or_insert_with(Instant::now);
+                    break;
+                }
+            }
+        }
+        let answers = join_all(backlog.iter().map(|job| async {
+            let (reply, answer) = oneshot::channel();
+            let pending = Pending {
+                payload: job.payload.clone(),
+                properties: job.properties.clone(),
+                reply,
+                state: Arc::new(AtomicU8::new(WAITING)),
+                _room: None,
+            };
+            if queue.send(pending).await.is_err() {
+                return false;
+            }
+            matches!(answer.await, Ok(Ok(())))
+        }))
+        .await;
+        let mut answers = answers.into_iter();
+        backlog.retain(|_| !answers.next().unwrap_or(false));
+        if backlog.is_empty() {
+            delays = backoff.build();
+            continue;
+        }
+        if closed_at.is_some_and(|closed| closed.elapsed() > timeout * 2) {
+            tracing::warn!(
+                jobs = backlog.len(),
+                "stopping with jobs sent but never confirmed; their numbers stay in flight"
+            );
+            return;
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::time::sleep(delay.min(timeout)).await;
     }
 }
 
@@ -207,8 +364,15 @@ impl Lane {
                 }
                 return;
             }
-            metrics::histogram!("api_publish_batch_jobs").record(count as f64);
-            let pending = std::mem::take(&mut taken);
+            // Those whose requests gave up are dropped unsent.
+            let pending: Vec<Pending> = std::mem::take(&mut taken)
+                .into_iter()
+                .filter(Pending::take)
+                .collect();
+            if pending.is_empty() {
+                continue;
+            }
+            metrics::histogram!("api_publish_batch_jobs").record(pending.len() as f64);
             match self.channel(&mut channel).await {
                 Ok(current) => {
                     let timed_out = self.publish(&current, pending).await;
@@ -324,27 +488,13 @@ fn split(pending: Vec<Pending>, bytes: usize) -> Vec<Vec<Pending>> {
     groups
 }
 
-/// One job as itself, several as a batch message (`type` batch, `x-jobs`).
+/// One job as itself, several as a batch message.
 fn message(exchange: &str, group: &[Pending]) -> Message {
-    let (payload, properties) = match group {
-        [one] => (one.payload.clone(), one.properties.clone()),
-        _ => {
-            let properties = publish::json_properties()
-                .with_message_id(uuid::Uuid::now_v7().to_string().into())
-                .with_type(job::BATCH_TYPE.into());
-            let count = group.len().to_string();
-            (
-                job::batch_of(group.iter().map(|pending| pending.payload.as_slice())),
-                publish::with_headers(properties, &[(job::JOBS_HEADER, &count)]),
-            )
-        }
-    };
-    Message {
-        exchange: exchange.to_owned(),
-        routing_key: topology::ROUTING_KEY.into(),
-        payload,
-        properties,
-    }
+    let jobs: Vec<(&[u8], &lapin::BasicProperties)> = group
+        .iter()
+        .map(|pending| (pending.payload.as_slice(), &pending.properties))
+        .collect();
+    publish::jobs_message(exchange.to_owned(), &jobs)
 }
 
 /// Connects, publishes the link, watches it, and again, with exponential

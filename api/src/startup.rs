@@ -97,6 +97,7 @@ impl Application {
             confirm_timeout: config.broker.publish_timeout(),
             batch_jobs: config.publish_batch_max,
             batch_bytes: config.publish_batch_bytes,
+            queue_bytes: config.publish_queue_bytes,
         };
         let (publisher, closer) = Publisher::start(settings);
 

@@ -42,6 +42,10 @@ pub enum PublishError {
     /// or blocked broker). The broker may hold it.
     #[error("no confirm from RabbitMQ within {0:?}")]
     TimedOut(Duration),
+    /// Its wait ran out before it was sent (no room in the queue of
+    /// publishes, or no lane took it in time), and it never will be.
+    #[error("not sent to RabbitMQ within {0:?}")]
+    NotSent(Duration),
 }
 
 impl PublishError {
@@ -53,12 +57,16 @@ impl PublishError {
             Self::Nacked => "nacked",
             Self::Unconfirmed(_) => "unconfirmed",
             Self::TimedOut(_) => "timed_out",
+            Self::NotSent(_) => "not_sent",
         }
     }
 
     /// The broker certainly does not hold the message.
     pub fn never_queued(&self) -> bool {
-        matches!(self, Self::NotConnected | Self::Unroutable | Self::Nacked)
+        matches!(
+            self,
+            Self::NotConnected | Self::Unroutable | Self::Nacked | Self::NotSent(_)
+        )
     }
 }
 
@@ -109,6 +117,35 @@ pub async fn publish(
         Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Unconfirmed(
             std::io::Error::other("the channel is not in confirm mode").into(),
         )),
+    }
+}
+
+/// One message carrying `jobs`, each its encoded payload and its own
+/// properties: a job alone goes as itself; several go as a batch message
+/// (`type` [`BATCH_TYPE`](crate::job::BATCH_TYPE), the count in
+/// [`JOBS_HEADER`](crate::job::JOBS_HEADER), a message id of its own),
+/// which the worker unpacks into the same jobs. The one place a batch
+/// message is built: the api's publishes, the worker's requeues and the
+/// tests' fixtures all come here.
+pub fn jobs_message(exchange: String, jobs: &[(&[u8], &BasicProperties)]) -> Message {
+    let (payload, properties) = match jobs {
+        [(payload, properties)] => (payload.to_vec(), (*properties).clone()),
+        _ => {
+            let properties = json_properties()
+                .with_message_id(uuid::Uuid::now_v7().to_string().into())
+                .with_type(crate::job::BATCH_TYPE.into());
+            let count = jobs.len().to_string();
+            (
+                crate::job::batch_of(jobs.iter().map(|(payload, _)| *payload)),
+                with_headers(properties, &[(crate::job::JOBS_HEADER, &count)]),
+            )
+        }
+    };
+    Message {
+        exchange,
+        routing_key: crate::topology::ROUTING_KEY.into(),
+        payload,
+        properties,
     }
 }
 
@@ -199,6 +236,7 @@ mod tests {
         assert!(PublishError::NotConnected.never_queued());
         assert!(PublishError::Unroutable.never_queued());
         assert!(PublishError::Nacked.never_queued());
+        assert!(PublishError::NotSent(Duration::from_secs(1)).never_queued());
         assert!(!PublishError::TimedOut(Duration::from_secs(1)).never_queued());
         assert!(!PublishError::Unconfirmed(std::io::Error::other("x").into()).never_queued());
     }

@@ -35,6 +35,26 @@ impl TestRedis {
             .expect("connecting to Redis")
     }
 
+    /// The numbers in flight under the prefix, by in-flight set (the
+    /// `…:inflight` keys of `shared::counters`).
+    pub async fn in_flight(
+        &self,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeSet<i64>> {
+        let mut connection = self.connection().await;
+        let mut sets = std::collections::BTreeMap::new();
+        for key in self.keys().await {
+            if key.ends_with(":inflight") {
+                let numbers: std::collections::BTreeSet<i64> = redis::cmd("SMEMBERS")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await
+                    .expect("SMEMBERS");
+                sets.insert(key, numbers);
+            }
+        }
+        sets
+    }
+
     /// Every key under the prefix.
     pub async fn keys(&self) -> Vec<String> {
         let mut connection = self.connection().await;

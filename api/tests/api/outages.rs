@@ -233,3 +233,105 @@ async fn a_broker_that_stops_answering_gets_timeouts_then_a_fresh_channel() {
         "published on the fresh channel"
     );
 }
+
+#[tokio::test]
+async fn a_create_waits_at_most_its_publish_timeout_and_what_was_never_sent_is_never_sent() {
+    // One lane publishing one job at a time, and room for a few jobs in
+    // its queue: with the broker frozen, most requests never get a lane.
+    let app = crate::helpers::spawn_app_with(&[
+        "--publish-timeout-ms",
+        "500",
+        "--publish-channels",
+        "1",
+        "--publish-batch-max",
+        "1",
+        "--publish-queue-bytes",
+        "2000",
+    ])
+    .await;
+    let token = app.application(0).await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+
+    app.amqp_proxy.freeze();
+    let creates = (0..20).map(|_| async {
+        let started = Instant::now();
+        let answer = app.create_chat(&token).await;
+        (answer, started.elapsed())
+    });
+    let answers = futures::future::join_all(creates).await;
+    for (answer, waited) in &answers {
+        assert_eq!(answer.status, 503, "{}", answer.body);
+        assert!(
+            *waited < Duration::from_millis(1500),
+            "the whole wait is bounded by the publish timeout: {waited:?}"
+        );
+    }
+    app.amqp_proxy.thaw();
+    assert!(recovers(&app, &token).await > 21);
+
+    // Every number drawn is now a job on the queue or a gap: the numbers
+    // in flight (no worker runs) are exactly those of the queued jobs.
+    let scope = format!("{}:{{{token}}}:chats:inflight", app.redis.prefix);
+    let queued = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let in_flight = eventually(
+        "each job sent without a confirm published again",
+        Duration::from_secs(20),
+        || async {
+            let taken: Vec<i64> = app.jobs().await.iter().map(|job| job.number()).collect();
+            let in_flight = app
+                .redis
+                .in_flight()
+                .await
+                .remove(&scope)
+                .unwrap_or_default();
+            let mut queued = queued.lock().expect("queued");
+            queued.extend(taken);
+            (*queued == in_flight).then_some(in_flight)
+        },
+    )
+    .await;
+    let queued = queued.into_inner().expect("queued");
+    assert!(
+        in_flight.len() < 22,
+        "requests that never got a lane gave their numbers back: {in_flight:?}"
+    );
+    assert!(queued.contains(&1));
+}
+
+#[tokio::test]
+async fn a_job_sent_without_a_confirm_is_published_again_until_one_is_confirmed() {
+    let app = crate::helpers::spawn_app_with(&["--publish-timeout-ms", "500"]).await;
+    let token = app.application(0).await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+    assert_eq!(app.jobs().await.len(), 1);
+
+    // The job goes out, then the connection dies with it unconfirmed (the
+    // frozen bytes never reach the broker).
+    app.amqp_proxy.freeze();
+    let lost = app.create_chat(&token).await;
+    assert_eq!(lost.status, 503, "{}", lost.body);
+    app.amqp_proxy.cut();
+    app.amqp_proxy.thaw();
+    app.amqp_proxy.restore();
+
+    // Its number was not given back: the job is published again, so it
+    // exists and the worker will release it.
+    let scope = format!("{}:{{{token}}}:chats:inflight", app.redis.prefix);
+    let jobs = eventually(
+        "the job published again",
+        Duration::from_secs(30),
+        || async {
+            let jobs = app.jobs().await;
+            (!jobs.is_empty()).then_some(jobs)
+        },
+    )
+    .await;
+    assert!(jobs.iter().all(|job| job.number() == 2), "{jobs:?}");
+    let in_flight = app
+        .redis
+        .in_flight()
+        .await
+        .remove(&scope)
+        .unwrap_or_default();
+    assert_eq!(in_flight, [1, 2].into());
+}
