@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+pub use redis::cluster_routing::Slot;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// A connection to the counters' Redis; cheap to clone (clones share it).
@@ -134,6 +135,14 @@ impl RedisClient {
 
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// Which pipeline a command on `key` may share. redis-rs sends a
+    /// cluster pipeline to one node and refuses one whose keys are in
+    /// several hash slots, so on a cluster commands go in one pipeline per
+    /// slot (`Some(slot)`); on a single node all share one (`None`).
+    pub fn pipeline_of(&self, key: &str) -> Option<Slot> {
+        self.is_cluster().then(|| Slot::for_key(key))
     }
 }
 

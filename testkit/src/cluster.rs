@@ -159,6 +159,54 @@ impl Cluster {
         }
     }
 
+    /// The numbers in flight under `prefix` (its `…:inflight` sets), on
+    /// every master of the cluster.
+    pub async fn in_flight(&self, prefix: &str) -> usize {
+        let mut total = 0;
+        for port in 7001..=7006 {
+            if self.role(port).await.as_deref() != Some("master") {
+                continue;
+            }
+            let mut node = self.redis_node(port).await;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*:inflight"))
+                .query_async(&mut node)
+                .await
+                .expect("KEYS on a master");
+            for key in keys {
+                let members: usize = redis::cmd("SCARD")
+                    .arg(&key)
+                    .query_async(&mut node)
+                    .await
+                    .expect("SCARD");
+                total += members;
+            }
+        }
+        total
+    }
+
+    /// Deletes every key under `prefix` on every master.
+    pub async fn delete_keys(&self, prefix: &str) {
+        for port in 7001..=7006 {
+            if self.role(port).await.as_deref() != Some("master") {
+                continue;
+            }
+            let mut node = self.redis_node(port).await;
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:*"))
+                .query_async(&mut node)
+                .await
+                .expect("KEYS on a master");
+            for key in keys {
+                let _: () = redis::cmd("DEL")
+                    .arg(&key)
+                    .query_async(&mut node)
+                    .await
+                    .expect("DEL");
+            }
+        }
+    }
+
     async fn any_live_node(&self) -> redis::aio::MultiplexedConnection {
         for port in 7001..=7006 {
             let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {

@@ -7,17 +7,18 @@
 //! job is retried: the write answers `exists` the second time and the
 //! release is idempotent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::future::join_all;
 use redis::Script;
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use shared::counters::{self, Keys, Release};
 use shared::job::{Job, Record};
-use shared::redis_client::RedisClient;
+use shared::redis_client::{RedisClient, Slot};
 use tokio::time::Instant;
 
 use crate::retry::{Failure, Reason, StoreError, classify};
@@ -197,43 +198,61 @@ impl Storage {
     }
 
     /// Takes the stored jobs' numbers out of flight, one script call per
-    /// scope, all in one pipeline. If Redis cannot be reached those jobs
-    /// fail transiently (their records are stored; the retry finds them).
+    /// scope, in one pipeline per node (on a cluster, per hash slot: a
+    /// batch mixes applications, whose keys live in different slots), the
+    /// pipelines sent at once. If one cannot be sent, the jobs of its
+    /// scopes fail transiently (their records are stored; the retry finds
+    /// them) and the others are released as usual.
     async fn release_stored(&self, jobs: &[&Job], results: &mut [Result<(), Failure>]) {
-        let mut scopes: BTreeMap<_, Vec<i64>> = BTreeMap::new();
-        for (job, result) in jobs.iter().zip(results.iter()) {
+        let mut scopes: BTreeMap<_, Vec<usize>> = BTreeMap::new();
+        for (index, (job, result)) in jobs.iter().zip(results.iter()).enumerate() {
             if result.is_ok() {
-                scopes.entry(scope_key(job)).or_default().push(job.number());
+                scopes.entry(scope_key(job)).or_default().push(index);
             }
         }
-        if scopes.is_empty() {
-            return;
-        }
-        let mut pipeline = redis::pipe();
-        for (scope, numbers) in &scopes {
-            let call = self
-                .keys
-                .release(scope.scope(), numbers, self.counter_ttl, Release::Stored);
+        let mut groups: HashMap<Option<Slot>, (redis::Pipeline, Vec<usize>)> = HashMap::new();
+        for (scope, indices) in &scopes {
+            let numbers: Vec<i64> = indices.iter().map(|&index| jobs[index].number()).collect();
+            let call =
+                self.keys
+                    .release(scope.scope(), &numbers, self.counter_ttl, Release::Stored);
+            let (pipeline, members) = groups
+                .entry(self.redis.pipeline_of(&call.keys[0]))
+                .or_insert_with(|| (redis::pipe(), Vec::new()));
             let mut invocation = self.release.key(call.keys);
             invocation.arg(call.args);
             pipeline.invoke_script(&invocation).ignore();
+            members.extend(indices);
         }
+        let sent = join_all(groups.into_values().map(|(pipeline, members)| async move {
+            (self.send_release(&pipeline).await, members)
+        }))
+        .await;
+        for (released, members) in sent {
+            if let Err(error) = released {
+                let error = Arc::new(error);
+                for index in members {
+                    results[index] = Err(Failure::Transient(StoreError::Release(error.clone())));
+                }
+            }
+        }
+    }
+
+    /// One release pipeline; loads the script first if Redis lost it.
+    async fn send_release(&self, pipeline: &redis::Pipeline) -> redis::RedisResult<()> {
         let mut redis = self.redis.clone();
-        let mut released: redis::RedisResult<()> = pipeline.query_async(&mut redis).await;
-        if matches!(&released, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        {
-            // The script is not cached yet (Redis restarted): load, retry.
-            released = async {
+        let released: redis::RedisResult<()> = pipeline.query_async(&mut redis).await;
+        match released {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                // Not cached yet (Redis restarted, or a new master): load
+                // it (on a cluster, redis-rs sends SCRIPT LOAD to every
+                // node), then send again.
                 let _: String = self.release.prepare_invoke().load_async(&mut redis).await?;
                 pipeline.query_async(&mut redis).await
             }
-            .await;
-        }
-        if let Err(error) = released {
-            let error = Arc::new(error);
-            for result in results.iter_mut().filter(|result| result.is_ok()) {
-                *result = Err(Failure::Transient(StoreError::Release(error.clone())));
-            }
+            other => other,
         }
     }
 

@@ -3,6 +3,7 @@
 //! proxy in front of the chat-system and a TCP proxy in front of RabbitMQ.
 
 mod batches;
+mod cluster;
 mod end_to_end;
 mod helpers;
 mod persistence;
