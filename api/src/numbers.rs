@@ -211,15 +211,25 @@ impl Numbers {
         match error {
             Unreplicated::Redis(error) => NumberError::Redis(error),
             Unreplicated::TooFew { acked, wanted } => {
-                metrics::counter!("api_draws_not_replicated_total").increment(1);
+                metrics::counter!("api_draws_not_replicated_total", "why" => "too_few")
+                    .increment(1);
                 NumberError::NotReplicated { acked, wanted }
             }
-            // The grouping task is gone (the runtime is stopping): nothing
-            // confirmed the draw.
-            Unreplicated::Stopped => NumberError::NotReplicated {
-                acked: 0,
-                wanted: self.timings.wait_replicas,
-            },
+            // No replica confirmed the draw (if it was made): the lane is
+            // full or slow (its shard's replica lags), or gone (the runtime
+            // is stopping).
+            Unreplicated::Busy | Unreplicated::TimedOut | Unreplicated::Stopped => {
+                let why = match error {
+                    Unreplicated::Busy => "busy",
+                    Unreplicated::TimedOut => "timed_out",
+                    _ => "stopped",
+                };
+                metrics::counter!("api_draws_not_replicated_total", "why" => why).increment(1);
+                NumberError::NotReplicated {
+                    acked: 0,
+                    wanted: self.timings.wait_replicas,
+                }
+            }
         }
     }
 

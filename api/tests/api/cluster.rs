@@ -158,3 +158,89 @@ async fn a_keyed_retry_is_answered_only_once_a_replica_holds_its_number() {
     .await;
     assert_eq!(retry.number("chat number"), 2, "the first attempt's number");
 }
+
+/// Sends SIGCONT when dropped: a failed test leaves no node stopped.
+struct Resume(i32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+/// Latencies of `count` chat creates one after the other, all answered 200.
+async fn timed_creates(app: &TestApp, token: &str, count: usize) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(count);
+    for _ in 0..count {
+        let started = tokio::time::Instant::now();
+        let answer = app.create_chat(token).await;
+        latencies.push(started.elapsed());
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    latencies.sort();
+    latencies
+}
+
+#[tokio::test]
+#[ignore = "needs the clusters of scripts/cluster; scripts/test runs it after the suite"]
+async fn a_master_whose_replica_lags_delays_only_its_own_applications() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let cluster = clusters().await;
+    let app = spawn_on(&cluster).await;
+    let keys = Keys::new(&app.redis.prefix);
+    let slow = app.application(0).await;
+    let slow_shard = cluster
+        .shard_of(&keys.counter(Scope::Chats { token: &slow }))
+        .await;
+    let quiet = loop {
+        let token = app.application(0).await;
+        let shard = cluster
+            .shard_of(&keys.counter(Scope::Chats { token: &token }))
+            .await;
+        if shard.master != slow_shard.master {
+            break token;
+        }
+    };
+    assert_eq!(app.create_chat(&slow).await.number("chat number"), 1);
+    let alone = timed_creates(&app, &quiet, 40).await;
+
+    // The slow application's master can no longer reach its replica: its
+    // draws wait out REDIS_WAIT_TIMEOUT_MS (300 ms) and are refused, while
+    // they keep coming.
+    let replica_pid = cluster.redis_pid(slow_shard.replica).await;
+    signal(replica_pid, "STOP");
+    let resume = Resume(replica_pid);
+    let measured = std::sync::atomic::AtomicBool::new(false);
+    let flood = async {
+        let mut longest = Duration::ZERO;
+        while !measured.load(std::sync::atomic::Ordering::Relaxed) {
+            let started = tokio::time::Instant::now();
+            let answers = join_all((0..20).map(|_| app.create_chat(&slow))).await;
+            assert!(answers.iter().all(|answer| answer.status == 503));
+            longest = longest.max(started.elapsed());
+        }
+        longest
+    };
+    let measure = async {
+        // Once the flood is under way.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let latencies = timed_creates(&app, &quiet, 40).await;
+        measured.store(true, std::sync::atomic::Ordering::Relaxed);
+        latencies
+    };
+    let (during, flood_waited) = tokio::join!(measure, flood);
+    drop(resume);
+
+    let median = |latencies: &[Duration]| latencies[latencies.len() / 2];
+    assert!(
+        median(&during) < median(&alone) * 3 + Duration::from_millis(20),
+        "the other master's application slowed down: median {:?} alone, {:?} beside the lagging shard",
+        median(&alone),
+        median(&during)
+    );
+    assert!(
+        flood_waited < Duration::from_secs(2),
+        "the lagging shard's creates are refused within the wait timeout and its margin: {flood_waited:?}"
+    );
+    cluster.delete_keys(&app.redis.prefix).await;
+}
