@@ -43,9 +43,11 @@ pub(crate) enum StoreError {
     Starting,
     #[error("database unavailable")]
     Unavailable(#[source] Arc<sqlx::Error>),
-    /// PostgreSQL refused a value (class 22): the routes check their input,
-    /// this is the safety net for what they did not foresee.
-    #[error("input the database cannot store")]
+    /// PostgreSQL refused the record for what it holds (a data exception,
+    /// a constraint, a size limit): the routes check their input, this is
+    /// the safety net for what they did not foresee. It fails that record
+    /// alone (see `writer.rs`); storing it again would fail the same way.
+    #[error("the database refused this record: {}", database_message(.0))]
     Refused(#[source] Arc<sqlx::Error>),
     #[error("database error")]
     Internal(#[source] Arc<sqlx::Error>),
@@ -63,9 +65,24 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// Class 22, data exceptions: the value itself was refused.
+/// Errors the record's own data causes, which no retry can cure: class 22
+/// (data exceptions: a value out of range, an invalid byte sequence),
+/// class 23 (a constraint the record breaks) and class 54 (a program limit
+/// the record exceeds, such as a `tsvector` over 1 MiB or an index row too
+/// large).
 fn is_bad_data(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")))
+    matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|code| {
+        code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+    }))
+}
+
+/// PostgreSQL's own words for a refusal (no values of the row: those are in
+/// its DETAIL, which is not shown).
+fn database_message(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// Errors that mean "PostgreSQL cannot be reached or is restarting", as

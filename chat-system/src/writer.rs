@@ -10,10 +10,12 @@
 //! the workers' concurrent bulk requests become one transaction instead of
 //! one each, which is what a transaction costs PostgreSQL most of.
 //!
-//! Results stay per record, and a record the database refuses (a value it
-//! cannot hold, which the routes did not foresee) fails alone: the
-//! transaction it was in is split and stored again in halves until the
-//! refused record is found.
+//! Results stay per record, and a record the database refuses for what it
+//! holds (a value it cannot hold, a constraint it breaks, a limit it
+//! exceeds: `StoreError::Refused`) fails alone: the transaction it was in
+//! is split and stored again in halves until the refused record is found,
+//! and every other record of the transaction, of whatever worker or
+//! application, is stored.
 
 use std::sync::Arc;
 

@@ -47,6 +47,20 @@ impl TestDatabase {
         format!("postgres://{credentials}@{address}/{}", self.name)
     }
 
+    /// Runs `sql` in this database (once the chat-system created it): a
+    /// test changing the schema under the code, to make it fail.
+    pub async fn execute(&self, sql: &'static str) {
+        use sqlx::Connection;
+        let mut connection = sqlx::PgConnection::connect(&self.url())
+            .await
+            .expect("connecting to the test database");
+        sqlx::raw_sql(sql)
+            .execute(&mut connection)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+        let _ = connection.close().await;
+    }
+
     /// The server's own address, for a proxy to forward to.
     pub fn server_address() -> std::net::SocketAddr {
         use std::net::ToSocketAddrs;

@@ -209,3 +209,48 @@ async fn a_batch_that_cannot_be_read_is_refused_whole() {
     }
     assert_eq!(app.chats_count(&token).await, 1, "nothing stored");
 }
+
+#[tokio::test]
+async fn a_record_the_database_refuses_fails_alone_and_its_neighbours_are_stored() {
+    let app = spawn_app().await;
+    let token = app.application_with_chats(1).await;
+    let other = app.create_application("other").await;
+    // A rule of this test's database that one record breaks: a constraint
+    // (SQLSTATE 23514), not a data exception (class 22).
+    app.database
+        .execute("ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (body NOT LIKE '%poison%')")
+        .await;
+
+    let answer = post(
+        &app,
+        json!([
+            message(&token, 1, 1, "fine"),
+            message(&token, 1, 2, "a poison pill"),
+            chat(&other, 1),
+            message(&token, 1, 3, "also fine"),
+        ]),
+    )
+    .await;
+
+    assert_eq!(
+        results(&answer),
+        [
+            (201, "created".to_owned()),
+            (400, "invalid".to_owned()),
+            (201, "created".to_owned()),
+            (201, "created".to_owned()),
+        ]
+    );
+    let error = answer.body["results"][1]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("refused") && error.contains("no_poison"),
+        "{error}"
+    );
+    assert_eq!(
+        app.messages(&token, 1).await,
+        [(1, "fine".to_owned()), (3, "also fine".to_owned())]
+    );
+    assert_eq!(app.chats_count(&other).await, 1);
+}

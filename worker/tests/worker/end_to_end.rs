@@ -142,3 +142,61 @@ async fn a_create_retried_with_its_key_after_a_lost_confirm_is_stored_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(stack.messages(&token, 1).await.len(), 1, "one row");
 }
+
+/// `count` distinct words (`w0`, `w1`, … in base 26), separated by spaces.
+fn distinct_words(bytes: usize) -> String {
+    let mut text = String::with_capacity(bytes + 16);
+    let mut index = 0_u64;
+    while text.len() < bytes {
+        let (mut word, mut rest) = (String::from("w"), index);
+        loop {
+            word.push((b'a' + (rest % 26) as u8) as char);
+            rest /= 26;
+            if rest == 0 {
+                break;
+            }
+        }
+        text.push_str(&word);
+        text.push(' ');
+        index += 1;
+    }
+    text.truncate(bytes);
+    text.trim_end().to_owned()
+}
+
+#[tokio::test]
+async fn a_990_kb_message_of_distinct_words_is_stored_and_found() {
+    // A chat-system and an api configured for messages of a megabyte.
+    let stack = TestStack::start_with(&["--max-body-bytes", "8000000"]).await;
+    let token = stack.application().await;
+    let (api, _api) = stack
+        .spawn_api_via(testkit::amqp_address(), &["--max-message-bytes", "1000000"])
+        .await;
+    let worker = stack.spawn_worker(&[]).await;
+    let client = testkit::http::client();
+    let chat = testkit::http::send(client.post(format!("{api}/applications/{token}/chats"))).await;
+    assert_eq!(chat.number("chat number"), 1);
+    let body = distinct_words(990_000);
+
+    let answer = testkit::http::send(
+        client
+            .post(format!("{api}/applications/{token}/chats/1/messages"))
+            .json(&serde_json::json!({ "body": body })),
+    )
+    .await;
+
+    assert_eq!(answer.number("message number"), 1);
+    let stored = stack.wait_for_messages(&token, 1, 1).await;
+    assert!(stored[0].1 == body, "stored with its whole body");
+    // Search covers the first 100,000 characters of a body.
+    let early = body.split(' ').nth(100).expect("a word");
+    let hits = stack
+        .get(&format!(
+            "/applications/{token}/chats/1/messages/search?q={early}"
+        ))
+        .await;
+    assert_eq!(hits.status, 200);
+    assert_eq!(hits.body["items"][0]["number"], 1, "found by {early}");
+    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+    worker.stop().await;
+}

@@ -158,3 +158,47 @@ async fn a_message_that_arrives_before_its_chat_waits_for_it() {
     worker.stop().await;
     assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
 }
+
+#[tokio::test]
+async fn a_record_the_database_refuses_is_dead_lettered_alone_and_its_batch_is_stored() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    stack
+        .chat_system
+        .database
+        .execute("ALTER TABLE messages ADD CONSTRAINT no_poison CHECK (body NOT LIKE '%poison%')")
+        .await;
+    let jobs = [
+        Job::chat(token.clone(), 1),
+        Job::message(token.clone(), 1, 1, "fine".into()),
+        Job::message(token.clone(), 1, 2, "a poison pill".into()),
+        Job::message(token.clone(), 1, 3, "also fine".into()),
+    ];
+    stack.publish_batches(&jobs, jobs.len()).await;
+    let worker = stack.worker(&[]).await;
+
+    let outcomes = worker.process_next().await.unwrap();
+
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::Stored,
+            Outcome::Stored,
+            Outcome::DeadLettered(Reason::Rejected),
+            Outcome::Stored
+        ]
+    );
+    assert_eq!(
+        stack.messages(&token, 1).await,
+        [(1, "fine".to_owned()), (3, "also fine".to_owned())]
+    );
+    let letters = stack.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(Job::decode(&letters[0].0).unwrap(), jobs[2]);
+    assert_eq!(header(&letters[0].1, "x-reason"), "rejected");
+    let error = header(&letters[0].1, "x-last-error");
+    assert!(
+        error.contains("refused") && error.contains("no_poison"),
+        "{error}"
+    );
+}
