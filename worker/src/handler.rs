@@ -6,9 +6,14 @@
 //!
 //! A delivery is acknowledged only once the fate of every job in it is safe
 //! elsewhere: the chat-system stored the record, or the job's retry or
-//! dead-letter copy was confirmed by the broker. If a copy cannot be
-//! published, its delivery goes back to the queue whole (nack with requeue)
-//! and is tried again; a duplicate is harmless (writes are idempotent), a
+//! dead-letter copy was confirmed by the broker. Jobs, not deliveries, are
+//! settled: when some jobs of a delivery are settled and others are not
+//! (their copy could not be published), the unsettled ones go back to the
+//! jobs exchange as a message of their own (confirmed) and the delivery is
+//! acknowledged, so no settled job is handled twice and one job cannot push
+//! its neighbours toward the delivery limit. Only when that fails too, or
+//! nothing of the delivery was settled, does it go back to the queue whole
+//! (nack with requeue); a duplicate is harmless (writes are idempotent), a
 //! loss is not. The consume loop batches the acks ([`crate::acks`]).
 //!
 //! Everything about one job is logged inside its span (`job_id`, `kind`,
@@ -58,15 +63,26 @@ impl Outcome {
 }
 
 /// What became of one delivery's jobs. How the delivery is settled follows
-/// from them: acknowledged unless one of them was requeued.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// from them: acknowledged unless one of them was requeued with it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Settled {
     pub(crate) outcomes: Vec<Outcome>,
+    /// Its requeued jobs went back as a message of their own.
+    pub(crate) requeued_apart: bool,
 }
 
 impl Settled {
     pub(crate) fn acknowledged(&self) -> bool {
-        !self.outcomes.contains(&Outcome::Requeued)
+        self.requeued_apart || !self.outcomes.contains(&Outcome::Requeued)
+    }
+
+    /// Some of its jobs are settled and some are not.
+    fn partly_settled(&self) -> bool {
+        self.outcomes.contains(&Outcome::Requeued)
+            && self
+                .outcomes
+                .iter()
+                .any(|outcome| *outcome != Outcome::Requeued)
     }
 }
 
@@ -120,16 +136,71 @@ impl Handler {
         });
         let outcomes = join_all(settling).await;
 
-        let mut settled = vec![
-            Settled {
-                outcomes: Vec::new()
-            };
-            deliveries.len()
-        ];
-        for (unit, outcome) in units.iter().zip(outcomes) {
-            settled[unit.delivery].outcomes.push(outcome);
+        let mut settled = vec![Settled::default(); deliveries.len()];
+        for (unit, outcome) in units.iter().zip(&outcomes) {
+            settled[unit.delivery].outcomes.push(*outcome);
+        }
+        for (index, delivery_settled) in settled.iter_mut().enumerate() {
+            if delivery_settled.partly_settled() {
+                let unsettled: Vec<&Unit<'_>> = units
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(unit, outcome)| {
+                        unit.delivery == index && **outcome == Outcome::Requeued
+                    })
+                    .map(|(unit, _)| unit)
+                    .collect();
+                delivery_settled.requeued_apart = self
+                    .requeue_apart(&unsettled, &deliveries[index], publisher)
+                    .await;
+            }
         }
         settled
+    }
+
+    /// Publishes `unsettled` jobs of `delivery` to the jobs exchange as a
+    /// message of their own (each as it came, its failed releases counted
+    /// as before); whether the broker confirmed it.
+    async fn requeue_apart(
+        &self,
+        unsettled: &[&Unit<'_>],
+        delivery: &Delivery,
+        publisher: &Channel,
+    ) -> bool {
+        let properties: Vec<BasicProperties> = unsettled
+            .iter()
+            .map(|unit| match &unit.unpacked.job {
+                Ok(job) => publish::job_properties(job),
+                Err(_) => publish::json_properties(),
+            })
+            .collect();
+        let jobs: Vec<(&[u8], &BasicProperties)> = unsettled
+            .iter()
+            .zip(&properties)
+            .map(|(unit, properties)| (unit.unpacked.bytes, properties))
+            .collect();
+        let mut message = publish::jobs_message(self.topology.jobs_exchange(), &jobs);
+        let headers = delivery.properties.headers().as_ref();
+        if let Some(releases) = publish::header(headers, RELEASE_ATTEMPTS) {
+            message.properties =
+                publish::with_headers(message.properties, &[(RELEASE_ATTEMPTS, &releases)]);
+        }
+        match publish::publish(publisher, message, self.publish_timeout).await {
+            Ok(()) => {
+                tracing::info!(
+                    jobs = unsettled.len(),
+                    "requeued the unsettled jobs of a delivery apart from the settled ones"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = %Chain(&error),
+                    "could not requeue a delivery's unsettled jobs apart; requeueing it whole"
+                );
+                false
+            }
+        }
     }
 
     /// Carries out a job's verdict: publishes the retry or dead-letter copy

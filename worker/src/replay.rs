@@ -35,12 +35,13 @@ pub const MAX_HELD: usize = 10_000;
 /// A progress line goes to standard error every this many letters.
 const PROGRESS_EVERY: usize = 1000;
 
-/// Counts of one run.
+/// Counts of one run. A letter holds one job, or the jobs of a batch the
+/// broker dead-lettered whole; all but `found` count jobs.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
     /// Letters in the queue when the run started: the most it reads.
     pub found: usize,
-    /// Dead letters that passed the filter (listed, or replayed).
+    /// Jobs that passed the filter (listed, or replayed).
     pub matched: usize,
     /// Re-published and removed from the dead-letter queue.
     pub replayed: usize,
@@ -65,7 +66,7 @@ pub async fn run(config: &Config, filter: &Selection, list_only: bool) -> anyhow
         report.replayed
     };
     println!(
-        "{verb} {done} of {} matching dead letters ({} filtered out, {} unreadable, left in the queue; {} in the queue at the start)",
+        "{verb} {done} of {} matching dead-lettered jobs ({} filtered out, {} unreadable, left in the queue; {} letters in the queue at the start)",
         report.matched, report.skipped, report.unreadable, report.found
     );
     if report.not_shown > 0 {
@@ -129,48 +130,9 @@ pub async fn replay(
                 break;
             };
             let delivery = message.delivery;
-            let kind = delivery
-                .properties
-                .kind()
-                .as_ref()
-                .map(|kind| kind.as_str());
-            let jobs: Result<Vec<Job>, _> = job::unpack(kind, &delivery.data)
-                .into_iter()
-                .map(|unpacked| unpacked.job)
-                .collect();
-            match jobs {
-                Err(_) => {
-                    report.unreadable += 1;
-                    writeln!(
-                        out,
-                        "unreadable payload ({} bytes), reason {}",
-                        delivery.data.len(),
-                        reason(&delivery)
-                    )?;
-                    run.pass_over(delivery, &mut held).await?;
-                }
-                Ok(jobs) if !jobs.iter().any(|job| matches(filter, job)) => {
-                    report.skipped += 1;
-                    run.pass_over(delivery, &mut held).await?;
-                }
-                Ok(mut jobs) => {
-                    report.matched += jobs.len();
-                    for job in &jobs {
-                        writeln!(out, "{}", describe(job, &delivery))?;
-                    }
-                    if dry_run {
-                        held.push(delivery);
-                    } else {
-                        report.replayed += jobs.len();
-                        match (jobs.pop(), jobs.is_empty()) {
-                            (Some(job), true) => run.replay(job, delivery).await?,
-                            // A batch the broker dead-lettered whole (its
-                            // delivery limit): back as it came.
-                            _ => run.move_to(delivery, run.topology.jobs_exchange()).await?,
-                        }
-                    }
-                }
-            }
+            let remaining = filter.limit.map(|limit| limit - report.matched);
+            run.letter(delivery, filter, remaining, &mut report, &mut held, out)
+                .await?;
             if (read + 1) % PROGRESS_EVERY == 0 {
                 eprintln!(
                     "{} of {found} read: {} matched, {} replayed, {} left in the queue",
@@ -205,21 +167,102 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Re-publishes `job` with its attempts reset, then takes its letter
-    /// off the dead-letter queue.
-    async fn replay(&self, mut job: Job, delivery: Delivery) -> anyhow::Result<()> {
-        job.attempt = 0;
-        let message = Message {
-            exchange: self.topology.jobs_exchange(),
-            routing_key: ROUTING_KEY.into(),
-            payload: job.encode(),
-            properties: publish::job_properties(&job),
-        };
+    /// One letter: each of its jobs (one, or those of a batch the broker
+    /// dead-lettered whole) listed, replayed or kept on its own. A batch
+    /// letter whose jobs part ways is taken apart: the replayed jobs go to
+    /// the jobs exchange, the kept ones (filtered out, past the limit,
+    /// undecodable) back to the dead-letter queue as letters of their own,
+    /// each with the batch's headers, all confirmed before the batch letter
+    /// is acknowledged.
+    async fn letter(
+        &self,
+        delivery: Delivery,
+        filter: &Selection,
+        remaining: Option<usize>,
+        report: &mut Report,
+        held: &mut Vec<Delivery>,
+        out: &mut impl Write,
+    ) -> anyhow::Result<()> {
+        let kind = delivery
+            .properties
+            .kind()
+            .as_ref()
+            .map(|kind| kind.as_str());
+        let units = job::unpack(kind, &delivery.data);
+        let mut chosen = Vec::new();
+        let mut kept = Vec::new();
+        for unpacked in &units {
+            match &unpacked.job {
+                Ok(job)
+                    if matches(filter, job) && remaining.is_none_or(|left| chosen.len() < left) =>
+                {
+                    writeln!(out, "{}", describe(job, &delivery))?;
+                    chosen.push(job.clone());
+                }
+                Ok(_) => {
+                    report.skipped += 1;
+                    kept.push(unpacked);
+                }
+                Err(_) => {
+                    report.unreadable += 1;
+                    writeln!(
+                        out,
+                        "unreadable job ({} bytes), reason {}",
+                        unpacked.bytes.len(),
+                        reason(&delivery)
+                    )?;
+                    kept.push(unpacked);
+                }
+            }
+        }
+        report.matched += chosen.len();
+        if chosen.is_empty() || self.dry_run {
+            return self.pass_over(delivery, held).await;
+        }
         let timeout = self.config.broker.publish_timeout();
-        if let Err(error) = publish::publish(self.publisher, message, timeout).await {
-            anyhow::bail!("re-publishing job {} failed, stopping: {error}", job.id);
+        let letter_headers = split_headers(&delivery);
+        let mut messages: Vec<Message> = chosen
+            .into_iter()
+            .map(|mut job| {
+                job.attempt = 0;
+                Message {
+                    exchange: self.topology.jobs_exchange(),
+                    routing_key: ROUTING_KEY.into(),
+                    payload: job.encode(),
+                    properties: publish::job_properties(&job),
+                }
+            })
+            .collect();
+        let replaying = messages.len();
+        messages.extend(kept.iter().map(|unpacked| {
+            let properties = match &unpacked.job {
+                Ok(job) => publish::job_properties(job),
+                Err(_) => publish::json_properties(),
+            };
+            let mut headers = properties.headers().clone().unwrap_or_default();
+            for (name, value) in letter_headers.inner() {
+                headers.insert(name.clone(), value.clone());
+            }
+            Message {
+                exchange: self.topology.dead_exchange(),
+                routing_key: ROUTING_KEY.into(),
+                payload: unpacked.bytes.to_vec(),
+                properties: properties.with_headers(headers),
+            }
+        }));
+        let published = futures::future::join_all(
+            messages
+                .into_iter()
+                .map(|message| publish::publish(self.publisher, message, timeout)),
+        )
+        .await;
+        if let Some(Err(error)) = published.into_iter().find(Result::is_err) {
+            anyhow::bail!(
+                "re-publishing a dead letter's jobs failed, stopping (the letter stays): {error}"
+            );
         }
         delivery.ack(BasicAckOptions::default()).await?;
+        report.replayed += replaying;
         Ok(())
     }
 
@@ -247,6 +290,21 @@ impl Run<'_> {
         delivery.ack(BasicAckOptions::default()).await?;
         Ok(())
     }
+}
+
+/// A letter's headers without those that described it as a batch: what
+/// each of its jobs keeps when the letter is taken apart (the worker's
+/// `x-reason` and `x-last-error`, the broker's `x-death`).
+fn split_headers(delivery: &Delivery) -> FieldTable {
+    let mut headers = FieldTable::default();
+    if let Some(all) = delivery.properties.headers() {
+        for (name, value) in all.inner() {
+            if name.as_str() != job::JOBS_HEADER {
+                headers.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    headers
 }
 
 fn matches(filter: &Selection, job: &Job) -> bool {

@@ -1,6 +1,8 @@
 //! Batches: many jobs stored with one bulk request, each meeting its own
 //! fate.
 
+use std::time::Duration;
+
 use shared::job::Job;
 use worker::Outcome;
 use worker::retry::Reason;
@@ -111,4 +113,50 @@ async fn a_batch_larger_than_the_chat_system_takes_is_sent_in_smaller_requests()
     assert_eq!(stored.len(), 200);
     assert!(stored.iter().all(|(_, stored)| *stored == body));
     assert!(stack.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_job_of_a_batch_whose_copy_fails_goes_back_alone_and_its_neighbours_are_done() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    let worker = stack.spawn_worker(&[]).await;
+    // The worker declared its retry queues when it connected; the first
+    // one goes away, so a retry copy to it is unroutable and not published.
+    let (_connection, channel) = stack.broker.channel().await;
+    channel
+        .queue_delete(
+            format!("{}.retry.100ms", stack.broker.prefix)
+                .as_str()
+                .into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("deleting the retry queue");
+    let stuck = Job::message(token.clone(), 2, 1, "its chat never comes".into());
+    stack
+        .publish_batches(&[Job::chat(token.clone(), 1), stuck], 2)
+        .await;
+
+    // The stuck job comes back, again and again.
+    let writes = || stack.upstream.count("POST", "/records", "");
+    testkit::eventually(
+        "the stuck job tried again",
+        Duration::from_secs(20),
+        || async { (writes() >= 4).then_some(()) },
+    )
+    .await;
+    worker.stop().await;
+
+    let chat_writes = stack
+        .upstream
+        .seen()
+        .iter()
+        .filter(|seen| seen.path == "/records")
+        .filter(|seen| String::from_utf8_lossy(&seen.body).contains(r#""kind":"chat""#))
+        .count();
+    assert_eq!(
+        chat_writes, 1,
+        "the stored chat was settled with its delivery, never sent again"
+    );
+    assert_eq!(stack.chats_count(&token).await, 1);
 }

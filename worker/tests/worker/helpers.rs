@@ -216,6 +216,23 @@ impl TestStack {
         }
     }
 
+    /// Publishes `message` as it is, confirmed, the topology declared.
+    pub(crate) async fn publish_message(&self, message: Message) {
+        let (_connection, channel) = self.broker.channel().await;
+        let topology = Topology::new(&self.worker_config(&[]).broker);
+        topology
+            .declare(&channel)
+            .await
+            .expect("declaring the topology");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirm mode");
+        publish::publish(&channel, message, Duration::from_secs(10))
+            .await
+            .expect("a confirmed publish");
+    }
+
     /// Publishes payloads as they are, one message each.
     pub(crate) async fn publish_raw(&self, payloads: &[Vec<u8>]) {
         let messages = payloads

@@ -208,3 +208,73 @@ async fn listing_and_dry_runs_finish_with_debug_logging() {
     }
     assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 1);
 }
+
+#[tokio::test]
+async fn a_batch_letter_is_taken_apart_each_job_replayed_or_kept_on_its_own() {
+    let stack = TestStack::start().await;
+    let first = stack.application().await;
+    let second = stack.application().await;
+    let kept_job = Job::chat(second.clone(), 1);
+    let replayed = [Job::chat(first.clone(), 1), Job::chat(first.clone(), 2)];
+    let unreadable = br#"{"v":1,"kind":"nonsense"}"#.to_vec();
+    // A batch the broker dead-lettered whole (its delivery limit), as the
+    // broker leaves it: the api's batch message with the broker's headers.
+    let encoded = [
+        replayed[0].encode(),
+        kept_job.encode(),
+        unreadable.clone(),
+        replayed[1].encode(),
+    ];
+    let properties = shared::publish::json_properties();
+    let jobs: Vec<(&[u8], &lapin::BasicProperties)> = encoded
+        .iter()
+        .map(|payload| (payload.as_slice(), &properties))
+        .collect();
+    let config = stack.worker_config(&[]);
+    let topology = shared::topology::Topology::new(&config.broker);
+    let mut letter = shared::publish::jobs_message(topology.dead_exchange(), &jobs);
+    letter.properties = shared::publish::with_headers(
+        letter.properties,
+        &[("x-first-death-reason", "delivery_limit")],
+    );
+    stack.publish_message(letter).await;
+
+    let mut listing = Vec::new();
+    let listed = worker::replay::replay(&config, &Selection::default(), true, &mut listing)
+        .await
+        .unwrap();
+    let listing = String::from_utf8(listing).unwrap();
+    assert_eq!((listed.matched, listed.unreadable), (3, 1), "{listing}");
+    assert_eq!(listing.lines().count(), 4, "a line per job: {listing}");
+
+    let filter = Selection {
+        token: Some(first.clone()),
+        ..Selection::default()
+    };
+    let report = worker::replay::replay(&config, &filter, false, &mut Vec::new())
+        .await
+        .unwrap();
+
+    assert_eq!(
+        (report.replayed, report.skipped, report.unreadable),
+        (2, 1, 1)
+    );
+    let mut back = stack.broker.take_jobs(&stack.broker.jobs_queue()).await;
+    back.sort_by_key(Job::number);
+    assert_eq!(back, replayed, "the matching jobs, on their own");
+    let mut letters = stack.dead_letters().await;
+    letters.sort_by_key(|(payload, _)| payload.len());
+    assert_eq!(letters.len(), 2, "the others, each a letter of its own");
+    assert_eq!(
+        letters[0].0, unreadable,
+        "the undecodable job, byte for byte"
+    );
+    assert_eq!(Job::decode(&letters[1].0).unwrap(), kept_job);
+    for (_, headers) in &letters {
+        assert_eq!(
+            crate::helpers::header(headers, "x-first-death-reason"),
+            "delivery_limit"
+        );
+        assert!(shared::publish::header(Some(headers), "x-jobs").is_none());
+    }
+}
