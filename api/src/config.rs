@@ -37,6 +37,23 @@ pub struct Config {
     #[arg(long, env = "SEED_WAIT_MS", default_value_t = 5000)]
     pub seed_wait_ms: u64,
 
+    /// Seeds (chat-system reads on a counter miss) one api process runs at
+    /// once; further misses wait, up to `SEED_WAIT_MS`. Bounds what a flood
+    /// of unknown tokens costs the chat-system.
+    #[arg(long, env = "SEED_CONCURRENCY", default_value_t = 32)]
+    pub seed_concurrency: usize,
+
+    /// Creates per second one application may make through this api
+    /// process (a token bucket per application); beyond, 429 with
+    /// `Retry-After` and nothing drawn. 0 turns the limit off.
+    #[arg(long, env = "RATE_LIMIT_PER_APPLICATION", default_value_t = 0.0)]
+    pub rate_limit_per_application: f64,
+
+    /// Creates one application may make at once above its rate (the
+    /// bucket's size); 0 means one second's worth.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 0)]
+    pub rate_limit_burst: u32,
+
     /// What the api demands of its Redis before it draws numbers: `verify`
     /// (`appendonly yes` and `appendfsync always`, checked with `CONFIG
     /// GET`), `trust` (the operator vouches for it, where `CONFIG` is not

@@ -27,6 +27,9 @@ pub(crate) enum ApiError {
     /// Another request with the `Idempotency-Key` is still at work.
     #[error("a request with this Idempotency-Key is in progress, retry later")]
     IdempotencyKeyBusy,
+    /// The application is over `RATE_LIMIT_PER_APPLICATION`.
+    #[error("too many requests for this application, retry later")]
+    RateLimited { retry_after: std::time::Duration },
     /// A dependency is down or too slow; the client should retry.
     #[error("{dependency} unavailable, retry later")]
     Unavailable {
@@ -55,6 +58,7 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::IdempotencyKeyBusy => StatusCode::CONFLICT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -71,6 +75,14 @@ impl ApiError {
             Self::Internal(_) => tracing::error!(error = %error, "answering 500"),
             _ => {}
         }
-        shared::http::error(self.status(), &self)
+        let mut response = shared::http::error(self.status(), &self);
+        if let Self::RateLimited { retry_after } = self {
+            // Whole seconds, at least one (RFC 9110 delay-seconds).
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(warp::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

@@ -24,6 +24,7 @@ use crate::error::ApiError;
 use crate::idempotency::{Claimed, IdempotencyKey, Identity, Keyed};
 use crate::numbers::Numbers;
 use crate::publisher::Publisher;
+use crate::rate_limit::RateLimit;
 
 /// What a create request asks for.
 #[derive(Debug)]
@@ -55,6 +56,7 @@ impl Create {
 pub(crate) struct Intake(Arc<Parts>);
 
 pub(crate) struct Parts {
+    pub(crate) rate_limit: RateLimit,
     pub(crate) numbers: Numbers,
     pub(crate) publisher: Publisher,
     pub(crate) keyed: Keyed,
@@ -76,7 +78,8 @@ impl Intake {
     }
 
     /// The number of the new record, once its job is confirmed queued.
-    /// `trace` is this request's context, carried by the job.
+    /// `trace` is this request's context, carried by the job. An
+    /// application over its rate is refused before anything is drawn.
     pub(crate) async fn create(
         &self,
         token: String,
@@ -84,6 +87,10 @@ impl Intake {
         trace: TraceParent,
         key: Option<IdempotencyKey>,
     ) -> Result<i64, ApiError> {
+        if let Err(retry_after) = self.0.rate_limit.admit(&token) {
+            metrics::counter!("api_rate_limited_total").increment(1);
+            return Err(ApiError::RateLimited { retry_after });
+        }
         let intake = self.clone();
         let run = async move {
             match key {

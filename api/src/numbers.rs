@@ -7,7 +7,10 @@
 //! miss exactly one caller gets the seed lock, reads the highest stored
 //! number from the chat-system and seeds-and-draws in one more script; the
 //! others wait for it, polling with a short backoff, instead of each
-//! calling the chat-system.
+//! calling the chat-system. At most `SEED_CONCURRENCY` seeds run at once in
+//! this process, and a token found unknown is remembered here too
+//! ([`NegativeCache`]), so a flood of bad tokens costs neither Redis calls
+//! after their first miss nor more than a bounded load on the chat-system.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +23,7 @@ use tokio::time::Instant;
 use crate::chat_system::{ChatSystem, ChatSystemError};
 use crate::durability::{Guard, Refusal, State as DurabilityState};
 use crate::error::ApiError;
+use crate::negative_cache::NegativeCache;
 use crate::replicas::{Call, Replicated, Unreplicated};
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +77,8 @@ pub(crate) struct Timings {
     /// Replicas that must hold a draw before its number is answered.
     pub(crate) wait_replicas: u32,
     pub(crate) wait_timeout: Duration,
+    /// Seeds this process runs at once.
+    pub(crate) seed_concurrency: usize,
 }
 
 pub(crate) struct Numbers {
@@ -87,6 +93,8 @@ pub(crate) struct Numbers {
     seed: Counted,
     unlock: Script,
     release: Script,
+    seeding: tokio::sync::Semaphore,
+    unknown: NegativeCache,
 }
 
 impl Numbers {
@@ -110,6 +118,8 @@ impl Numbers {
             seed: Counted::new(counters::SEED),
             unlock: Script::new(counters::UNLOCK),
             release: Script::new(counters::RELEASE),
+            seeding: tokio::sync::Semaphore::new(timings.seed_concurrency.max(1)),
+            unknown: NegativeCache::new(timings.negative_ttl),
         }
     }
 
@@ -122,6 +132,11 @@ impl Numbers {
         scope: Scope<'_>,
         key: Option<(&str, &str)>,
     ) -> Result<i64, NumberError> {
+        if let Scope::Chats { token } | Scope::Messages { token, .. } = scope
+            && self.unknown.knows_unknown(token)
+        {
+            return Err(NumberError::UnknownApplication);
+        }
         self.durability.ensure(&self.redis).await?;
         let lock_value = lock_value();
         let give_up = Instant::now() + self.timings.seed_wait;
@@ -130,7 +145,7 @@ impl Numbers {
             let call = self.keys.draw(scope, &lock_value, self.timings.seed_lock);
             let mut drawn = self.run(&self.draw, recorded(call, key)).await?;
             if drawn == Drawn::MustSeed {
-                drawn = self.seed(scope, &lock_value, key).await?;
+                drawn = self.seed(scope, &lock_value, key, give_up).await?;
             }
             match drawn {
                 Drawn::Number(number) => {
@@ -138,7 +153,12 @@ impl Numbers {
                         .increment(1);
                     return Ok(number);
                 }
-                Drawn::Unknown => return Err(unknown(scope)),
+                Drawn::Unknown => {
+                    if let Scope::Chats { token } = scope {
+                        self.unknown.remember(token);
+                    }
+                    return Err(unknown(scope));
+                }
                 Drawn::KeyLost => return Err(NumberError::KeyLost),
                 Drawn::Wait | Drawn::MustSeed => {
                     // Another request holds the seed lock (or ours expired
@@ -163,7 +183,13 @@ impl Numbers {
         scope: Scope<'_>,
         lock_value: &str,
         key: Option<(&str, &str)>,
+        give_up: Instant,
     ) -> Result<Drawn, NumberError> {
+        let permit = tokio::time::timeout_at(give_up, self.seeding.acquire()).await;
+        let Ok(Ok(_permit)) = permit else {
+            self.unlock(scope, lock_value).await;
+            return Err(NumberError::SeedTimeout);
+        };
         metrics::counter!("api_counter_seeds_total", "scope" => scope.label()).increment(1);
         let highest = match scope {
             Scope::Chats { token } => self.chat_system.last_chat_number(token).await,
@@ -174,15 +200,7 @@ impl Numbers {
         let highest = match highest {
             Ok(highest) => highest,
             Err(error) => {
-                let unlocked: Result<i64, _> = self
-                    .unlock
-                    .key(self.keys.lock(scope))
-                    .arg(lock_value)
-                    .invoke_async(&mut self.redis.clone())
-                    .await;
-                if let Err(unlock_error) = unlocked {
-                    tracing::warn!(%unlock_error, "could not release the seed lock; it expires by itself");
-                }
+                self.unlock(scope, lock_value).await;
                 return Err(error.into());
             }
         };
@@ -190,6 +208,19 @@ impl Numbers {
             .keys
             .seed(scope, lock_value, highest, self.timings.negative_ttl);
         self.run(&self.seed, recorded(call, key)).await
+    }
+
+    /// Gives up a seed lock, if it is still ours.
+    async fn unlock(&self, scope: Scope<'_>, lock_value: &str) {
+        let unlocked: Result<i64, _> = self
+            .unlock
+            .key(self.keys.lock(scope))
+            .arg(lock_value)
+            .invoke_async(&mut self.redis.clone())
+            .await;
+        if let Err(unlock_error) = unlocked {
+            tracing::warn!(%unlock_error, "could not release the seed lock; it expires by itself");
+        }
     }
 
     /// With `REDIS_WAIT_REPLICAS`: waits until enough replicas hold what

@@ -24,6 +24,7 @@ use crate::intake::{self, Intake};
 use crate::limits::MessageLimit;
 use crate::numbers::{Numbers, Timings};
 use crate::publisher::{self, Publisher};
+use crate::rate_limit::RateLimit;
 use crate::routes::{State, routes};
 
 pub struct Application {
@@ -53,6 +54,7 @@ impl Application {
             seed_wait: Duration::from_millis(config.seed_wait_ms),
             wait_replicas: config.redis_wait_replicas,
             wait_timeout: Duration::from_millis(config.redis_wait_timeout_ms),
+            seed_concurrency: config.seed_concurrency,
         };
         let durability = Arc::new(Guard::new(config.redis_durability));
         let stop_watching = CancellationToken::new();
@@ -103,6 +105,10 @@ impl Application {
 
         let state = Arc::new(State {
             intake: Intake::new(intake::Parts {
+                rate_limit: RateLimit::new(
+                    config.rate_limit_per_application,
+                    config.rate_limit_burst,
+                ),
                 numbers,
                 publisher,
                 keyed,

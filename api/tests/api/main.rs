@@ -5,6 +5,7 @@
 mod cluster;
 mod durability;
 mod errors;
+mod fairness;
 mod helpers;
 mod idempotency;
 mod jobs;
