@@ -24,16 +24,19 @@ pub(crate) struct LoadArgs {
     seconds: u64,
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Chats created before the messages start.
-    #[arg(long, default_value_t = 8)]
+    /// Applications the load spreads over.
+    #[arg(long, env = "LOAD_APPLICATIONS", default_value_t = 64)]
+    applications: usize,
+    /// Chats of each application created before the messages start.
+    #[arg(long, env = "LOAD_CHATS", default_value_t = 4)]
     chats: usize,
     /// Where the acknowledged records are written, one JSON line each.
     #[arg(long)]
     records: PathBuf,
-    /// Go on with this application, whose chats 1..=`chats` exist already
-    /// (a second phase of a scenario), instead of creating one.
+    /// Go on with the applications and chats of this earlier record file
+    /// (a second phase of a scenario) instead of creating new ones.
     #[arg(long)]
-    token: Option<String>,
+    resume: Option<PathBuf>,
     /// Send every create with an `Idempotency-Key` of its own and retry it
     /// with that key until it succeeds (for up to `--retry-secs` past the
     /// end of the load), as a careful client does.
@@ -56,6 +59,19 @@ pub(crate) struct VerifyArgs {
     /// When the fault ended (Unix ms): "recover" counts from there.
     #[arg(long)]
     since_ms: Option<u128>,
+    /// Once all is stored, how long the numbers in flight and the retry
+    /// copies of the run (`REDIS_PREFIX`, `QUEUE_PREFIX`) may take to reach
+    /// 0.
+    #[arg(long, default_value_t = 30)]
+    leftovers_secs: u64,
+    /// The run's queue prefix.
+    #[arg(long, env = "QUEUE_PREFIX")]
+    queue_prefix: String,
+    /// The run's Redis key prefix.
+    #[arg(long, env = "REDIS_PREFIX")]
+    redis_prefix: String,
+    #[command(flatten)]
+    servers: crate::servers::Servers,
 }
 
 /// One acknowledged answer of the api.
@@ -66,9 +82,11 @@ enum Record {
         token: String,
     },
     Chat {
+        token: String,
         number: i64,
     },
     Message {
+        token: String,
         chat: i64,
         number: i64,
         body: String,
@@ -77,23 +95,19 @@ enum Record {
 
 struct Api {
     url: String,
-    token: String,
     client: reqwest::Client,
     /// Retry each create with an `Idempotency-Key` until this instant.
     keyed_until: Option<Instant>,
 }
 
 impl Api {
-    async fn chat(&self) -> Option<i64> {
-        let url = format!("{}/applications/{}/chats", self.url, self.token);
+    async fn chat(&self, token: &str) -> Option<i64> {
+        let url = format!("{}/applications/{token}/chats", self.url);
         self.create(|| self.client.post(&url), "chat number").await
     }
 
-    async fn message(&self, chat: i64, body: &str) -> Option<i64> {
-        let url = format!(
-            "{}/applications/{}/chats/{chat}/messages",
-            self.url, self.token
-        );
+    async fn message(&self, token: &str, chat: i64, body: &str) -> Option<i64> {
+        let url = format!("{}/applications/{token}/chats/{chat}/messages", self.url);
         let request = || self.client.post(&url).json(&json!({ "body": body }));
         self.create(request, "message number").await
     }
@@ -129,64 +143,105 @@ impl Api {
     }
 }
 
+/// The chats the load writes to: `(token, chat)`.
+type Targets = Vec<(String, i64)>;
+
+/// The applications and chats of an earlier phase's record file.
+fn resumed(file: &PathBuf) -> anyhow::Result<(Vec<String>, Targets)> {
+    let (mut tokens, mut targets) = (Vec::new(), Vec::new());
+    for line in std::io::BufReader::new(std::fs::File::open(file)?).lines() {
+        match serde_json::from_str(&line?)? {
+            Record::Application { token } => tokens.push(token),
+            Record::Chat { token, number } => targets.push((token, number)),
+            Record::Message { .. } => {}
+        }
+    }
+    Ok((tokens, targets))
+}
+
+/// New applications with `chats` chats each, created through the api
+/// (retried while it fails: the fault may already be on).
+async fn prepare(
+    chat_system: &ChatSystem,
+    api: &Api,
+    args: &LoadArgs,
+    deadline: Instant,
+    records: &Mutex<Vec<Record>>,
+) -> anyhow::Result<Targets> {
+    let mut tokens = Vec::new();
+    for _ in 0..args.applications.max(1) {
+        let token = chat_system.application("chaos").await?;
+        records.lock().expect("records").push(Record::Application {
+            token: token.clone(),
+        });
+        tokens.push(token);
+    }
+    let created = futures::future::join_all(tokens.iter().map(|token| async move {
+        let mut chats = Vec::new();
+        while chats.len() < args.chats.max(1) && Instant::now() < deadline {
+            match api.chat(token).await {
+                Some(number) => chats.push((token.clone(), number)),
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        chats
+    }))
+    .await;
+    let targets: Targets = created.into_iter().flatten().collect();
+    records
+        .lock()
+        .expect("records")
+        .extend(targets.iter().map(|(token, number)| Record::Chat {
+            token: token.clone(),
+            number: *number,
+        }));
+    Ok(targets)
+}
+
 pub(crate) async fn load(args: LoadArgs) -> anyhow::Result<()> {
     let chat_system = ChatSystem::new(&args.chat_system_url)?;
-    let resumed = args.token.is_some();
-    let token = match args.token {
-        Some(token) => token,
-        None => chat_system.application("chaos").await?,
-    };
-    let client = reqwest::Client::builder().no_proxy().build()?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .build()?;
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let api = Arc::new(Api {
         url: args.api_url.trim_end_matches('/').to_owned(),
-        token: token.clone(),
         client,
         keyed_until: args
             .with_keys
             .then(|| deadline + Duration::from_secs(args.retry_secs)),
     });
-    let records = Arc::new(Mutex::new(vec![Record::Application { token }]));
-
-    let mut chats = Vec::new();
-    if resumed {
-        chats.extend(1..=args.chats as i64);
-    }
-    while chats.len() < args.chats && Instant::now() < deadline {
-        match api.chat().await {
-            Some(number) => chats.push(number),
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    anyhow::ensure!(!chats.is_empty(), "the api created no chat");
-    if !resumed {
-        records
-            .lock()
-            .expect("records")
-            .extend(chats.iter().map(|&number| Record::Chat { number }));
-    }
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let targets = match &args.resume {
+        Some(file) => resumed(file)?.1,
+        None => prepare(&chat_system, &api, &args, deadline, &records).await?,
+    };
+    anyhow::ensure!(!targets.is_empty(), "the api created no chat");
+    let targets = Arc::new(targets);
 
     // Bodies differ between runs, so a number handed out again shows.
     let run = uuid::Uuid::new_v4().simple().to_string()[..6].to_owned();
     let failed = Arc::new(Mutex::new(0_u64));
     let mut tasks = Vec::new();
     for task in 0..args.concurrency {
-        let (api, records, failed, chats, run) = (
+        let (api, records, failed, targets, run) = (
             api.clone(),
             records.clone(),
             failed.clone(),
-            chats.clone(),
+            targets.clone(),
             run.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut sequence = 0_usize;
             while Instant::now() < deadline {
                 sequence += 1;
-                let chat = chats[(task + sequence) % chats.len()];
+                let (token, chat) = &targets[(task * 7919 + sequence) % targets.len()];
                 let body = format!("chaos {run} {task}-{sequence}, \"quoted\" / ü");
-                match api.message(chat, &body).await {
+                match api.message(token, *chat, &body).await {
                     Some(number) => records.lock().expect("records").push(Record::Message {
-                        chat,
+                        token: token.clone(),
+                        chat: *chat,
                         number,
                         body,
                     }),
@@ -199,12 +254,12 @@ pub(crate) async fn load(args: LoadArgs) -> anyhow::Result<()> {
                 // fault too.
                 if task == 0
                     && sequence.is_multiple_of(50)
-                    && let Some(number) = api.chat().await
+                    && let Some(number) = api.chat(token).await
                 {
-                    records
-                        .lock()
-                        .expect("records")
-                        .push(Record::Chat { number });
+                    records.lock().expect("records").push(Record::Chat {
+                        token: token.clone(),
+                        number,
+                    });
                 }
             }
         }));
@@ -219,9 +274,13 @@ pub(crate) async fn load(args: LoadArgs) -> anyhow::Result<()> {
         file.write_all(b"\n")?;
     }
     file.flush()?;
+    let applications = records
+        .iter()
+        .filter(|record| matches!(record, Record::Application { .. }))
+        .count();
     println!(
-        "load acknowledged={} failed={}",
-        records.len() - 1,
+        "load acknowledged={} applications={applications} failed={}",
+        records.len() - applications,
         failed.lock().expect("failures")
     );
     Ok(())
@@ -239,25 +298,52 @@ struct Tally {
     beyond: usize,
 }
 
+/// What one application's records are: chat numbers acknowledged (with
+/// how often) and messages acknowledged, by chat.
+#[derive(Default)]
+struct Acknowledged {
+    chats: BTreeMap<i64, usize>,
+    messages: BTreeMap<i64, Vec<(i64, String)>>,
+}
+
 pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
-    let mut token = String::new();
-    let mut chats: BTreeMap<i64, usize> = BTreeMap::new();
-    let mut messages: BTreeMap<i64, Vec<(i64, String)>> = BTreeMap::new();
+    let mut applications: BTreeMap<String, Acknowledged> = BTreeMap::new();
     for file in &args.records {
         for line in std::io::BufReader::new(std::fs::File::open(file)?).lines() {
             match serde_json::from_str(&line?)? {
-                Record::Application { token: value } => token = value,
-                Record::Chat { number } => *chats.entry(number).or_default() += 1,
-                Record::Message { chat, number, body } => {
-                    messages.entry(chat).or_default().push((number, body))
+                Record::Application { token } => {
+                    applications.entry(token).or_default();
                 }
+                Record::Chat { token, number } => {
+                    *applications
+                        .entry(token)
+                        .or_default()
+                        .chats
+                        .entry(number)
+                        .or_default() += 1;
+                }
+                Record::Message {
+                    token,
+                    chat,
+                    number,
+                    body,
+                } => applications
+                    .entry(token)
+                    .or_default()
+                    .messages
+                    .entry(chat)
+                    .or_default()
+                    .push((number, body)),
             }
         }
     }
     let chat_system = ChatSystem::new(&args.chat_system_url)?;
     let give_up = Instant::now() + Duration::from_secs(args.timeout_secs);
     let tally = loop {
-        let tally = check(&chat_system, &token, &chats, &messages).await?;
+        let mut tally = Tally::default();
+        for (token, acknowledged) in &applications {
+            tally.add(check(&chat_system, token, acknowledged).await?);
+        }
         if tally.lost == 0 || Instant::now() > give_up {
             break tally;
         }
@@ -267,26 +353,57 @@ pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let recover = args.since_ms.map_or(String::from("-"), |since| {
         format!("{:.1}", now.saturating_sub(since) as f64 / 1000.0)
     });
+    let prefixes = crate::leftovers::Prefixes {
+        queues: &args.queue_prefix,
+        keys: &args.redis_prefix,
+    };
+    let left = crate::leftovers::wait_for_none(
+        &args.servers,
+        prefixes,
+        Duration::from_secs(args.leftovers_secs),
+    )
+    .await?;
     println!(
-        "verify acknowledged={} stored={} lost={} duplicated={} beyond={} recover_secs={recover}",
-        tally.acknowledged, tally.stored, tally.lost, tally.duplicated, tally.beyond
+        "verify applications={} acknowledged={} stored={} lost={} duplicated={} beyond={} recover_secs={recover} in_flight={} retry_copies={}",
+        applications.len(),
+        tally.acknowledged,
+        tally.stored,
+        tally.lost,
+        tally.duplicated,
+        tally.beyond,
+        left.in_flight,
+        left.retry_copies
     );
     anyhow::ensure!(
         tally.lost == 0 && tally.duplicated == 0,
         "the invariant does not hold"
     );
+    anyhow::ensure!(
+        left.none(),
+        "left behind once everything was stored: {left:?}"
+    );
     Ok(())
 }
 
-/// Compares the acknowledged records with what the chat-system holds.
-/// A number acknowledged twice, or stored with another body than the one
-/// acknowledged, counts as duplicated.
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.acknowledged += other.acknowledged;
+        self.stored += other.stored;
+        self.lost += other.lost;
+        self.duplicated += other.duplicated;
+        self.beyond += other.beyond;
+    }
+}
+
+/// Compares one application's acknowledged records with what the
+/// chat-system holds. A number acknowledged twice, or stored with another
+/// body than the one acknowledged, counts as duplicated.
 async fn check(
     chat_system: &ChatSystem,
     token: &str,
-    chats: &BTreeMap<i64, usize>,
-    messages: &BTreeMap<i64, Vec<(i64, String)>>,
+    acknowledged: &Acknowledged,
 ) -> anyhow::Result<Tally> {
+    let (chats, messages) = (&acknowledged.chats, &acknowledged.messages);
     let mut tally = Tally::default();
     let counts = chat_system.counts(token).await?;
     tally.beyond += (counts.chats_count as usize).saturating_sub(chats.len());

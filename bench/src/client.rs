@@ -152,6 +152,39 @@ impl ChatSystem {
         Ok(response.json::<Chat>().await?.messages_count)
     }
 
+    /// Messages stored in all chats of an application (the chats it has
+    /// stored, summed from its chat list).
+    pub(crate) async fn stored_messages(&self, token: &str) -> anyhow::Result<i64> {
+        #[derive(Deserialize)]
+        struct Chats {
+            items: Vec<Chat>,
+            next_after: Option<i64>,
+        }
+        let (mut total, mut after) = (0, 0);
+        loop {
+            let url = format!(
+                "{}/applications/{token}/chats?after={after}&limit=1000",
+                self.url
+            );
+            let response = self.client.get(url).send().await?;
+            ensure!(
+                response.status().is_success(),
+                "listing the chats: {}",
+                response.status()
+            );
+            let page: Chats = response.json().await?;
+            total += page
+                .items
+                .iter()
+                .map(|chat| chat.messages_count)
+                .sum::<i64>();
+            match page.next_after {
+                Some(next) => after = next,
+                None => return Ok(total),
+            }
+        }
+    }
+
     /// Every stored message of a chat, in order.
     pub(crate) async fn messages(&self, token: &str, chat: i64) -> anyhow::Result<Vec<Message>> {
         let mut messages = Vec::new();

@@ -1,6 +1,8 @@
 //! The whole system under one load: the api, the workers and the
 //! chat-system running together, JSON message creates spread over
-//! `chats` chats.
+//! `applications` applications of `chats` chats each. Once everything is
+//! stored, what is left behind (numbers in flight, retry copies) must come
+//! to 0 within 30 s.
 //!
 //! Closed loop: wrk at `connections` connections for `seconds`; then the
 //! clock runs until every acknowledged record is stored. Reported: the
@@ -38,7 +40,11 @@ pub(crate) struct Args {
     connections: usize,
     #[arg(long, default_value_t = 20)]
     seconds: u64,
-    #[arg(long, default_value_t = 16)]
+    /// Applications the load spreads over.
+    #[arg(long, default_value_t = 64)]
+    applications: usize,
+    /// Chats of each application.
+    #[arg(long, default_value_t = 4)]
     chats: i64,
     /// `name=pid` of each process whose CPU is counted besides PostgreSQL
     /// and RabbitMQ (found by name): `api=…`, `worker=…` (repeatable, summed),
@@ -53,6 +59,14 @@ pub(crate) struct Args {
     open_loop_seconds: u64,
     #[arg(long, default_value = "scripts/wrk/create.lua")]
     wrk_script: PathBuf,
+    /// The run's queue prefix.
+    #[arg(long, env = "QUEUE_PREFIX")]
+    queue_prefix: String,
+    /// The run's Redis key prefix.
+    #[arg(long, env = "REDIS_PREFIX")]
+    redis_prefix: String,
+    #[command(flatten)]
+    servers: crate::servers::Servers,
 }
 
 const BODY: &str = r#"{"body":"hello, world \"bench\" / ü"}"#;
@@ -63,22 +77,25 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         .no_proxy()
         .pool_max_idle_per_host(1024)
         .build()?;
-    let token = chat_system.application("bench-e2e").await?;
-    for _ in 0..args.chats {
-        let answer = client
-            .post(format!("{}/applications/{token}/chats", args.api_url))
-            .send()
-            .await?;
-        ensure!(
-            answer.status().is_success(),
-            "creating a chat: {}",
-            answer.status()
-        );
+    let mut tokens = Vec::with_capacity(args.applications);
+    for _ in 0..args.applications.max(1) {
+        let token = chat_system.application("bench-e2e").await?;
+        for _ in 0..args.chats {
+            let answer = client
+                .post(format!("{}/applications/{token}/chats", args.api_url))
+                .send()
+                .await?;
+            ensure!(
+                answer.status().is_success(),
+                "creating a chat: {}",
+                answer.status()
+            );
+        }
+        tokens.push(token);
     }
     let counts = Counts {
         chat_system: &chat_system,
-        token: &token,
-        chats: args.chats,
+        tokens: &tokens,
     };
     counts.wait_for(0.0, Duration::from_secs(60)).await?;
 
@@ -86,7 +103,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let cpu_before = processes.cpu()?;
     let lag_before = lag_histogram(&client, &args.worker_metrics).await?;
     let started = Instant::now();
-    let wrk = wrk(&args, &token).await?;
+    let wrk = wrk(&args, &tokens).await?;
     let load_secs = started.elapsed().as_secs_f64();
     let stored_when_stopped = counts.stored().await?;
     let acknowledged = field(&wrk, "acknowledged")?;
@@ -125,7 +142,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     if rate > 0.0 {
         let stored_before = counts.stored().await?;
         let lag_before = lag_histogram(&client, &args.worker_metrics).await?;
-        let open = open_loop(&client, &args, &token, rate).await?;
+        let open = open_loop(&client, &args, &tokens, rate).await?;
         counts
             .wait_for(
                 stored_before + open.acknowledged as f64,
@@ -146,22 +163,33 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             lag.quantile(0.99) * 1000.0,
         );
     }
+    let prefixes = crate::leftovers::Prefixes {
+        queues: &args.queue_prefix,
+        keys: &args.redis_prefix,
+    };
+    let waited = Instant::now();
+    let left =
+        crate::leftovers::wait_for_none(&args.servers, prefixes, Duration::from_secs(30)).await?;
+    println!(
+        "leftovers in_flight={} retry_copies={} secs={:.1}",
+        left.in_flight,
+        left.retry_copies,
+        waited.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
-/// Runs wrk against the message route of every chat in turn; its result
-/// line.
-async fn wrk(args: &Args, token: &str) -> anyhow::Result<String> {
+/// Runs wrk against the message route of every chat of every application
+/// in turn; its result line.
+async fn wrk(args: &Args, tokens: &[String]) -> anyhow::Result<String> {
     let output = tokio::process::Command::new("wrk")
         .args(["-t2", &format!("-c{}", args.connections)])
         .arg(format!("-d{}s", args.seconds))
         .arg("-s")
         .arg(&args.wrk_script)
         .arg(&args.api_url)
-        .env(
-            "WRK_PATH",
-            format!("/applications/{token}/chats/{{chat}}/messages"),
-        )
+        .env("WRK_PATH", "/applications/{token}/chats/{chat}/messages")
+        .env("WRK_TOKENS", tokens.join(","))
         .env("WRK_CHATS", args.chats.to_string())
         .env("WRK_BODY", BODY)
         .output()
@@ -187,20 +215,21 @@ fn field(line: &str, key: &str) -> anyhow::Result<f64> {
     Ok(text(line, key)?.parse()?)
 }
 
-/// The stored messages of the bench's chats.
+/// The stored messages of the bench's applications.
 struct Counts<'a> {
     chat_system: &'a ChatSystem,
-    token: &'a str,
-    chats: i64,
+    tokens: &'a [String],
 }
 
 impl Counts<'_> {
     async fn stored(&self) -> anyhow::Result<f64> {
-        let mut total = 0;
-        for chat in 1..=self.chats {
-            total += self.chat_system.messages_count(self.token, chat).await?;
-        }
-        Ok(total as f64)
+        let counted = futures::future::try_join_all(
+            self.tokens
+                .iter()
+                .map(|token| self.chat_system.stored_messages(token)),
+        )
+        .await?;
+        Ok(counted.iter().sum::<i64>() as f64)
     }
 
     /// Waits until at least `count` messages are stored (and the chats
@@ -211,7 +240,7 @@ impl Counts<'_> {
             match self.stored().await {
                 Ok(stored) if stored >= count => return Ok(()),
                 Ok(_) | Err(_) if Instant::now() < give_up => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 Ok(stored) => bail!("{stored} of {count} stored after {deadline:?}"),
                 Err(error) => return Err(error),
@@ -397,22 +426,38 @@ impl OpenLoop {
 async fn open_loop(
     client: &reqwest::Client,
     args: &Args,
-    token: &str,
+    tokens: &[String],
     rate: f64,
 ) -> anyhow::Result<OpenLoop> {
     let count = (rate * args.open_loop_seconds as f64) as usize;
+    let urls: Vec<String> = (0..count)
+        .map(|index| {
+            let token = &tokens[index % tokens.len()];
+            let chat = (index / tokens.len()) as i64 % args.chats + 1;
+            format!(
+                "{}/applications/{token}/chats/{chat}/messages",
+                args.api_url
+            )
+        })
+        .collect();
+    fixed_rate(client, urls, rate).await
+}
+
+/// Sends a JSON message create to each of `urls`, `rate` a second, each
+/// timed from its scheduled start.
+async fn fixed_rate(
+    client: &reqwest::Client,
+    urls: Vec<String>,
+    rate: f64,
+) -> anyhow::Result<OpenLoop> {
+    let count = urls.len();
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     let body: serde_json::Value = serde_json::from_str(BODY)?;
     let body = Arc::new(body);
     let mut tasks = Vec::with_capacity(count);
-    for index in 0..count {
+    for (index, url) in urls.into_iter().enumerate() {
         let scheduled = start + interval.mul_f64(index as f64);
-        let chat = index as i64 % args.chats + 1;
-        let url = format!(
-            "{}/applications/{token}/chats/{chat}/messages",
-            args.api_url
-        );
         let (client, body) = (client.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(scheduled).await;
@@ -443,4 +488,42 @@ async fn open_loop(
     }
     run.latencies.sort();
     Ok(run)
+}
+
+/// `bench steady`: one application's steady stream of message creates,
+/// for the noisy-neighbour rows (the flood beside it is wrk's).
+#[derive(clap::Args)]
+pub(crate) struct SteadyArgs {
+    #[arg(long, default_value = "http://127.0.0.1:3101")]
+    api_url: String,
+    /// The application, whose chat 1 exists.
+    #[arg(long)]
+    token: String,
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+pub(crate) async fn steady(args: SteadyArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let url = format!(
+        "{}/applications/{}/chats/1/messages",
+        args.api_url.trim_end_matches('/'),
+        args.token
+    );
+    let count = (args.rate * args.seconds as f64) as usize;
+    let run = fixed_rate(&client, vec![url; count], args.rate).await?;
+    println!(
+        "steady rate={:.0} requests={} errors={} p50_ms={:.2} p99_ms={:.2}",
+        args.rate,
+        run.requests,
+        run.errors,
+        run.percentile(0.50),
+        run.percentile(0.99),
+    );
+    Ok(())
 }

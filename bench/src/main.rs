@@ -11,8 +11,11 @@
 //! - `e2e`: the whole system under one load (wrk, then a fixed rate):
 //!   intake and stored rates, backlog, answer-to-stored latency, CPU per
 //!   stored record by process.
+//! - `steady`: one application's fixed rate of creates, timed, for the
+//!   noisy-neighbour rows.
 //! - `load` / `verify`: drive the api under a fault, then check that every
-//!   acknowledged record was stored exactly once with its exact body.
+//!   acknowledged record was stored exactly once with its exact body, and
+//!   that nothing is left in flight or in a retry queue.
 //! - `cleanup`: removes a run's queues and Redis keys.
 
 mod ceiling;
@@ -20,6 +23,7 @@ mod chaos;
 mod client;
 mod drain;
 mod e2e;
+mod leftovers;
 mod servers;
 mod writes;
 
@@ -38,6 +42,7 @@ enum Command {
     Writes(writes::Args),
     Drain(drain::Args),
     E2e(e2e::Args),
+    Steady(e2e::SteadyArgs),
     Load(chaos::LoadArgs),
     Verify(chaos::VerifyArgs),
     Cleanup(servers::CleanupArgs),
@@ -50,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Writes(args) => writes::run(args).await,
         Command::Drain(args) => drain::run(args).await,
         Command::E2e(args) => e2e::run(args).await,
+        Command::Steady(args) => e2e::steady(args).await,
         Command::Load(args) => chaos::load(args).await,
         Command::Verify(args) => chaos::verify(args).await,
         Command::Cleanup(args) => servers::cleanup(args).await,

@@ -102,7 +102,7 @@ impl Servers {
 
 /// The retry queues a worker declares with the settings of this
 /// environment (`RETRY_*`), as the workers of the run read them.
-fn retry_queues(topology: &Topology) -> Vec<String> {
+pub(crate) fn retry_queues(topology: &Topology) -> Vec<String> {
     let config = worker::Cli::parse_from(["worker"]).config;
     let policy = worker::retry::Policy::new(
         config.retry_max_attempts,
