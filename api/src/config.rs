@@ -54,6 +54,12 @@ pub struct Config {
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 0)]
     pub rate_limit_burst: u32,
 
+    /// How long a create over its application's rate is held before its
+    /// 429, in milliseconds: a client that ignores `Retry-After` then
+    /// cannot turn 429s into a flood of their own.
+    #[arg(long, env = "RATE_LIMIT_HOLD_MS", default_value_t = 100)]
+    pub rate_limit_hold_ms: u64,
+
     /// What the api demands of its Redis before it draws numbers: `verify`
     /// (`appendonly yes` and `appendfsync always`, checked with `CONFIG
     /// GET`), `trust` (the operator vouches for it, where `CONFIG` is not

@@ -89,6 +89,7 @@ impl Intake {
     ) -> Result<i64, ApiError> {
         if let Err(retry_after) = self.0.rate_limit.admit(&token) {
             metrics::counter!("api_rate_limited_total").increment(1);
+            tokio::time::sleep(self.0.rate_limit.hold).await;
             return Err(ApiError::RateLimited { retry_after });
         }
         let intake = self.clone();

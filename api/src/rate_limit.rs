@@ -4,6 +4,11 @@
 //! `RATE_LIMIT_BURST`) and the others keep their latency. A create over
 //! the limit is answered 429 with `Retry-After` before anything is drawn.
 //!
+//! A refused create is held for `RATE_LIMIT_HOLD_MS` before its 429: a
+//! client that ignores `Retry-After` and asks again at once (a closed-loop
+//! flood) would otherwise make the cheap 429s a load of their own, on the
+//! CPU the other applications need. The hold costs a timer, not CPU.
+//!
 //! Off by default. The buckets live in the process: behind a load balancer
 //! of N api replicas an application gets up to N times the rate, so set it
 //! to the share one replica should give (the README says how). Idle buckets
@@ -27,6 +32,8 @@ pub(crate) struct RateLimit {
     /// Tokens per second; `None` when the limit is off.
     rate: Option<f64>,
     burst: f64,
+    /// How long a refusal is held before it is answered.
+    pub(crate) hold: Duration,
     shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
 }
@@ -48,7 +55,7 @@ struct Bucket {
 impl RateLimit {
     /// `per_second` 0 turns the limit off; `burst` 0 means one second's
     /// worth.
-    pub(crate) fn new(per_second: f64, burst: u32) -> Self {
+    pub(crate) fn new(per_second: f64, burst: u32, hold: Duration) -> Self {
         let rate = (per_second > 0.0).then_some(per_second);
         let burst = if burst == 0 {
             per_second.max(1.0)
@@ -58,6 +65,7 @@ impl RateLimit {
         Self {
             rate,
             burst,
+            hold,
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
@@ -117,7 +125,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_bucket_lets_its_burst_through_then_its_rate() {
-        let limit = RateLimit::new(10.0, 5);
+        let limit = RateLimit::new(10.0, 5, Duration::ZERO);
         for _ in 0..5 {
             assert!(limit.admit("a").is_ok());
         }
@@ -132,7 +140,7 @@ mod tests {
 
     #[test]
     fn off_admits_everything() {
-        let limit = RateLimit::new(0.0, 0);
+        let limit = RateLimit::new(0.0, 0, Duration::ZERO);
         for _ in 0..10_000 {
             assert!(limit.admit("a").is_ok());
         }
@@ -140,7 +148,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn full_buckets_are_dropped_when_a_shard_grows() {
-        let limit = RateLimit::new(1000.0, 1);
+        let limit = RateLimit::new(1000.0, 1, Duration::ZERO);
         for token in 0..(PRUNE_ABOVE * SHARDS * 2) {
             let _ = limit.admit(&token.to_string());
         }

@@ -108,6 +108,7 @@ impl Application {
                 rate_limit: RateLimit::new(
                     config.rate_limit_per_application,
                     config.rate_limit_burst,
+                    Duration::from_millis(config.rate_limit_hold_ms),
                 ),
                 numbers,
                 publisher,
