@@ -72,20 +72,6 @@ pub struct Config {
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500)]
     pub redis_timeout_ms: u64,
 
-    /// How many replicas must hold a draw before its number is answered
-    /// (Redis `WAIT`). Redis replicates asynchronously: with 0, a master
-    /// that dies right after a draw may not have passed it on, and its
-    /// promoted replica hands the number out again. 0 for a single node;
-    /// 1 on a cluster with a replica per master.
-    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
-    pub redis_wait_replicas: u32,
-
-    /// How long a draw waits for `REDIS_WAIT_REPLICAS`, in milliseconds.
-    /// Past it the create is answered 503 and its number stays in flight
-    /// (never handed out again).
-    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
-    pub redis_wait_timeout_ms: u64,
-
     /// Publish lanes, each a confirm channel on the one connection: how
     /// many batches of jobs wait for their confirm at once.
     #[arg(long, env = "PUBLISH_CHANNELS", default_value_t = 1)]

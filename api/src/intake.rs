@@ -120,14 +120,7 @@ impl Intake {
         if error.never_queued() {
             metrics::counter!("api_numbers_given_back_total", "reason" => error.reason())
                 .increment(1);
-            if let Err(give_back_error) = self.numbers().give_back(job.scope(), number).await {
-                // The number stays in flight: its counter will not expire,
-                // which is safe, merely kept longer than needed.
-                tracing::warn!(
-                    error = %Chain(&give_back_error),
-                    "could not give the number back"
-                );
-            }
+            self.numbers().give_back_later(job.scope(), number);
         }
         Err(error.into())
     }

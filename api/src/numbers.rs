@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use redis::Script;
 use shared::counters::{self, Drawn, Invocation, Keys, Release, Scope};
-use shared::redis_client::RedisClient;
+use shared::redis_client::{RedisClient, Wait};
 use tokio::time::Instant;
 
 use crate::chat_system::{ChatSystem, ChatSystemError};
@@ -47,8 +47,13 @@ pub(crate) enum NumberError {
     KeyLost,
     /// Fewer replicas than `REDIS_WAIT_REPLICAS` confirmed the draw in
     /// time; its number stays in flight, never handed out again.
+    /// `drawn`: the script's reply, when the draw was made.
     #[error("only {acked} of {wanted} Redis replicas confirmed the draw in time")]
-    NotReplicated { acked: i64, wanted: u32 },
+    NotReplicated {
+        acked: i64,
+        wanted: u32,
+        drawn: Option<i64>,
+    },
 }
 
 impl From<NumberError> for ApiError {
@@ -92,7 +97,6 @@ pub(crate) struct Numbers {
     draw: Counted,
     seed: Counted,
     unlock: Script,
-    release: Script,
     seeding: tokio::sync::Semaphore,
     unknown: NegativeCache,
 }
@@ -117,7 +121,6 @@ impl Numbers {
             draw: Counted::new(counters::DRAW),
             seed: Counted::new(counters::SEED),
             unlock: Script::new(counters::UNLOCK),
-            release: Script::new(counters::RELEASE),
             seeding: tokio::sync::Semaphore::new(timings.seed_concurrency.max(1)),
             unknown: NegativeCache::new(timings.negative_ttl),
         }
@@ -143,9 +146,16 @@ impl Numbers {
         let mut pause = Duration::from_millis(2);
         loop {
             let call = self.keys.draw(scope, &lock_value, self.timings.seed_lock);
-            let mut drawn = self.run(&self.draw, recorded(call, key)).await?;
+            let refused = |error| self.refused(scope, key, error);
+            let mut drawn = self
+                .run(&self.draw, recorded(call, key))
+                .await
+                .map_err(refused)?;
             if drawn == Drawn::MustSeed {
-                drawn = self.seed(scope, &lock_value, key, give_up).await?;
+                drawn = self
+                    .seed(scope, &lock_value, key, give_up)
+                    .await
+                    .map_err(refused)?;
             }
             match drawn {
                 Drawn::Number(number) => {
@@ -210,6 +220,28 @@ impl Numbers {
         self.run(&self.seed, recorded(call, key)).await
     }
 
+    /// A draw made but not confirmed by the replicas is answered 503, so
+    /// its number is given back (in the background, until a replica holds
+    /// that too): no job will ever carry it. With an `Idempotency-Key` it
+    /// is kept, for a retry to publish.
+    fn refused(
+        &self,
+        scope: Scope<'_>,
+        key: Option<(&str, &str)>,
+        error: NumberError,
+    ) -> NumberError {
+        if let NumberError::NotReplicated {
+            drawn: Some(number),
+            ..
+        } = error
+            && number > 0
+            && key.is_none()
+        {
+            self.give_back_later(scope, number);
+        }
+        error
+    }
+
     /// Gives up a seed lock, if it is still ours.
     async fn unlock(&self, scope: Scope<'_>, lock_value: &str) {
         let unlocked: Result<i64, _> = self
@@ -241,10 +273,18 @@ impl Numbers {
     fn not_replicated(&self, error: Unreplicated) -> NumberError {
         match error {
             Unreplicated::Redis(error) => NumberError::Redis(error),
-            Unreplicated::TooFew { acked, wanted } => {
+            Unreplicated::TooFew {
+                acked,
+                wanted,
+                drawn,
+            } => {
                 metrics::counter!("api_draws_not_replicated_total", "why" => "too_few")
                     .increment(1);
-                NumberError::NotReplicated { acked, wanted }
+                NumberError::NotReplicated {
+                    acked,
+                    wanted,
+                    drawn,
+                }
             }
             // No replica confirmed the draw (if it was made): the lane is
             // full or slow (its shard's replica lags), or gone (the runtime
@@ -259,6 +299,7 @@ impl Numbers {
                 NumberError::NotReplicated {
                     acked: 0,
                     wanted: self.timings.wait_replicas,
+                    drawn: None,
                 }
             }
         }
@@ -296,19 +337,48 @@ impl Numbers {
         Drawn::from_reply(reply).ok_or(NumberError::UnexpectedReply(reply))
     }
 
-    /// Takes back a number whose job the broker definitely did not take:
-    /// out of flight, so its counter can expire again, and for a chat its
-    /// message counter removed, so messages to it get 404.
-    pub(crate) async fn give_back(&self, scope: Scope<'_>, number: i64) -> Result<(), NumberError> {
+    /// Takes back a number no job will carry (the broker certainly did not
+    /// take its job, or its draw was answered 503): out of flight, so its
+    /// counter can expire again, and for a chat its message counter
+    /// removed, so messages to it get 404. Tried at once, then again in
+    /// the background with backoff (for some ten minutes) until Redis, and
+    /// `REDIS_WAIT_REPLICAS` replicas, hold it: a give-back lost in a
+    /// failover would leave the number in flight for good.
+    pub(crate) fn give_back_later(&self, scope: Scope<'_>, number: i64) {
         let ttl = self.timings.counter_ttl;
         let call = self.keys.release(scope, &[number], ttl, Release::Refused);
-        let _: i64 = self
-            .release
-            .key(call.keys)
+        let mut pipeline = redis::pipe();
+        // EVAL, not EVALSHA: a promoted replica may not have the script.
+        pipeline
+            .cmd("EVAL")
+            .arg(counters::RELEASE)
+            .arg(call.keys.len())
+            .arg(call.keys)
             .arg(call.args)
-            .invoke_async(&mut self.redis.clone())
-            .await?;
-        Ok(())
+            .ignore();
+        let (redis, durability) = (self.redis.clone(), self.durability.clone());
+        let wait = Wait {
+            replicas: self.timings.wait_replicas,
+            timeout: self.timings.wait_timeout,
+        };
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            for _ in 0..150 {
+                let given: redis::RedisResult<()> = redis.query_replicated(&pipeline, wait).await;
+                match given {
+                    Ok(()) => return,
+                    Err(_) => {
+                        durability.suspect();
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            tracing::warn!(
+                number,
+                "could not give a number back; it stays in flight and keeps its counter"
+            );
+        });
     }
 
     /// For `/readyz`: Redis answers, and may be drawn from.

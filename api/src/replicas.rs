@@ -33,8 +33,14 @@ pub(crate) type Reply = Result<i64, Unreplicated>;
 pub(crate) enum Unreplicated {
     #[error("redis unavailable")]
     Redis(#[from] redis::RedisError),
+    /// The draw was made (`drawn`, the script's reply) but not enough
+    /// replicas confirmed it.
     #[error("only {acked} of {wanted} Redis replicas confirmed the draw in time")]
-    TooFew { acked: i64, wanted: u32 },
+    TooFew {
+        acked: i64,
+        wanted: u32,
+        drawn: Option<i64>,
+    },
     /// The lane of the draw's slot has [`QUEUE_MAX`] draws waiting.
     #[error("too many draws waiting for the replicas of this shard")]
     Busy,
@@ -158,7 +164,11 @@ impl Replicated {
             .query_async(&mut redis.clone())
             .await?;
         if acked < i64::from(wanted) {
-            return Err(Unreplicated::TooFew { acked, wanted });
+            return Err(Unreplicated::TooFew {
+                acked,
+                wanted,
+                drawn: None,
+            });
         }
         Ok(())
     }
@@ -186,7 +196,11 @@ async fn send(mut redis: RedisClient, group: Vec<Pending>, wanted: u32, timeout:
                 let answer = if acked >= i64::from(wanted) {
                     Ok(reply)
                 } else {
-                    Err(Unreplicated::TooFew { acked, wanted })
+                    Err(Unreplicated::TooFew {
+                        acked,
+                        wanted,
+                        drawn: Some(reply),
+                    })
                 };
                 let _ = pending.reply.send(answer);
             }

@@ -52,8 +52,8 @@ impl Application {
             negative_ttl: Duration::from_millis(config.negative_cache_ttl_ms),
             seed_lock: Duration::from_millis(config.seed_lock_ms),
             seed_wait: Duration::from_millis(config.seed_wait_ms),
-            wait_replicas: config.redis_wait_replicas,
-            wait_timeout: Duration::from_millis(config.redis_wait_timeout_ms),
+            wait_replicas: config.counters.redis_wait_replicas,
+            wait_timeout: Duration::from_millis(config.counters.redis_wait_timeout_ms),
             seed_concurrency: config.seed_concurrency,
         };
         let durability = Arc::new(Guard::new(config.redis_durability));
@@ -166,9 +166,9 @@ fn redis_connection(config: &Config) -> anyhow::Result<RedisClient> {
     let timeout = Duration::from_millis(config.redis_timeout_ms);
     // A draw's answer comes after its `WAIT` for replicas, which may take
     // all of REDIS_WAIT_TIMEOUT_MS.
-    let waiting = match config.redis_wait_replicas {
+    let waiting = match config.counters.redis_wait_replicas {
         0 => Duration::ZERO,
-        _ => Duration::from_millis(config.redis_wait_timeout_ms),
+        _ => Duration::from_millis(config.counters.redis_wait_timeout_ms),
     };
     let timeouts = Timeouts {
         connect: timeout,

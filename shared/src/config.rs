@@ -97,11 +97,35 @@ pub struct Counters {
     /// in flight. While one is, the counter does not expire at all.
     #[arg(long, env = "COUNTER_TTL_SECS", default_value_t = 3600)]
     pub counter_ttl_secs: u64,
+
+    /// How many replicas must hold a write to the counters before it
+    /// counts: a draw before its number is answered, a release or a
+    /// give-back before it is done (Redis `WAIT`). Redis replicates
+    /// asynchronously: with 0, a master that dies right after a draw may
+    /// not have passed it on, and its promoted replica hands the number
+    /// out again; a release it loses leaves a number in flight. 0 for a
+    /// single node; 1 on a cluster with a replica per master.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// How long a write waits for `REDIS_WAIT_REPLICAS`, in milliseconds.
+    /// Past it a draw is answered 503 (its number given back), and a
+    /// release or give-back is tried again later.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_wait_timeout_ms: u64,
 }
 
 impl Counters {
     pub fn counter_ttl(&self) -> Duration {
         Duration::from_secs(self.counter_ttl_secs)
+    }
+
+    /// `REDIS_WAIT_REPLICAS` and `REDIS_WAIT_TIMEOUT_MS`.
+    pub fn wait(&self) -> crate::redis_client::Wait {
+        crate::redis_client::Wait {
+            replicas: self.redis_wait_replicas,
+            timeout: Duration::from_millis(self.redis_wait_timeout_ms),
+        }
     }
 }
 

@@ -73,6 +73,14 @@ impl Cluster {
     }
 }
 
+/// `REDIS_WAIT_REPLICAS` and `REDIS_WAIT_TIMEOUT_MS`: how many replicas
+/// must hold a write before it counts, and how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub replicas: u32,
+    pub timeout: Duration,
+}
+
 /// How long connecting and each answer may take.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -143,6 +151,41 @@ impl RedisClient {
     /// slot (`Some(slot)`); on a single node all share one (`None`).
     pub fn pipeline_of(&self, key: &str) -> Option<Slot> {
         self.is_cluster().then(|| Slot::for_key(key))
+    }
+}
+
+impl RedisClient {
+    /// Sends `pipeline`, followed when `wait.replicas` > 0 by `WAIT` on
+    /// the same connection (it reaches the node of the pipeline's keys and
+    /// covers its writes): an error when fewer replicas confirmed them in
+    /// time, since a failover could then lose them. The pipeline's own
+    /// replies are parsed as `T`.
+    pub async fn query_replicated<T: redis::FromRedisValue>(
+        &self,
+        pipeline: &Pipeline,
+        wait: Wait,
+    ) -> redis::RedisResult<T> {
+        let mut connection = self.clone();
+        if wait.replicas == 0 {
+            return pipeline.query_async(&mut connection).await;
+        }
+        let mut waited = pipeline.clone();
+        waited
+            .cmd("WAIT")
+            .arg(wait.replicas)
+            .arg(wait.timeout.as_millis() as u64);
+        let mut replies: Vec<Value> = waited.query_async(&mut connection).await?;
+        let acked: i64 = match replies.pop() {
+            Some(acked) => redis::from_redis_value(acked)?,
+            None => 0,
+        };
+        if acked < i64::from(wait.replicas) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "fewer replicas than REDIS_WAIT_REPLICAS confirmed the write in time",
+            )));
+        }
+        Ok(redis::from_redis_value(Value::Array(replies))?)
     }
 }
 

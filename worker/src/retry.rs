@@ -55,7 +55,9 @@ pub enum StoreError {
     ChatNotStored(i64),
     #[error("unknown application")]
     UnknownApplication,
-    #[error("stored, but Redis was unavailable to release the number")]
+    /// Redis was away, or (with `REDIS_WAIT_REPLICAS`) no replica confirmed
+    /// the release in time.
+    #[error("stored, but the number's release did not reach Redis")]
     Release(#[source] Arc<redis::RedisError>),
 }
 

@@ -42,7 +42,8 @@ impl Worker {
         let metrics_address = metrics_listener.local_addr()?;
         let timeouts = Timeouts {
             connect: Duration::from_secs(1),
-            response: Duration::from_secs(1),
+            // A release may wait for its replicas too.
+            response: Duration::from_secs(1) + config.counters.wait().timeout,
         };
         let redis = RedisClient::lazy(&config.counters.redis_url, timeouts)
             .context("REDIS_URL is not a Redis URL")?;
@@ -56,6 +57,7 @@ impl Worker {
             redis,
             keys,
             config.counters.counter_ttl(),
+            config.counters.wait(),
             limits,
         )?;
         let policy = Policy::new(

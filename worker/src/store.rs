@@ -18,7 +18,7 @@ use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use shared::counters::{self, Keys, Release};
 use shared::job::{Job, Record};
-use shared::redis_client::{RedisClient, Slot};
+use shared::redis_client::{RedisClient, Slot, Wait};
 use tokio::time::Instant;
 
 use crate::retry::{Failure, Reason, StoreError, classify};
@@ -38,6 +38,9 @@ pub(crate) struct Storage {
     keys: Keys,
     release: Script,
     counter_ttl: Duration,
+    /// Replicas a release must reach before it counts (a failover would
+    /// otherwise put the number back in flight for good).
+    wait: Wait,
     limits: Limits,
     /// Most bytes of records one request carries: `limits.bytes`, less
     /// once the chat-system refused a request as too large (413).
@@ -85,6 +88,7 @@ impl Storage {
         redis: RedisClient,
         keys: Keys,
         counter_ttl: Duration,
+        wait: Wait,
         limits: Limits,
     ) -> anyhow::Result<Self> {
         let base = Url::parse(&chat_system.chat_system_url)
@@ -103,6 +107,7 @@ impl Storage {
             keys,
             release: Script::new(counters::RELEASE),
             counter_ttl,
+            wait,
             limits,
             request_bytes: AtomicUsize::new(limits.bytes),
         })
@@ -238,10 +243,11 @@ impl Storage {
         }
     }
 
-    /// One release pipeline; loads the script first if Redis lost it.
+    /// One release pipeline, and `REDIS_WAIT_REPLICAS` confirming it;
+    /// loads the script first if Redis lost it.
     async fn send_release(&self, pipeline: &redis::Pipeline) -> redis::RedisResult<()> {
-        let mut redis = self.redis.clone();
-        let released: redis::RedisResult<()> = pipeline.query_async(&mut redis).await;
+        let released: redis::RedisResult<()> =
+            self.redis.query_replicated(pipeline, self.wait).await;
         match released {
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -249,8 +255,9 @@ impl Storage {
                 // Not cached yet (Redis restarted, or a new master): load
                 // it (on a cluster, redis-rs sends SCRIPT LOAD to every
                 // node), then send again.
+                let mut redis = self.redis.clone();
                 let _: String = self.release.prepare_invoke().load_async(&mut redis).await?;
-                pipeline.query_async(&mut redis).await
+                self.redis.query_replicated(pipeline, self.wait).await
             }
             other => other,
         }

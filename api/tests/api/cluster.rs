@@ -244,3 +244,53 @@ async fn a_master_whose_replica_lags_delays_only_its_own_applications() {
     );
     cluster.delete_keys(&app.redis.prefix).await;
 }
+
+#[tokio::test]
+#[ignore = "needs the clusters of scripts/cluster; scripts/test runs it after the suite"]
+async fn a_draw_no_replica_confirmed_gives_its_number_back_once_one_can() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let cluster = clusters().await;
+    let app = spawn_on(&cluster).await;
+    let token = app.application(0).await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+    let keys = Keys::new(&app.redis.prefix);
+    let scope = Scope::Chats { token: &token };
+    let shard = cluster.shard_of(&keys.counter(scope)).await;
+    let replica_pid = cluster.redis_pid(shard.replica).await;
+    let mut master = cluster.redis_node(shard.master).await;
+    let in_flight = |mut node: redis::aio::MultiplexedConnection| {
+        let key = keys.in_flight(scope);
+        async move {
+            let numbers: BTreeSet<i64> = redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(&mut node)
+                .await
+                .expect("SMEMBERS");
+            numbers
+        }
+    };
+
+    // Drawn on the master, confirmed by no replica: 503, and no job will
+    // carry number 2, so it is given back, not left in flight for good.
+    signal(replica_pid, "STOP");
+    let resume = Resume(replica_pid);
+    let refused = app.create_chat(&token).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    eventually("number 2 given back", Duration::from_secs(10), || async {
+        (!in_flight(master.clone()).await.contains(&2)).then_some(())
+    })
+    .await;
+    drop(resume);
+    let next = eventually(
+        "creates answered again",
+        Duration::from_secs(20),
+        || async {
+            let answer = app.create_chat(&token).await;
+            (answer.status == 200).then_some(answer)
+        },
+    )
+    .await;
+    assert_eq!(next.number("chat number"), 3, "a gap, never reused");
+    let _: () = redis::cmd("PING").query_async(&mut master).await.unwrap();
+    cluster.delete_keys(&app.redis.prefix).await;
+}
