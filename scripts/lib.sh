@@ -29,8 +29,20 @@ wait_ready() {
 # tools print their results that way).
 field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p"; }
 
-# Creates an application in the chat-system at $1 and prints its token.
+# Creates an application in the chat-system at $1 and prints its token
+# (with the admin credential, CHAT_SYSTEM_ADMIN_TOKEN).
 create_application() { # chat-system url, name
   curl -fsS -XPOST "$1/applications" -H 'content-type: application/json' \
+    -H "Authorization: Bearer ${CHAT_SYSTEM_ADMIN_TOKEN:?the chat-system admin token}" \
     -d "$(jq -cn --arg name "$2" '{name: $name}')" | jq -er .token
+}
+
+# A random credential: 32 bytes from the kernel, hex.
+new_secret() { od -An -N32 -tx1 /dev/urandom | tr -d ' \n'; }
+
+# Fresh chat-system credentials for a run of the scripts, exported for
+# the chat-system, the workers and the bench tools.
+export_run_secrets() {
+  CHAT_SYSTEM_WRITE_TOKEN=$(new_secret) CHAT_SYSTEM_ADMIN_TOKEN=$(new_secret)
+  export CHAT_SYSTEM_WRITE_TOKEN CHAT_SYSTEM_ADMIN_TOKEN
 }

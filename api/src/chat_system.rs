@@ -1,6 +1,7 @@
-//! Reads from the chat-system, for seeding counters: the highest chat
-//! number of an application, the highest message number of a chat. Only
-//! `numbers` calls this, on a counter miss.
+//! Reads from the chat-system: for seeding counters (the highest chat
+//! number of an application, the highest message number of a chat; only
+//! `numbers` asks, on a counter miss), and the clients' reads the api
+//! passes through (`reads.rs`).
 
 use std::time::Duration;
 
@@ -15,6 +16,8 @@ pub(crate) enum ChatSystemError {
     Unreachable(#[source] reqwest::Error),
     #[error("chat-system answered {0}")]
     Status(StatusCode),
+    #[error("chat-system did not answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl From<reqwest::Error> for ChatSystemError {
@@ -26,6 +29,11 @@ impl From<reqwest::Error> for ChatSystemError {
 #[derive(Clone)]
 pub(crate) struct ChatSystem {
     client: reqwest::Client,
+    /// For the passed-through reads: no total timeout, which would cut a
+    /// long body; the answer's start is bounded by `timeout`, and each
+    /// read of its body by it too.
+    streaming: reqwest::Client,
+    timeout: Duration,
     base: Url,
 }
 
@@ -49,7 +57,60 @@ impl ChatSystem {
             .connect_timeout(timeout)
             .no_proxy()
             .build()?;
-        Ok(Self { client, base })
+        let streaming = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .no_proxy()
+            .build()?;
+        Ok(Self {
+            client,
+            streaming,
+            timeout,
+            base,
+        })
+    }
+
+    /// A client's read passed through: `GET` of `segments` (decoded; they
+    /// are encoded again here) with `query` as the client sent it. The
+    /// chat-system's status, content type and body, the body streamed.
+    pub(crate) async fn pass_through(
+        &self,
+        segments: &[String],
+        query: Option<&str>,
+    ) -> Result<warp::reply::Response, ChatSystemError> {
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let mut url = self.url(&segments);
+        url.set_query(query);
+        let sent = self.streaming.get(url).send();
+        let response = tokio::time::timeout(self.timeout, sent)
+            .await
+            .map_err(|_| ChatSystemError::TimedOut(self.timeout))??;
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .cloned();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .cloned();
+        let (chunks, body) =
+            futures::channel::mpsc::channel::<Result<warp::hyper::body::Bytes, reqwest::Error>>(4);
+        tokio::spawn(forward(response, chunks));
+        let mut reply = warp::reply::Reply::into_response(warp::reply::stream(body));
+        *reply.status_mut() = warp::http::StatusCode::from_u16(status.as_u16())
+            .unwrap_or(warp::http::StatusCode::BAD_GATEWAY);
+        for (name, value) in [
+            (warp::http::header::CONTENT_TYPE, content_type),
+            (warp::http::header::RETRY_AFTER, retry_after),
+        ] {
+            if let Some(value) =
+                value.and_then(|value| warp::http::HeaderValue::from_bytes(value.as_bytes()).ok())
+            {
+                reply.headers_mut().insert(name, value);
+            }
+        }
+        Ok(reply)
     }
 
     /// The URL of `segments` under the base, each segment percent-encoded.
@@ -106,6 +167,27 @@ impl ChatSystem {
             StatusCode::NOT_FOUND => Ok(None),
             status if status.is_success() => Ok(Some(response.json().await?)),
             status => Err(ChatSystemError::Status(status)),
+        }
+    }
+}
+
+/// Copies `response`'s body into `chunks` as it arrives; a failure mid-way
+/// ends the client's body with an error (its connection is cut, as the
+/// chat-system's was).
+async fn forward(
+    mut response: reqwest::Response,
+    mut chunks: futures::channel::mpsc::Sender<Result<warp::hyper::body::Bytes, reqwest::Error>>,
+) {
+    use futures::SinkExt;
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => Ok(chunk),
+            Ok(None) => return,
+            Err(error) => Err(error.without_url()),
+        };
+        let failed = chunk.is_err();
+        if chunks.send(chunk).await.is_err() || failed {
+            return;
         }
     }
 }

@@ -15,6 +15,9 @@ pub(crate) enum ApiError {
     UnknownApplication,
     #[error("unknown chat")]
     UnknownChat,
+    /// A path the api does not serve.
+    #[error("not found")]
+    NotFound,
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -52,7 +55,7 @@ impl ApiError {
 
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Self::UnknownApplication | Self::UnknownChat => StatusCode::NOT_FOUND,
+            Self::UnknownApplication | Self::UnknownChat | Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

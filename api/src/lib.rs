@@ -15,6 +15,7 @@ mod negative_cache;
 mod numbers;
 mod publisher;
 mod rate_limit;
+mod reads;
 mod replicas;
 mod routes;
 mod startup;

@@ -94,6 +94,24 @@ pub(crate) fn routes(
                 observed("create_message_json", handler).instrument(span)
             },
         );
+    let read = warp::path("applications")
+        .and(warp::path::tail())
+        .and(warp::get())
+        .and(
+            warp::query::raw()
+                .map(Some)
+                .or(warp::any().map(|| None))
+                .unify(),
+        )
+        .and(state.clone())
+        .then(
+            |tail: warp::path::Tail, query: Option<String>, state: Arc<State>| {
+                let tail = tail.as_str().to_owned();
+                observed("read", async move {
+                    crate::reads::read(tail, query, &state.chat_system).await
+                })
+            },
+        );
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(state.clone())
@@ -117,6 +135,8 @@ pub(crate) fn routes(
         .unify()
         .or(create_message_json)
         .unify()
+        .or(read)
+        .unify()
         .or(shared::http::healthz())
         .unify()
         .or(readyz)
@@ -132,9 +152,12 @@ pub(crate) fn routes(
 /// The methods of each path of the contract, for 405's `Allow`.
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     match segments {
-        ["applications", _, "chats"]
-        | ["applications", _, "chats", _, "messages"]
-        | ["applications", _, "chats", _, "messages", _] => Some("POST"),
+        ["applications", _, "chats"] | ["applications", _, "chats", _, "messages"] => {
+            Some("GET, POST")
+        }
+        // `search` is a message's text too.
+        ["applications", _, "chats", _, "messages", _] => Some("GET, POST"),
+        ["applications", _] | ["applications", _, "chats", _] => Some("GET"),
         ["healthz" | "readyz" | "metrics"] => Some("GET"),
         _ => None,
     }

@@ -4,11 +4,25 @@
 use anyhow::{Context, ensure};
 use serde::Deserialize;
 use serde_json::json;
+use shared::secret::Secret;
 
 #[derive(Clone)]
 pub(crate) struct ChatSystem {
     url: String,
     client: reqwest::Client,
+    /// `CHAT_SYSTEM_WRITE_TOKEN` and `CHAT_SYSTEM_ADMIN_TOKEN` (or their
+    /// files) from the environment, as the chat-system of the run has them.
+    write: Option<Secret>,
+    admin: Option<Secret>,
+}
+
+/// The credentials the bench reads from its environment.
+#[derive(clap::Parser)]
+struct Credentials {
+    #[command(flatten)]
+    write: shared::secret::WriteCredential,
+    #[command(flatten)]
+    admin: shared::secret::AdminCredential,
 }
 
 #[derive(Deserialize)]
@@ -45,17 +59,27 @@ impl ChatSystem {
             .no_proxy()
             .pool_max_idle_per_host(256)
             .build()?;
+        let credentials = <Credentials as clap::Parser>::try_parse_from(["bench"])?;
         Ok(Self {
             url: url.trim_end_matches('/').to_owned(),
             client,
+            write: credentials.write.secret()?,
+            admin: credentials.admin.secret()?,
         })
+    }
+
+    /// `request` with the credential, when there is one.
+    fn with(request: reqwest::RequestBuilder, secret: &Option<Secret>) -> reqwest::RequestBuilder {
+        match secret {
+            Some(secret) => request.bearer_auth(secret.expose()),
+            None => request,
+        }
     }
 
     /// A new application; its token.
     pub(crate) async fn application(&self, name: &str) -> anyhow::Result<String> {
-        let response = self
-            .client
-            .post(format!("{}/applications", self.url))
+        let request = self.client.post(format!("{}/applications", self.url));
+        let response = Self::with(request, &self.admin)
             .json(&json!({ "name": name }))
             .send()
             .await
@@ -71,11 +95,10 @@ impl ChatSystem {
     /// Stores chats 1..=`count` of `token`.
     pub(crate) async fn chats(&self, token: &str, count: i64) -> anyhow::Result<()> {
         for chat in 1..=count {
-            let response = self
+            let request = self
                 .client
-                .put(format!("{}/applications/{token}/chats/{chat}", self.url))
-                .send()
-                .await?;
+                .put(format!("{}/applications/{token}/chats/{chat}", self.url));
+            let response = Self::with(request, &self.write).send().await?;
             ensure!(
                 response.status().is_success(),
                 "creating chat {chat}: {}",
@@ -93,12 +116,11 @@ impl ChatSystem {
         number: i64,
         body: &str,
     ) -> anyhow::Result<()> {
-        let response = self
-            .client
-            .put(format!(
-                "{}/applications/{token}/chats/{chat}/messages/{number}",
-                self.url
-            ))
+        let request = self.client.put(format!(
+            "{}/applications/{token}/chats/{chat}/messages/{number}",
+            self.url
+        ));
+        let response = Self::with(request, &self.write)
             .json(&json!({ "body": body }))
             .send()
             .await?;

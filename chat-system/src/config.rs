@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 
+use crate::auth::AuthMode;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "chat-system",
@@ -12,10 +14,12 @@ use clap::Parser;
 )]
 pub struct Config {
     /// PostgreSQL to store in; the database is created when missing.
+    /// May hold a password: never logged.
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/chat_system"
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/chat_system",
+        hide_env_values = true
     )]
     pub database_url: String,
 
@@ -61,6 +65,18 @@ pub struct Config {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: u64,
+
+    /// `required`: writes need `CHAT_SYSTEM_WRITE_TOKEN`, the application
+    /// routes `CHAT_SYSTEM_ADMIN_TOKEN`, and the service does not start
+    /// without them. `none`: unsafe, anyone who reaches the port writes.
+    #[arg(long, env = "CHAT_SYSTEM_AUTH", value_enum, default_value_t = AuthMode::Required)]
+    pub auth: AuthMode,
+
+    #[command(flatten)]
+    pub write_credential: shared::secret::WriteCredential,
+
+    #[command(flatten)]
+    pub admin_credential: shared::secret::AdminCredential,
 
     #[command(flatten)]
     pub telemetry: shared::config::Telemetry,

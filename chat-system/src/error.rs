@@ -144,6 +144,9 @@ pub(crate) enum HttpError {
     BadRequest(String),
     #[error("content-type must be application/json")]
     UnsupportedMediaType,
+    /// A write or admin route without its credential.
+    #[error("{0}")]
+    Unauthorized(&'static str),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -153,11 +156,20 @@ impl HttpError {
         let status = match &self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Store(error) => {
                 error.log();
                 error.status()
             }
         };
-        shared::http::error(status, self)
+        let challenge = matches!(self, Self::Unauthorized(_));
+        let mut response = shared::http::error(status, self);
+        if challenge {
+            response.headers_mut().insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                warp::http::HeaderValue::from_static("Bearer realm=\"chat-system\""),
+            );
+        }
+        response
     }
 }

@@ -8,6 +8,7 @@
 //! speak SQL. `database` creates and migrates the database; `startup`
 //! wires them.
 
+pub mod auth;
 pub mod config;
 mod database;
 mod error;

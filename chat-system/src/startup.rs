@@ -8,6 +8,9 @@ use anyhow::Context;
 use sqlx::postgres::PgPool;
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::database::{self, Readiness};
 use crate::routes::{Limits, routes};
@@ -19,6 +22,7 @@ pub struct Application {
     pool: PgPool,
     readiness: Readiness,
     config: Config,
+    auth: Arc<Auth>,
 }
 
 impl Application {
@@ -29,6 +33,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.addr))?;
         let address = listener.local_addr()?;
+        let auth = Arc::new(Auth::from_config(&config)?);
         let pool = database::pool(&config)?;
         Ok(Self {
             listener,
@@ -36,6 +41,7 @@ impl Application {
             pool,
             readiness: Readiness::default(),
             config,
+            auth,
         })
     }
 
@@ -66,7 +72,7 @@ impl Application {
             max_body_bytes: self.config.max_body_bytes,
             search_max_terms: self.config.search_max_terms,
         };
-        warp::serve(routes(store, limits))
+        warp::serve(routes(store, limits, self.auth))
             .incoming(self.listener)
             .graceful(shutdown)
             .run()

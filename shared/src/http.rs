@@ -159,14 +159,27 @@ pub fn decode_segment(raw: &str) -> Option<String> {
         .map(|text| text.into_owned())
 }
 
-/// A chat or message number from a path segment: a positive integer that
-/// fits PostgreSQL's `bigint`. Leading `+`, zero, negatives and
-/// anything else are `None`.
+/// The highest chat or message number there can be: 2^53. A counter must
+/// be able to go on from any stored number (`INCR` fails past `i64::MAX`,
+/// so a stored `9223372036854775807` would stop an application's creates
+/// once its counter was seeded from it), and every number must survive a
+/// client's JSON: JavaScript and most JSON libraries read numbers as
+/// doubles, exact only up to 2^53.
+pub const MAX_NUMBER: i64 = 1 << 53;
+
+/// Whether `number` can be a chat or message number: 1 to [`MAX_NUMBER`].
+pub fn is_valid_number(number: i64) -> bool {
+    (1..=MAX_NUMBER).contains(&number)
+}
+
+/// A chat or message number from a path segment: a positive integer up to
+/// [`MAX_NUMBER`]. Leading `+`, zero, negatives and anything else are
+/// `None`.
 pub fn positive_number(raw: &str) -> Option<i64> {
-    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+    if raw.is_empty() || raw.len() > 20 || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    raw.parse::<i64>().ok().filter(|n| *n > 0)
+    raw.parse::<i64>().ok().filter(|n| is_valid_number(*n))
 }
 
 /// `GET /healthz`: the process is alive and serving.
@@ -216,12 +229,14 @@ mod tests {
     }
 
     #[test]
-    fn numbers_must_be_positive_bigints() {
+    fn numbers_are_positive_up_to_2_to_the_53() {
         let cases = [
             ("1", Some(1)),
             ("42", Some(42)),
             ("007", Some(7)),
-            ("9223372036854775807", Some(i64::MAX)),
+            ("9007199254740992", Some(MAX_NUMBER)),
+            ("9007199254740993", None),
+            ("9223372036854775807", None),
             ("9223372036854775808", None),
             ("0", None),
             ("-1", None),

@@ -14,6 +14,7 @@ pub mod http;
 pub mod job;
 pub mod publish;
 pub mod redis_client;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

@@ -11,11 +11,20 @@ use serde_json::json;
 use crate::http::{self, Answer};
 use crate::{Running, TcpProxy, TestDatabase};
 
-/// A running chat-system; stops and drops its database when dropped.
+/// A running chat-system; stops and drops its database when dropped. Its
+/// credentials are random per instance; the request helpers send them.
 pub struct TestChatSystem {
     pub address: SocketAddr,
     pub url: String,
     pub client: reqwest::Client,
+    /// `CHAT_SYSTEM_WRITE_TOKEN`: the writes' bearer token.
+    pub write_token: String,
+    /// `CHAT_SYSTEM_ADMIN_TOKEN`: the application routes' bearer token.
+    pub admin_token: String,
+    /// A client sending the write credential with every request.
+    pub writer: reqwest::Client,
+    /// A client sending the admin credential with every request.
+    pub admin: reqwest::Client,
     /// The proxy between the chat-system and PostgreSQL, when asked for.
     pub database_proxy: Option<TcpProxy>,
     server: Running,
@@ -42,7 +51,19 @@ impl TestChatSystem {
             Some(proxy) => database.url_via(proxy.address()),
             None => database.url(),
         };
-        let mut arguments = vec!["chat-system", "--addr", "127.0.0.1:0", "--log", "warn"];
+        let write_token = format!("write-{}", uuid::Uuid::new_v4().simple());
+        let admin_token = format!("admin-{}", uuid::Uuid::new_v4().simple());
+        let mut arguments = vec![
+            "chat-system",
+            "--addr",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--chat-system-write-token",
+            &write_token,
+            "--chat-system-admin-token",
+            &admin_token,
+        ];
         arguments.extend_from_slice(flags);
         let mut config = chat_system::Config::parse_from(arguments);
         config.database_url = database_url;
@@ -57,6 +78,10 @@ impl TestChatSystem {
             address,
             url: format!("http://{address}"),
             client: http::client(),
+            writer: http::client_with_bearer(&write_token),
+            admin: http::client_with_bearer(&admin_token),
+            write_token,
+            admin_token,
             database_proxy,
             server,
             database,
@@ -96,6 +121,7 @@ impl TestChatSystem {
         let request = self
             .client
             .post(self.url("/applications"))
+            .bearer_auth(&self.admin_token)
             .json(&json!({ "name": name }));
         let answer = http::send(request).await;
         assert_eq!(answer.status, 201, "{}", answer.body);
@@ -104,7 +130,12 @@ impl TestChatSystem {
 
     pub async fn put_chat(&self, token: &str, chat: i64) -> Answer {
         let path = format!("/applications/{token}/chats/{chat}");
-        http::send(self.client.put(self.url(&path))).await
+        http::send(
+            self.client
+                .put(self.url(&path))
+                .bearer_auth(&self.write_token),
+        )
+        .await
     }
 
     pub async fn put_message(&self, token: &str, chat: i64, number: i64, body: &str) -> Answer {
@@ -112,6 +143,7 @@ impl TestChatSystem {
         let request = self
             .client
             .put(self.url(&path))
+            .bearer_auth(&self.write_token)
             .json(&json!({ "body": body }));
         http::send(request).await
     }

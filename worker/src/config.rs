@@ -99,6 +99,10 @@ pub struct Config {
     #[command(flatten)]
     pub chat_system: ChatSystem,
 
+    /// The chat-system's write credential, sent with every bulk write.
+    #[command(flatten)]
+    pub write_credential: shared::secret::WriteCredential,
+
     #[command(flatten)]
     pub telemetry: Telemetry,
 }

@@ -100,6 +100,9 @@ pub(crate) fn classify(status: StatusCode, body: String) -> Result<(), Failure> 
         StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
             Err(Failure::Transient(error))
         }
+        // The worker's credential is wrong or missing: a configuration to
+        // fix, not a job to give up on.
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(Failure::Transient(error)),
         status if status.is_server_error() => Err(Failure::Transient(error)),
         _ => Err(Failure::Permanent {
             reason: Reason::Rejected,

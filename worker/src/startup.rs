@@ -54,6 +54,7 @@ impl Worker {
         };
         let storage = Storage::new(
             &config.chat_system,
+            config.write_credential.secret()?,
             redis,
             keys,
             config.counters.counter_ttl(),

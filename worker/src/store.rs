@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use shared::counters::{self, Keys, Release};
 use shared::job::{Job, Record};
 use shared::redis_client::{RedisClient, Slot, Wait};
+use shared::secret::Secret;
 use tokio::time::Instant;
 
 use crate::retry::{Failure, Reason, StoreError, classify};
@@ -32,6 +33,8 @@ pub(crate) struct Limits {
 
 pub(crate) struct Storage {
     client: reqwest::Client,
+    /// `CHAT_SYSTEM_WRITE_TOKEN`, sent as a bearer token.
+    credential: Option<Secret>,
     records_url: Url,
     readyz_url: Url,
     redis: RedisClient,
@@ -85,6 +88,7 @@ struct RecordResult {
 impl Storage {
     pub(crate) fn new(
         chat_system: &shared::config::ChatSystem,
+        credential: Option<Secret>,
         redis: RedisClient,
         keys: Keys,
         counter_ttl: Duration,
@@ -101,6 +105,7 @@ impl Storage {
             .build()?;
         Ok(Self {
             client,
+            credential,
             records_url: shared::config::endpoint(&base, &["records"]),
             readyz_url: shared::config::endpoint(&base, &["readyz"]),
             redis,
@@ -183,14 +188,15 @@ impl Storage {
     }
 
     async fn send(&self, body: Vec<u8>) -> Result<Answer, WholeFailure> {
-        let response = self
+        let mut request = self
             .client
             .post(self.records_url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(WholeFailure::unreachable)?;
+            .body(body);
+        if let Some(credential) = &self.credential {
+            request = request.bearer_auth(credential.expose());
+        }
+        let response = request.send().await.map_err(WholeFailure::unreachable)?;
         let status = response.status();
         if status != StatusCode::OK {
             let body = response.text().await.unwrap_or_default();

@@ -35,6 +35,18 @@ fn bad_requests(app: &TestApp, token: &str) -> Vec<(&'static str, reqwest::Reque
             400,
         ),
         (
+            "chat number above 2^53",
+            client.post(url("/chats/9007199254740993/messages/x")),
+            400,
+        ),
+        (
+            "chat number i64::MAX in JSON form",
+            client
+                .post(url("/chats/9223372036854775807/messages"))
+                .json(&json!({ "body": "x" })),
+            400,
+        ),
+        (
             "NUL in message",
             client.post(url("/chats/1/messages/a%00b")),
             400,
@@ -104,7 +116,7 @@ fn bad_requests(app: &TestApp, token: &str) -> Vec<(&'static str, reqwest::Reque
             client.post(format!("{}/applications/a%7Bb%7D/chats", app.url)),
             404,
         ),
-        ("wrong method", client.get(url("/chats")), 405),
+        ("wrong method", client.delete(url("/chats")), 405),
         (
             "no such route",
             client.post(format!("{}/nothing", app.url)),
@@ -194,12 +206,17 @@ async fn a_method_a_path_does_not_support_is_405_with_the_methods_it_does() {
     let app = spawn_app().await;
     let base = format!("{}/applications/t", app.url);
     let cases = [
-        (app.client.get(format!("{base}/chats")), "POST"),
-        (app.client.put(format!("{base}/chats/1/messages")), "POST"),
+        (app.client.delete(format!("{base}/chats")), "GET, POST"),
+        (
+            app.client.put(format!("{base}/chats/1/messages")),
+            "GET, POST",
+        ),
         (
             app.client.delete(format!("{base}/chats/1/messages/hi")),
-            "POST",
+            "GET, POST",
         ),
+        (app.client.post(format!("{base}/chats/1")), "GET"),
+        (app.client.put(base.clone()), "GET"),
         (app.client.post(format!("{}/readyz", app.url)), "GET"),
         (app.client.delete(format!("{}/metrics", app.url)), "GET"),
     ];

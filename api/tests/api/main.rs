@@ -11,4 +11,5 @@ mod idempotency;
 mod jobs;
 mod numbers;
 mod outages;
+mod reads;
 mod seeding;

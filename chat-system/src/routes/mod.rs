@@ -19,6 +19,11 @@ use shared::http::{BodyError, decode_segment, json_body, json_with_status, posit
 use shared::trace::TraceParent;
 use tracing::{Instrument, Span};
 
+use std::sync::Arc;
+
+use warp::http::HeaderValue;
+
+use crate::auth::{Access, Auth};
 use crate::error::{HttpError, Missing, StoreError};
 use crate::records::NewRecord;
 use crate::store::{Outcome, Store};
@@ -43,17 +48,32 @@ pub(crate) struct Limits {
 pub(crate) fn routes(
     store: Store,
     limits: Limits,
+    auth: Arc<Auth>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let max_body_bytes = limits.max_body_bytes;
     let limits = warp::any().map(move || limits);
     let store = warp::any().map(move || store.clone());
     let query = warp::query::<HashMap<String, String>>();
+    let auth = warp::any().map(move || auth.clone());
+    // The credential a write or admin route needs, checked before anything
+    // else of the request.
+    let needs = move |access: Access| {
+        warp::header::optional::<String>("authorization")
+            .or(warp::any().map(|| None))
+            .unify()
+            .and(auth.clone())
+            .map(move |header: Option<String>, auth: Arc<Auth>| {
+                let header = header.and_then(|value| HeaderValue::from_str(&value).ok());
+                auth.check(access, header.as_ref())
+            })
+    };
 
     let create_application = warp::path!("applications")
         .and(warp::post())
+        .and(needs(Access::Admin))
         .and(json_body::<NewApplication>(max_body_bytes))
         .and(store.clone())
-        .then(create_application);
+        .then(|allowed, body, store| guarded(allowed, create_application(body, store)));
     let get_application = warp::path!("applications" / String)
         .and(warp::get())
         .and(store.clone())
@@ -65,9 +85,12 @@ pub(crate) fn routes(
         .then(list_chats);
     let put_chat = warp::path!("applications" / String / "chats" / String)
         .and(warp::put())
+        .and(needs(Access::Write))
         .and(store.clone())
         .and(write_span())
-        .then(|token, chat, store, span: Span| put_chat(token, chat, store).instrument(span));
+        .then(|token, chat, allowed, store, span: Span| {
+            guarded(allowed, put_chat(token, chat, store)).instrument(span)
+        });
     let get_chat = warp::path!("applications" / String / "chats" / String)
         .and(warp::get())
         .and(store.clone())
@@ -86,17 +109,19 @@ pub(crate) fn routes(
         .then(search_messages);
     let put_message = warp::path!("applications" / String / "chats" / String / "messages" / String)
         .and(warp::put())
+        .and(needs(Access::Write))
         .and(json_body::<NewMessage>(max_body_bytes))
         .and(store.clone())
         .and(write_span())
-        .then(|token, chat, message, body, store, span: Span| {
-            put_message(token, chat, message, body, store).instrument(span)
+        .then(|token, chat, message, allowed, body, store, span: Span| {
+            guarded(allowed, put_message(token, chat, message, body, store)).instrument(span)
         });
     let store_records = warp::path!("records")
         .and(warp::post())
+        .and(needs(Access::Write))
         .and(json_body::<records::Request>(max_body_bytes))
         .and(store.clone())
-        .then(records::store_records);
+        .then(|allowed, body, store| guarded(allowed, records::store_records(body, store)));
     let get_message = warp::path!("applications" / String / "chats" / String / "messages" / String)
         .and(warp::get())
         .and(store.clone())
@@ -194,6 +219,18 @@ struct NewMessage {
 
 fn answer(result: Result<Response, HttpError>) -> Response {
     result.unwrap_or_else(HttpError::into_response)
+}
+
+/// `handler`'s answer if the request carried the credential its route
+/// needs; 401 otherwise, and the handler never runs.
+async fn guarded(
+    allowed: Result<(), HttpError>,
+    handler: impl std::future::Future<Output = Response>,
+) -> Response {
+    match allowed {
+        Ok(()) => handler.await,
+        Err(error) => error.into_response(),
+    }
 }
 
 /// A token that cannot exist (not UTF-8, or holding a NUL, which

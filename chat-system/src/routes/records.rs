@@ -126,7 +126,7 @@ impl Record {
     /// cannot hold (a NUL) names no application, as in the single `PUT`s.
     fn check(self) -> Result<NewRecord, RecordResult> {
         let positive = |value: i64, what: &str| {
-            if value > 0 {
+            if shared::http::is_valid_number(value) {
                 Ok(value)
             } else {
                 Err(RecordResult::invalid(format!(

@@ -8,7 +8,7 @@ async fn an_application_is_created_with_a_token_and_read_back() {
     let app = spawn_app().await;
 
     let created = http::send(
-        app.client
+        app.admin
             .post(app.url("/applications"))
             .json(&json!({ "name": "shop" })),
     )
@@ -65,33 +65,33 @@ async fn bad_application_bodies_get_a_4xx_json_error() {
     let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
         (
             "empty name",
-            app.client.post(&url).json(&json!({ "name": "" })),
+            app.admin.post(&url).json(&json!({ "name": "" })),
             400,
         ),
         (
             "blank name",
-            app.client.post(&url).json(&json!({ "name": "   " })),
+            app.admin.post(&url).json(&json!({ "name": "   " })),
             400,
         ),
         (
             "name too long",
-            app.client.post(&url).json(&json!({ "name": long_name })),
+            app.admin.post(&url).json(&json!({ "name": long_name })),
             400,
         ),
         (
             "name not a string",
-            app.client.post(&url).json(&json!({ "name": 7 })),
+            app.admin.post(&url).json(&json!({ "name": 7 })),
             400,
         ),
-        ("no name", app.client.post(&url).json(&json!({})), 400),
+        ("no name", app.admin.post(&url).json(&json!({})), 400),
         (
             "unknown field",
-            app.client.post(&url).json(&json!({ "name": "a", "x": 1 })),
+            app.admin.post(&url).json(&json!({ "name": "a", "x": 1 })),
             400,
         ),
         (
             "not JSON",
-            app.client
+            app.admin
                 .post(&url)
                 .header("content-type", "application/json")
                 .body("{\"name\":"),
@@ -99,7 +99,7 @@ async fn bad_application_bodies_get_a_4xx_json_error() {
         ),
         (
             "not JSON content",
-            app.client
+            app.admin
                 .post(&url)
                 .header("content-type", "text/plain")
                 .body("{\"name\":\"a\"}"),
@@ -107,7 +107,7 @@ async fn bad_application_bodies_get_a_4xx_json_error() {
         ),
         (
             "over the body limit",
-            app.client
+            app.admin
                 .post(&url)
                 .header("content-type", "application/json")
                 .body(format!("{{\"name\":\"{}\"}}", "x".repeat(2 * 1024 * 1024))),

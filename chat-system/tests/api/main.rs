@@ -2,6 +2,7 @@
 //! gets a chat-system on port 0 with a freshly created database.
 
 mod applications;
+mod auth;
 mod chats;
 mod concurrency;
 mod helpers;

@@ -99,54 +99,54 @@ async fn bad_message_input_gets_a_4xx_json_error() {
     let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
         (
             "message number zero",
-            app.client.put(url("1", "0")).json(&json!({ "body": "x" })),
+            app.writer.put(url("1", "0")).json(&json!({ "body": "x" })),
             400,
         ),
         (
             "message number text",
-            app.client
+            app.writer
                 .put(url("1", "one"))
                 .json(&json!({ "body": "x" })),
             400,
         ),
         (
             "chat number text",
-            app.client
+            app.writer
                 .put(url("one", "1"))
                 .json(&json!({ "body": "x" })),
             400,
         ),
         (
             "empty body",
-            app.client.put(url("1", "1")).json(&json!({ "body": "" })),
+            app.writer.put(url("1", "1")).json(&json!({ "body": "" })),
             400,
         ),
         (
             "NUL in body",
-            app.client
+            app.writer
                 .put(url("1", "1"))
                 .json(&json!({ "body": "a\u{0}b" })),
             400,
         ),
         (
             "body not a string",
-            app.client.put(url("1", "1")).json(&json!({ "body": 1 })),
+            app.writer.put(url("1", "1")).json(&json!({ "body": 1 })),
             400,
         ),
         (
             "no body field",
-            app.client.put(url("1", "1")).json(&json!({})),
+            app.writer.put(url("1", "1")).json(&json!({})),
             400,
         ),
         (
             "not JSON",
-            app.client
+            app.writer
                 .put(url("1", "1"))
                 .header("content-type", "application/json")
                 .body("nope"),
             400,
         ),
-        ("no content-length", app.client.put(url("1", "1")), 411),
+        ("no content-length", app.writer.put(url("1", "1")), 411),
     ];
     for (case, request, status) in cases {
         let answer = http::send(request).await;

@@ -9,7 +9,7 @@ use crate::helpers::spawn_app;
 
 async fn post(app: &TestChatSystem, records: Value) -> Answer {
     let request = app
-        .client
+        .writer
         .post(app.url("/records"))
         .json(&json!({ "records": records }));
     http::send(request).await
@@ -179,24 +179,24 @@ async fn a_batch_that_cannot_be_read_is_refused_whole() {
     let cases = [
         (
             "not JSON",
-            app.client.post(app.url("/records")).body("{"),
+            app.writer.post(app.url("/records")).body("{"),
             400,
         ),
         (
             "no records field",
-            app.client.post(app.url("/records")).json(&json!({})),
+            app.writer.post(app.url("/records")).json(&json!({})),
             400,
         ),
         (
             "unknown kind",
-            app.client
+            app.writer
                 .post(app.url("/records"))
                 .json(&json!({ "records": [{ "kind": "thread", "token": token }] })),
             400,
         ),
         (
             "too many records",
-            app.client.post(app.url("/records")).json(&json!({
+            app.writer.post(app.url("/records")).json(&json!({
                 "records": vec![chat(&token, 1); 5001]
             })),
             413,
@@ -253,4 +253,31 @@ async fn a_record_the_database_refuses_fails_alone_and_its_neighbours_are_stored
         [(1, "fine".to_owned()), (3, "also fine".to_owned())]
     );
     assert_eq!(app.chats_count(&other).await, 1);
+}
+
+#[tokio::test]
+async fn numbers_above_2_to_the_53_are_refused_record_by_record() {
+    let app = spawn_app().await;
+    let token = app.application_with_chats(1).await;
+
+    let answer = post(
+        &app,
+        json!([
+            chat(&token, 9_007_199_254_740_993),
+            chat(&token, i64::MAX),
+            message(&token, 1, 9_007_199_254_740_993, "too far"),
+            chat(&token, 9_007_199_254_740_992),
+        ]),
+    )
+    .await;
+
+    assert_eq!(
+        results(&answer),
+        [
+            (400, "invalid".to_owned()),
+            (400, "invalid".to_owned()),
+            (400, "invalid".to_owned()),
+            (201, "created".to_owned()),
+        ]
+    );
 }

@@ -117,7 +117,7 @@ async fn large_chat(app: &testkit::TestChatSystem, count: i64, word: &str) -> St
             })
             .collect();
         let request = app
-            .client
+            .writer
             .post(app.url("/records"))
             .json(&serde_json::json!({ "records": records }));
         assert_eq!(http::send(request).await.status, 200);

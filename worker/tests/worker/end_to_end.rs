@@ -200,3 +200,64 @@ async fn a_990_kb_message_of_distinct_words_is_stored_and_found() {
     assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_strangers_writes_of_the_next_numbers_are_refused_and_the_clients_records_stored() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    let (api, _api) = stack.spawn_api().await;
+    let worker = stack.spawn_worker(&[]).await;
+    let client = testkit::http::client();
+    let create = |body: &'static str| {
+        client
+            .post(format!("{api}/applications/{token}/chats/1/messages"))
+            .json(&serde_json::json!({ "body": body }))
+    };
+    let chat = testkit::http::send(client.post(format!("{api}/applications/{token}/chats"))).await;
+    assert_eq!(chat.number("chat number"), 1);
+    assert_eq!(
+        testkit::http::send(create("first"))
+            .await
+            .number("message number"),
+        1
+    );
+
+    // Someone who can reach the chat-system, but has no credential, writes
+    // the numbers the api is about to hand out.
+    for number in [2, 3] {
+        let url = stack
+            .chat_system
+            .url(&format!("/applications/{token}/chats/1/messages/{number}"));
+        let put = testkit::http::send(
+            client
+                .put(url)
+                .json(&serde_json::json!({ "body": "a stranger's text" })),
+        )
+        .await;
+        assert_eq!(put.status, 401, "{}", put.body);
+    }
+    assert_eq!(
+        testkit::http::send(create("second"))
+            .await
+            .number("message number"),
+        2
+    );
+    assert_eq!(
+        testkit::http::send(create("third"))
+            .await
+            .number("message number"),
+        3
+    );
+
+    let stored = stack.wait_for_messages(&token, 1, 3).await;
+    assert_eq!(
+        stored,
+        [
+            (1, "first".to_owned()),
+            (2, "second".to_owned()),
+            (3, "third".to_owned())
+        ]
+    );
+    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+    worker.stop().await;
+}

@@ -81,6 +81,7 @@ impl TestStack {
             ["--redis-prefix", &self.redis.prefix],
             ["--chat-system-url", &self.upstream.url],
             ["--chat-system-timeout-ms", "1000"],
+            ["--chat-system-write-token", &self.chat_system.write_token],
         ];
         let fast_retries = FAST_RETRIES.chunks(2).map(|pair| [pair[0], pair[1]]);
         let mut arguments = Vec::new();
