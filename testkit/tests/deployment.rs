@@ -22,6 +22,7 @@ struct Service {
     build: Option<Build>,
     command: Vec<String>,
     environment: BTreeMap<String, String>,
+    ports: Vec<String>,
     depends_on: BTreeMap<String, Dependency>,
     healthcheck: Option<Healthcheck>,
     deploy: Option<Deploy>,
@@ -204,6 +205,54 @@ fn every_service_is_health_checked_and_started_in_order() {
         redis.contains("--appendonly yes"),
         "Redis keeps its counters in an AOF: {redis}"
     );
+}
+
+#[test]
+fn compose_publishes_only_the_api_on_every_interface() {
+    let compose = compose();
+    for (name, service) in &compose.services {
+        for port in &service.ports {
+            let public_api = name == "api" && port == "3001:3001";
+            assert!(
+                public_api || port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} beyond this host"
+            );
+        }
+    }
+    assert_eq!(compose.services["api"].ports, ["3001:3001"]);
+}
+
+#[test]
+fn compose_names_no_password_of_its_own() {
+    let text = repository_file("compose.yaml");
+    for default in ["guest", "postgres:postgres@", "POSTGRES_PASSWORD: postgres"] {
+        assert!(!text.contains(default), "compose.yaml holds {default:?}");
+    }
+    let compose = compose();
+    for (name, service) in &compose.services {
+        let values = service.environment.iter().chain(
+            service
+                .command
+                .iter()
+                .zip(service.command.iter().skip(1))
+                .filter(|(flag, _)| flag.as_str() == "--requirepass"),
+        );
+        for (key, value) in values {
+            let secret = key.contains("PASS") || key.contains("AUTH") || key == "--requirepass";
+            let credentials_in_url = value.contains("://") && value.contains('@');
+            if secret || credentials_in_url {
+                assert!(
+                    value.contains("${") && value.contains(":?"),
+                    "{name}: {key} must come from .env, required: {value}"
+                );
+            }
+        }
+        for (key, value) in &service.environment {
+            if key.ends_with("TOKEN") {
+                panic!("{name}: {key}={value}: credentials go in as secret files");
+            }
+        }
+    }
 }
 
 #[test]
