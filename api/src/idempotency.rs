@@ -23,6 +23,7 @@
 //! publish its job, and after the key expires the number simply stays in
 //! flight (its counter kept, as for any job whose fate is unknown).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
@@ -30,6 +31,7 @@ use shared::counters::Keys;
 use shared::job::Kind;
 use shared::redis_client::RedisClient;
 
+use crate::durability::Guard;
 use crate::error::ApiError;
 
 /// The longest key accepted, in bytes.
@@ -85,6 +87,9 @@ pub(crate) struct Held {
 
 pub(crate) struct Keyed {
     redis: RedisClient,
+    /// Told of every Redis error here, as of the draws': the server may
+    /// have changed under them.
+    durability: Arc<Guard>,
     keys: Keys,
     ttl: Duration,
     lease: Duration,
@@ -137,9 +142,16 @@ return 1";
 impl Keyed {
     /// `lease` must outlast a request: a draw (seeding included) and a
     /// publish.
-    pub(crate) fn new(redis: RedisClient, keys: Keys, ttl: Duration, lease: Duration) -> Self {
+    pub(crate) fn new(
+        redis: RedisClient,
+        keys: Keys,
+        ttl: Duration,
+        lease: Duration,
+        durability: Arc<Guard>,
+    ) -> Self {
         Self {
             redis,
+            durability,
             keys,
             ttl,
             lease,
@@ -172,7 +184,8 @@ impl Keyed {
             .arg(identity.id.to_string())
             .arg(identity.created_at_ms)
             .invoke_async(&mut self.redis.clone())
-            .await?;
+            .await
+            .inspect_err(|_| self.durability.suspect())?;
         let held = Held { key, owner };
         let field = |index: usize| {
             reply
@@ -210,7 +223,8 @@ impl Keyed {
             .confirm
             .key(&held.key)
             .invoke_async(&mut self.redis.clone())
-            .await?;
+            .await
+            .inspect_err(|_| self.durability.suspect())?;
         Ok(())
     }
 
@@ -224,6 +238,7 @@ impl Keyed {
             .invoke_async(&mut self.redis.clone())
             .await;
         if let Err(error) = abandoned {
+            self.durability.suspect();
             tracing::warn!(%error, "could not give up the Idempotency-Key; its lease ends by itself");
         }
     }

@@ -21,7 +21,7 @@ use shared::redis_client::{RedisClient, Wait};
 use tokio::time::Instant;
 
 use crate::chat_system::{ChatSystem, ChatSystemError};
-use crate::durability::{Guard, Refusal, State as DurabilityState};
+use crate::durability::{Guard, Refusal};
 use crate::error::ApiError;
 use crate::negative_cache::NegativeCache;
 use crate::replicas::{Call, Replicated, Unreplicated};
@@ -391,9 +391,9 @@ impl Numbers {
         Ok(())
     }
 
-    /// What the durability check last found.
-    pub(crate) fn durability(&self) -> DurabilityState {
-        self.durability.state()
+    /// What the durability check last found, for `/readyz`.
+    pub(crate) fn durability(&self) -> String {
+        self.durability.said()
     }
 }
 

@@ -339,9 +339,9 @@ async fn readyz(state: Arc<State>) -> Response {
     let verdict = |ok: bool| if ok { "ok" } else { "unavailable" };
     let redis_ready = matches!(redis, Ok(Ok(())));
     let redis_said = match redis {
-        Ok(Ok(())) => "ok",
-        Ok(Err(NumberError::NotDurable(_))) => state.intake.numbers().durability().label(),
-        _ => "unavailable",
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(NumberError::NotDurable(_))) => state.intake.numbers().durability(),
+        _ => "unavailable".to_owned(),
     };
     let fits = match &chat_system {
         Ok(Ok(Some(max_body_bytes))) => state.message_limit.learn(*max_body_bytes),

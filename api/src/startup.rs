@@ -83,6 +83,7 @@ impl Application {
             Keys::new(&config.counters.redis_prefix),
             Duration::from_secs(config.idempotency_ttl_secs),
             lease,
+            durability.clone(),
         );
         let numbers = Numbers::new(
             redis,

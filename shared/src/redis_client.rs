@@ -23,6 +23,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 pub use redis::cluster_routing::Slot;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 /// A connection to the counters' Redis; cheap to clone (clones share it).
@@ -155,6 +156,57 @@ impl RedisClient {
 }
 
 impl RedisClient {
+    /// Sends `cmd` to every master (the one server of a single node, each
+    /// master of the cluster's slot map), each answer with the master's
+    /// address (`None` on a single node) or the error it gave.
+    pub async fn on_every_master(
+        &self,
+        cmd: Cmd,
+    ) -> redis::RedisResult<Vec<(Option<String>, redis::RedisResult<Value>)>> {
+        match self {
+            Self::Single(connection) => {
+                let answer = cmd.query_async(&mut connection.clone()).await;
+                match answer {
+                    // The server answered, with an error: its answer.
+                    Err(error)
+                        if !matches!(
+                            error.kind(),
+                            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                        ) =>
+                    {
+                        Err(error)
+                    }
+                    answer => Ok(vec![(None, answer)]),
+                }
+            }
+            Self::Cluster(cluster) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let answers = cluster
+                    .connection()
+                    .route_command(cmd, routing)
+                    .await
+                    .inspect_err(|error| cluster.renew_after(error))?;
+                let Value::Map(answers) = answers else {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "a command to every master was not answered by each",
+                    )));
+                };
+                answers
+                    .into_iter()
+                    .map(|(address, answer)| {
+                        let address: String = redis::from_redis_value(address)?;
+                        let answer = match answer {
+                            Value::ServerError(error) => Err(error.into()),
+                            value => Ok(value),
+                        };
+                        Ok((Some(address), answer))
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// Sends `pipeline`, followed when `wait.replicas` > 0 by `WAIT` on
     /// the same connection (it reaches the node of the pipeline's keys and
     /// covers its writes): an error when fewer replicas confirmed them in

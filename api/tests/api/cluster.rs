@@ -294,3 +294,85 @@ async fn a_draw_no_replica_confirmed_gives_its_number_back_once_one_can() {
     let _: () = redis::cmd("PING").query_async(&mut master).await.unwrap();
     cluster.delete_keys(&app.redis.prefix).await;
 }
+
+/// Sets `appendfsync always` on the node again when dropped, even when
+/// the test that changed it fails.
+struct FsyncRestored(u16);
+
+impl Drop for FsyncRestored {
+    fn drop(&mut self) {
+        let restored = redis::Client::open(format!("redis://127.0.0.1:{}", self.0))
+            .and_then(|client| client.get_connection())
+            .and_then(|mut connection| {
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("appendfsync")
+                    .arg("always")
+                    .query::<()>(&mut connection)
+            });
+        if let Err(error) = restored {
+            eprintln!(
+                "could not set appendfsync always again on {}: {error}",
+                self.0
+            );
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the clusters of scripts/cluster; scripts/test runs it after the suite"]
+async fn a_master_that_stops_fsyncing_every_write_stops_the_draws() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let cluster = clusters().await;
+    let app = spawn_app_with(&[
+        "--redis-url",
+        &cluster.redis_url,
+        "--redis-durability",
+        "verify",
+    ])
+    .await;
+    let token = app.application(0).await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+    let counter = Keys::new(&app.redis.prefix).counter(Scope::Chats { token: &token });
+    let shard = cluster.shard_of(&counter).await;
+
+    // One master of three; CONFIG GET on one node at random would miss
+    // it two times in three.
+    let restored = FsyncRestored(shard.master);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("appendfsync")
+        .arg("everysec")
+        .query_async(&mut cluster.redis_node(shard.master).await)
+        .await
+        .expect("CONFIG SET on the master");
+
+    let said = eventually(
+        "the periodic check to find the master",
+        Duration::from_secs(10),
+        || async {
+            let ready = app.get("/readyz").await;
+            let said = ready.body["redis"].as_str()?.to_owned();
+            said.starts_with("not durable").then_some(said)
+        },
+    )
+    .await;
+    assert!(
+        said.contains(&format!(
+            "appendfsync everysec on 127.0.0.1:{}",
+            shard.master
+        )),
+        "readyz names the setting and the master: {said}"
+    );
+    let refused = app.create_chat(&token).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+
+    drop(restored);
+    eventually(
+        "draws once every master fsyncs again",
+        Duration::from_secs(10),
+        || async { (app.create_chat(&token).await.status == 200).then_some(()) },
+    )
+    .await;
+    cluster.delete_keys(&app.redis.prefix).await;
+}

@@ -1,6 +1,7 @@
 //! The api draws numbers only from a Redis that keeps every write it
-//! acknowledged (`appendonly yes`, `appendfsync always`), checked at start,
-//! after a reconnect and now and then; unless told otherwise.
+//! acknowledged (`appendonly yes`, `appendfsync always`, no eviction),
+//! checked at start, after a reconnect and now and then; unless told
+//! otherwise.
 
 use std::time::Duration;
 
@@ -22,8 +23,68 @@ async fn a_redis_that_can_forget_gets_no_draw_and_readyz_says_why() {
     assert_eq!(refused.error(), "redis unavailable, retry later");
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status, 503);
-    assert_eq!(ready.body["redis"], "not durable");
+    let said = ready.body["redis"].as_str().unwrap_or_default();
+    assert!(
+        said.starts_with("not durable: appendonly no"),
+        "it names the setting: {said}"
+    );
     assert!(app.redis.keys().await.is_empty(), "nothing was drawn");
+}
+
+/// A Redis that syncs every write but may evict keys: `allkeys-*`
+/// evicts counters in flight, `volatile-*` `Idempotency-Key` hashes.
+#[tokio::test]
+async fn a_redis_that_may_evict_keys_gets_no_draw_and_readyz_names_its_policy() {
+    for policy in ["allkeys-lru", "volatile-lru"] {
+        let redis = DurableRedis::start().await;
+        let mut connection = redis.connection().await;
+        for (name, value) in [("maxmemory", "200mb"), ("maxmemory-policy", policy)] {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+        }
+        let app = spawn_unready(redis.address, VERIFY).await;
+        let token = app.application(0).await;
+
+        let refused = app.create_chat(&token).await;
+
+        assert_eq!(refused.status, 503, "{policy}: {}", refused.body);
+        let ready = app.get("/readyz").await;
+        assert_eq!(ready.status, 503, "{policy}");
+        assert_eq!(
+            ready.body["redis"],
+            format!("not durable: maxmemory-policy {policy} (maxmemory 209715200)")
+        );
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        assert!(keys.is_empty(), "{policy}: nothing was drawn: {keys:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_redis_with_a_memory_limit_that_evicts_nothing_is_drawn_from() {
+    let redis = DurableRedis::start().await;
+    let mut connection = redis.connection().await;
+    for (name, value) in [("maxmemory", "200mb"), ("maxmemory-policy", "noeviction")] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+    }
+    let app = spawn_app_on(redis.address, VERIFY).await;
+    let token = app.application(0).await;
+
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
 }
 
 #[tokio::test]
@@ -62,7 +123,7 @@ async fn a_redis_that_comes_back_unable_to_keep_writes_gets_no_more_draws() {
         Duration::from_secs(3),
         || async {
             let ready = app.get("/readyz").await;
-            (ready.body["redis"] == "not durable").then_some(())
+            (ready.body["redis"] == "not durable: appendfsync everysec").then_some(())
         },
     )
     .await;
