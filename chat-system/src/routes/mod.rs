@@ -113,9 +113,18 @@ pub(crate) fn routes(
         .and(json_body::<NewMessage>(max_body_bytes))
         .and(store.clone())
         .and(write_span())
-        .then(|token, chat, message, allowed, body, store, span: Span| {
-            guarded(allowed, put_message(token, chat, message, body, store)).instrument(span)
-        });
+        .then(
+            |token, chat, message: String, allowed, body, store, span: Span| async move {
+                if message == "search" {
+                    // The search path, which only has GET: 405 before any
+                    // credential is asked for.
+                    return shared::http::not_allowed("GET");
+                }
+                guarded(allowed, put_message(token, chat, message, body, store))
+                    .instrument(span)
+                    .await
+            },
+        );
     let store_records = warp::path!("records")
         .and(warp::post())
         .and(needs(Access::Write))
@@ -438,10 +447,6 @@ async fn put_message(
     body: Result<NewMessage, BodyError>,
     store: Store,
 ) -> Response {
-    if message_raw == "search" {
-        // The search path, which only has GET.
-        return shared::http::not_allowed("GET");
-    }
     answer(
         async {
             let chat = number(&chat_raw, "chat number")?;
