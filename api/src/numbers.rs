@@ -144,9 +144,12 @@ impl Numbers {
         let lock_value = lock_value();
         let give_up = Instant::now() + self.timings.seed_wait;
         let mut pause = Duration::from_millis(2);
+        let receipt = self.receipts();
         loop {
-            let call = self.keys.draw(scope, &lock_value, self.timings.seed_lock);
-            let refused = |error| self.refused(scope, key, error);
+            let call = self
+                .keys
+                .draw(scope, &lock_value, self.timings.seed_lock, receipt);
+            let refused = |error| self.refused(scope, key, &lock_value, error);
             let mut drawn = self
                 .run(&self.draw, recorded(call, key))
                 .await
@@ -214,32 +217,127 @@ impl Numbers {
                 return Err(error.into());
             }
         };
-        let call = self
-            .keys
-            .seed(scope, lock_value, highest, self.timings.negative_ttl);
+        let call = self.keys.seed(
+            scope,
+            lock_value,
+            highest,
+            self.timings.negative_ttl,
+            self.receipts(),
+        );
         self.run(&self.seed, recorded(call, key)).await
     }
 
     /// A draw made but not confirmed by the replicas is answered 503, so
     /// its number is given back (in the background, until a replica holds
-    /// that too): no job will ever carry it. With an `Idempotency-Key` it
-    /// is kept, for a retry to publish.
+    /// that too): no job will ever carry it. A draw whose reply never came
+    /// may have been made all the same: its receipt is looked up and that
+    /// number given back ([`Numbers::resolve_later`]). With an
+    /// `Idempotency-Key` the number is kept, for a retry to publish.
     fn refused(
         &self,
         scope: Scope<'_>,
         key: Option<(&str, &str)>,
+        lock_value: &str,
         error: NumberError,
     ) -> NumberError {
-        if let NumberError::NotReplicated {
-            drawn: Some(number),
-            ..
-        } = error
-            && number > 0
-            && key.is_none()
-        {
-            self.give_back_later(scope, number);
+        if key.is_some() {
+            return error;
+        }
+        match &error {
+            NumberError::NotReplicated {
+                drawn: Some(number),
+                ..
+            } if *number > 0 => self.give_back_later(scope, *number),
+            // Timed out or stopped while its round was out: perhaps drawn.
+            NumberError::NotReplicated { drawn: None, .. } if self.receipts() => {
+                self.resolve_later(scope, lock_value);
+            }
+            // Not an answer: the script may have run before the
+            // connection (or the master) went.
+            NumberError::Redis(redis_error)
+                if self.receipts()
+                    && !matches!(
+                        redis_error.kind(),
+                        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                    ) =>
+            {
+                self.resolve_later(scope, lock_value);
+            }
+            _ => {}
         }
         error
+    }
+
+    /// Whether draws leave receipts: with `REDIS_WAIT_REPLICAS`, where a
+    /// master may die between running a draw and answering it.
+    fn receipts(&self) -> bool {
+        self.timings.wait_replicas > 0
+    }
+
+    /// Looks up the receipt of the draw offering `lock_value`, a few times
+    /// over some 15 s (the receipt lives 30 s; a failover promotes the
+    /// replica within seconds, and a draw queued behind a timeout may still
+    /// run): found, its number is given back like any refused one; not
+    /// found twice, the draw was never made (or was lost with its master,
+    /// receipt and in-flight mark together).
+    fn resolve_later(&self, scope: Scope<'_>, lock_value: &str) {
+        let receipt = self.keys.receipt(scope, lock_value);
+        let (token, chat) = match scope {
+            Scope::Chats { token } => (token.to_owned(), None),
+            Scope::Messages { token, chat } => (token.to_owned(), Some(chat)),
+        };
+        let (keys, ttl) = (self.keys.clone(), self.timings.counter_ttl);
+        let (redis, durability, wait) = (self.redis.clone(), self.durability.clone(), self.wait());
+        tokio::spawn(async move {
+            let mut absent = 0;
+            for pause in [1, 2, 4, 8] {
+                tokio::time::sleep(Duration::from_secs(pause)).await;
+                let found: redis::RedisResult<Option<i64>> = redis::cmd("GET")
+                    .arg(&receipt)
+                    .query_async(&mut redis.clone())
+                    .await;
+                match found {
+                    Ok(Some(number)) => {
+                        let scope = match chat {
+                            None => Scope::Chats { token: &token },
+                            Some(chat) => Scope::Messages {
+                                token: &token,
+                                chat,
+                            },
+                        };
+                        let call = keys.release(scope, &[number], ttl, Release::Refused);
+                        metrics::counter!("api_draw_receipts_total", "outcome" => "given_back")
+                            .increment(1);
+                        give_back(&redis, &durability, wait, call, number).await;
+                        let _: redis::RedisResult<()> = redis::cmd("DEL")
+                            .arg(&receipt)
+                            .query_async(&mut redis.clone())
+                            .await;
+                        return;
+                    }
+                    Ok(None) => {
+                        absent += 1;
+                        if absent == 2 {
+                            metrics::counter!("api_draw_receipts_total", "outcome" => "none")
+                                .increment(1);
+                            return;
+                        }
+                    }
+                    Err(_) => durability.suspect(),
+                }
+            }
+            metrics::counter!("api_draw_receipts_total", "outcome" => "unresolved").increment(1);
+            tracing::warn!(
+                "could not learn whether a draw whose reply was lost was made; its number, if any, stays in flight"
+            );
+        });
+    }
+
+    fn wait(&self) -> Wait {
+        Wait {
+            replicas: self.timings.wait_replicas,
+            timeout: self.timings.wait_timeout,
+        }
     }
 
     /// Gives up a seed lock, if it is still ours.
@@ -347,38 +445,8 @@ impl Numbers {
     pub(crate) fn give_back_later(&self, scope: Scope<'_>, number: i64) {
         let ttl = self.timings.counter_ttl;
         let call = self.keys.release(scope, &[number], ttl, Release::Refused);
-        let mut pipeline = redis::pipe();
-        // EVAL, not EVALSHA: a promoted replica may not have the script.
-        pipeline
-            .cmd("EVAL")
-            .arg(counters::RELEASE)
-            .arg(call.keys.len())
-            .arg(call.keys)
-            .arg(call.args)
-            .ignore();
-        let (redis, durability) = (self.redis.clone(), self.durability.clone());
-        let wait = Wait {
-            replicas: self.timings.wait_replicas,
-            timeout: self.timings.wait_timeout,
-        };
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            for _ in 0..150 {
-                let given: redis::RedisResult<()> = redis.query_replicated(&pipeline, wait).await;
-                match given {
-                    Ok(()) => return,
-                    Err(_) => {
-                        durability.suspect();
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-            tracing::warn!(
-                number,
-                "could not give a number back; it stays in flight and keeps its counter"
-            );
-        });
+        let (redis, durability, wait) = (self.redis.clone(), self.durability.clone(), self.wait());
+        tokio::spawn(async move { give_back(&redis, &durability, wait, call, number).await });
     }
 
     /// For `/readyz`: Redis answers, and may be drawn from.
@@ -395,6 +463,43 @@ impl Numbers {
     pub(crate) fn durability(&self) -> String {
         self.durability.said()
     }
+}
+
+/// Runs the give-back `call` (a [`counters::RELEASE`]) of `number` until
+/// Redis, and `wait`'s replicas, hold it; with backoff, for some ten
+/// minutes.
+async fn give_back(
+    redis: &RedisClient,
+    durability: &Guard,
+    wait: Wait,
+    call: Invocation,
+    number: i64,
+) {
+    let mut pipeline = redis::pipe();
+    // EVAL, not EVALSHA: a promoted replica may not have the script.
+    pipeline
+        .cmd("EVAL")
+        .arg(counters::RELEASE)
+        .arg(call.keys.len())
+        .arg(call.keys)
+        .arg(call.args)
+        .ignore();
+    let mut delay = Duration::from_millis(100);
+    for _ in 0..150 {
+        let given: redis::RedisResult<()> = redis.query_replicated(&pipeline, wait).await;
+        match given {
+            Ok(()) => return,
+            Err(_) => {
+                durability.suspect();
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::warn!(
+        number,
+        "could not give a number back; it stays in flight and keeps its counter"
+    );
 }
 
 /// A counters script and its source (a pipelined `EVAL` sends the source).

@@ -64,7 +64,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let started = Instant::now();
-                let call = keys.draw(scope, "lock", Duration::from_secs(5));
+                let call = keys.draw(scope, "lock", Duration::from_secs(5), false);
                 let reply: i64 = script
                     .key(call.keys)
                     .arg(call.args)

@@ -110,9 +110,35 @@ impl Keys {
         format!("{}:{{{token}}}:idempotency:{kind}:{key}", self.prefix)
     }
 
+    /// Where a draw offering `lock_value` leaves its number for 30 s (its
+    /// receipt), when asked to: a draw whose reply was lost (the
+    /// connection dropped, the master died after it ran) left a number in
+    /// flight that the api never learnt; the receipt, written by the same
+    /// script and so replicated with the draw or not at all, tells which
+    /// to give back.
+    pub fn receipt(&self, scope: Scope<'_>, lock_value: &str) -> String {
+        let (Scope::Chats { token } | Scope::Messages { token, .. }) = scope;
+        format!("{}:{{{token}}}:draw:{lock_value}", self.prefix)
+    }
+
+    /// The receipt ARGV: the key, or an empty string for none.
+    fn receipt_arg(&self, scope: Scope<'_>, lock_value: &str, receipt: bool) -> String {
+        if receipt {
+            self.receipt(scope, lock_value)
+        } else {
+            String::new()
+        }
+    }
+
     /// The invocation of [`DRAW`] for `scope`, offering `lock_value` for
-    /// its seed lock, which lives `lock`.
-    pub fn draw(&self, scope: Scope<'_>, lock_value: &str, lock: Duration) -> Invocation {
+    /// its seed lock, which lives `lock`; with a receipt when `receipt`.
+    pub fn draw(
+        &self,
+        scope: Scope<'_>,
+        lock_value: &str,
+        lock: Duration,
+        receipt: bool,
+    ) -> Invocation {
         let (head, tail) = self.head_and_tail(scope);
         Invocation {
             keys: self.scope_keys(scope).to_vec(),
@@ -121,6 +147,7 @@ impl Keys {
                 lock.as_millis().to_string(),
                 head,
                 tail,
+                self.receipt_arg(scope, lock_value, receipt),
             ],
         }
     }
@@ -133,6 +160,7 @@ impl Keys {
         lock_value: &str,
         highest: Option<i64>,
         negative: Duration,
+        receipt: bool,
     ) -> Invocation {
         let (head, tail) = self.head_and_tail(scope);
         let seed = highest
@@ -146,6 +174,7 @@ impl Keys {
                 head,
                 tail,
                 negative.as_millis().to_string(),
+                self.receipt_arg(scope, lock_value, receipt),
             ],
         }
     }
@@ -269,7 +298,8 @@ impl Drawn {
 /// KEYS: counter, in-flight set, unknown marker, seed lock.
 /// ARGV: the lock value it would hold (random), the lock's PX
 /// milliseconds, the message counter head and tail (for the chats of an
-/// application; empty strings for a chat's messages).
+/// application; empty strings for a chat's messages), the draw's receipt
+/// key or an empty string (see [`Keys::receipt`]).
 /// Optionally KEYS[5], an `Idempotency-Key` hash, with its owner as the
 /// last ARGV: see [`Invocation::recorded_under`].
 /// Returns the number, or a code of [`Drawn`]. `INCR` runs only on an
@@ -290,6 +320,7 @@ local n = redis.call('INCR', KEYS[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('SADD', KEYS[2], n)
 if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
+if ARGV[5] ~= '' then redis.call('SET', ARGV[5], n, 'PX', 30000) end
 if KEYS[5] then redis.call('HSET', KEYS[5], 'number', n) end
 return n";
 
@@ -299,7 +330,8 @@ return n";
 /// KEYS: counter, in-flight set, unknown marker, seed lock.
 /// ARGV: lock value, the seed value (an empty string when the chat-system
 /// does not know the scope), message counter head and tail (as in
-/// [`DRAW`]), the negative cache PX milliseconds. Returns the number,
+/// [`DRAW`]), the negative cache PX milliseconds, the receipt key (as in
+/// [`DRAW`]). Returns the number,
 /// [`Drawn::Unknown`], or [`Drawn::Wait`] when the lock expired meanwhile
 /// (the caller draws again). `SET NX`: a live counter is never overwritten.
 /// An `Idempotency-Key` hash as in [`DRAW`].
@@ -318,6 +350,7 @@ local n = redis.call('INCR', KEYS[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('SADD', KEYS[2], n)
 if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
+if ARGV[6] ~= '' then redis.call('SET', ARGV[6], n, 'PX', 30000) end
 if KEYS[5] then redis.call('HSET', KEYS[5], 'number', n) end
 return n";
 

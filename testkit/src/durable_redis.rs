@@ -17,6 +17,32 @@ pub struct DurableRedis {
 
 impl DurableRedis {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// A replica of `master`, durable like it, once it holds the master's
+    /// data (for `WAIT` to count it).
+    pub async fn replica_of(master: &DurableRedis) -> Self {
+        let port = master.address.port().to_string();
+        let replica = Self::start_with(&["--replicaof", "127.0.0.1", &port]).await;
+        let connection = replica.connection().await;
+        crate::eventually(
+            "the replica to sync with its master",
+            Duration::from_secs(10),
+            || async {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut connection.clone())
+                    .await
+                    .ok()?;
+                info.contains("master_link_status:up").then_some(())
+            },
+        )
+        .await;
+        replica
+    }
+
+    async fn start_with(extra: &[&str]) -> Self {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             listener.local_addr().expect("an address").port()
@@ -33,6 +59,7 @@ impl DurableRedis {
                 "--save",
                 "",
             ])
+            .args(extra)
             .arg("--dir")
             .arg(&dir)
             .stdout(std::process::Stdio::null())

@@ -15,10 +15,14 @@ use tokio::task::JoinSet;
 /// lets them through again. [`freeze`](TcpProxy::freeze) keeps every
 /// connection open but holds the bytes, both ways, as a blocked or hung
 /// server would, until [`thaw`](TcpProxy::thaw).
+/// [`lose_replies`](TcpProxy::lose_replies) lets requests through but
+/// closes a connection instead of passing on the server's reply, as a
+/// server that dies after doing what it was asked would, until restored.
 pub struct TcpProxy {
     address: SocketAddr,
     up: watch::Sender<bool>,
     flowing: watch::Sender<bool>,
+    replying: watch::Sender<bool>,
     connections: Arc<Mutex<JoinSet<()>>>,
     acceptor: tokio::task::JoinHandle<()>,
 }
@@ -33,18 +37,20 @@ impl TcpProxy {
             .expect("a bound listener has an address");
         let (up, up_receiver) = watch::channel(true);
         let (flowing, _) = watch::channel(true);
+        let (replying, _) = watch::channel(true);
         let connections = Arc::new(Mutex::new(JoinSet::new()));
         let acceptor = tokio::spawn(accept(
             listener,
             target,
             up_receiver,
-            flowing.subscribe(),
+            [flowing.subscribe(), replying.subscribe()],
             connections.clone(),
         ));
         Self {
             address,
             up,
             flowing,
+            replying,
             connections,
             acceptor,
         }
@@ -60,8 +66,16 @@ impl TcpProxy {
         self.connections.lock().expect("proxy lock").abort_all();
     }
 
+    /// Lets connections in (again) and replies through (again).
     pub fn restore(&self) {
         self.up.send_replace(true);
+        self.replying.send_replace(true);
+    }
+
+    /// Passes requests on, but closes each connection the moment its
+    /// server answers, dropping the answer, until restored.
+    pub fn lose_replies(&self) {
+        self.replying.send_replace(false);
     }
 
     /// Holds every byte, both ways, on open connections and new ones.
@@ -86,7 +100,7 @@ async fn accept(
     listener: TcpListener,
     target: SocketAddr,
     up: watch::Receiver<bool>,
-    flowing: watch::Receiver<bool>,
+    [flowing, replying]: [watch::Receiver<bool>; 2],
     connections: Arc<Mutex<JoinSet<()>>>,
 ) {
     loop {
@@ -101,7 +115,7 @@ async fn accept(
         }
         let mut connections = connections.lock().expect("proxy lock");
         while connections.try_join_next().is_some() {}
-        let flowing = flowing.clone();
+        let (flowing, replying) = (flowing.clone(), replying.clone());
         connections.spawn(async move {
             if let Ok(server) = TcpStream::connect(target).await {
                 let _ = client.set_nodelay(true);
@@ -109,8 +123,8 @@ async fn accept(
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
                 tokio::select! {
-                    () = pump(client_read, server_write, flowing.clone()) => {}
-                    () = pump(server_read, client_write, flowing) => {}
+                    () = pump(client_read, server_write, flowing.clone(), None) => {}
+                    () = pump(server_read, client_write, flowing, Some(replying)) => {}
                 }
             }
         });
@@ -118,11 +132,13 @@ async fn accept(
 }
 
 /// Copies `from` to `to` until either ends, holding what it read while
-/// the proxy is frozen.
+/// the proxy is frozen; with `replying` (the server's side), ending
+/// instead of passing on what it read while replies are lost.
 async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     mut flowing: watch::Receiver<bool>,
+    replying: Option<watch::Receiver<bool>>,
 ) {
     let mut buffer = vec![0; 16 * 1024];
     loop {
@@ -131,6 +147,12 @@ async fn pump(
             Ok(read) => read,
         };
         if flowing.wait_for(|flowing| *flowing).await.is_err() {
+            return;
+        }
+        if replying
+            .as_ref()
+            .is_some_and(|replying| !*replying.borrow())
+        {
             return;
         }
         if to.write_all(&buffer[..read]).await.is_err() {

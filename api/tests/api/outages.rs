@@ -3,11 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use testkit::{Fault, eventually};
+use shared::counters::{Keys, Scope};
+use testkit::{Answer, DurableRedis, Fault, eventually};
 
-use testkit::Answer;
-
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app, spawn_app_on};
 
 fn assert_unavailable(answer: &Answer, started: Instant) {
     assert_eq!(answer.status, 503, "{}", answer.body);
@@ -334,4 +333,54 @@ async fn a_job_sent_without_a_confirm_is_published_again_until_one_is_confirmed(
         .remove(&scope)
         .unwrap_or_default();
     assert_eq!(in_flight, [1, 2].into());
+}
+
+/// With `REDIS_WAIT_REPLICAS`, a draw whose reply is lost (the connection
+/// drops after the script ran, as when a master dies answering) leaves a
+/// receipt, and its number is given back: nothing of it stays in flight.
+#[tokio::test]
+async fn a_draw_whose_reply_is_lost_gives_its_number_back() {
+    let master = DurableRedis::start().await;
+    let _replica = DurableRedis::replica_of(&master).await;
+    let app = spawn_app_on(
+        master.address,
+        &[
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout-ms",
+            "1000",
+        ],
+    )
+    .await;
+    let token = app.application(0).await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+    let keys = Keys::new(&app.redis.prefix);
+    let chats = Scope::Chats { token: &token };
+    let mut redis = master.connection().await;
+
+    app.redis_proxy.lose_replies();
+    let lost = app.create_chat(&token).await;
+    app.redis_proxy.restore();
+
+    assert_eq!(lost.status, 503, "{}", lost.body);
+    let counter: i64 = redis::cmd("GET")
+        .arg(keys.counter(chats))
+        .query_async(&mut redis)
+        .await
+        .expect("the counter");
+    assert_eq!(counter, 2, "the draw was made, its reply lost");
+    eventually(
+        "number 2 out of flight (1's job waits for a worker)",
+        Duration::from_secs(20),
+        || async {
+            let in_flight: Vec<i64> = redis::cmd("SMEMBERS")
+                .arg(keys.in_flight(chats))
+                .query_async(&mut redis.clone())
+                .await
+                .ok()?;
+            (in_flight == [1]).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 3);
 }
