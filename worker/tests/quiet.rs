@@ -56,7 +56,7 @@ async fn a_stack_that_served_traffic_stops_quietly_and_logs_its_durability_once(
     assert!(loud.is_empty(), "a clean run and stop logged:\n{loud:#?}");
     let verdicts = lines
         .iter()
-        .filter(|line| line.contains("Redis persists every write"))
+        .filter(|line| line.contains("Redis keeps every write"))
         .count();
     assert_eq!(verdicts, 1, "the verdict once:\n{}", lines.join("\n"));
 }
