@@ -141,15 +141,21 @@ async fn a_keyed_retry_is_answered_only_once_a_replica_holds_its_number() {
     let retry = app.create_chat_keyed(&token, "order-1").await;
     signal(replica_pid, "CONT");
     assert_eq!(first.status, 503, "{}", first.body);
-    assert_eq!(
-        retry.status, 503,
-        "a retry republished a number no replica held: {}",
+    // 503 (the retry's own wait for a replica failed) or, should the first
+    // attempt's give-up of the key not have landed while the node's
+    // connection was blocked, 409 (the key still leased): either way no
+    // number is answered.
+    assert!(
+        [503, 409].contains(&retry.status),
+        "a retry republished a number no replica held: {} {}",
+        retry.status,
         retry.body
     );
 
+    // Within the key's lease (about 21 s here) at worst.
     let retry = eventually(
         "the retry to be answered",
-        Duration::from_secs(20),
+        Duration::from_secs(40),
         || async {
             let retry = app.create_chat_keyed(&token, "order-1").await;
             (retry.status == 200).then_some(retry)
