@@ -23,12 +23,20 @@ impl DurableRedis {
     /// A replica of `master`, durable like it, once it holds the master's
     /// data (for `WAIT` to count it).
     pub async fn replica_of(master: &DurableRedis) -> Self {
+        // Redis 7 waits 5 s for more replicas before a diskless full sync.
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("repl-diskless-sync-delay")
+            .arg(0)
+            .query_async(&mut master.connection().await)
+            .await
+            .expect("CONFIG SET on the master");
         let port = master.address.port().to_string();
         let replica = Self::start_with(&["--replicaof", "127.0.0.1", &port]).await;
         let connection = replica.connection().await;
         crate::eventually(
             "the replica to sync with its master",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             || async {
                 let info: String = redis::cmd("INFO")
                     .arg("replication")
