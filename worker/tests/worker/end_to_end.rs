@@ -39,7 +39,9 @@ async fn every_record_the_api_answered_for_is_stored_once_with_its_body() {
     for (answer, body) in answers.into_iter().zip(&bodies) {
         let answer: serde_json::Value = answer.unwrap().json().await.unwrap();
         answered.push((
-            answer["message number"].as_i64().expect("a number"),
+            answer["message number"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("a number: {answer}")),
             body.clone(),
         ));
     }

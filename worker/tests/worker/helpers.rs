@@ -156,6 +156,12 @@ impl TestStack {
             ["--chat-system-url", &self.chat_system.url],
             // The machine's Redis keeps nothing on disk.
             ["--redis-durability", "unsafe-none"],
+            // Patient, as in the api's own tests: a loaded machine is slow,
+            // and a 503 here would fail a test about the worker.
+            ["--redis-timeout-ms", "5000"],
+            ["--chat-system-timeout-ms", "5000"],
+            ["--seed-wait-ms", "10000"],
+            ["--publish-timeout-ms", "5000"],
         ];
         let mut arguments = vec!["api"];
         for [flag, value] in defaults {
