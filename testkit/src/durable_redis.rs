@@ -24,13 +24,7 @@ impl DurableRedis {
     /// data (for `WAIT` to count it).
     pub async fn replica_of(master: &DurableRedis) -> Self {
         // Redis 7 waits 5 s for more replicas before a diskless full sync.
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("repl-diskless-sync-delay")
-            .arg(0)
-            .query_async(&mut master.connection().await)
-            .await
-            .expect("CONFIG SET on the master");
+        master.config_set("repl-diskless-sync-delay", "0").await;
         let port = master.address.port().to_string();
         let replica = Self::start_with(&["--replicaof", "127.0.0.1", &port]).await;
         let connection = replica.connection().await;
@@ -92,6 +86,17 @@ impl DurableRedis {
         )
         .await;
         redis
+    }
+
+    /// `CONFIG SET name value`, as an operator would change it live.
+    pub async fn config_set(&self, name: &str, value: &str) {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap_or_else(|error| panic!("CONFIG SET {name} {value}: {error}"));
     }
 
     /// A connection of its own, to look at keys or change its settings.

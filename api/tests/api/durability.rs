@@ -37,16 +37,8 @@ async fn a_redis_that_can_forget_gets_no_draw_and_readyz_says_why() {
 async fn a_redis_that_may_evict_keys_gets_no_draw_and_readyz_names_its_policy() {
     for policy in ["allkeys-lru", "volatile-lru"] {
         let redis = DurableRedis::start().await;
-        let mut connection = redis.connection().await;
-        for (name, value) in [("maxmemory", "200mb"), ("maxmemory-policy", policy)] {
-            let _: () = redis::cmd("CONFIG")
-                .arg("SET")
-                .arg(name)
-                .arg(value)
-                .query_async(&mut connection)
-                .await
-                .unwrap();
-        }
+        redis.config_set("maxmemory", "200mb").await;
+        redis.config_set("maxmemory-policy", policy).await;
         let app = spawn_unready(redis.address, VERIFY).await;
         let token = app.application(0).await;
 
@@ -61,7 +53,7 @@ async fn a_redis_that_may_evict_keys_gets_no_draw_and_readyz_names_its_policy() 
         );
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("*")
-            .query_async(&mut connection)
+            .query_async(&mut redis.connection().await)
             .await
             .unwrap();
         assert!(keys.is_empty(), "{policy}: nothing was drawn: {keys:?}");
@@ -71,16 +63,8 @@ async fn a_redis_that_may_evict_keys_gets_no_draw_and_readyz_names_its_policy() 
 #[tokio::test]
 async fn a_redis_with_a_memory_limit_that_evicts_nothing_is_drawn_from() {
     let redis = DurableRedis::start().await;
-    let mut connection = redis.connection().await;
-    for (name, value) in [("maxmemory", "200mb"), ("maxmemory-policy", "noeviction")] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-    }
+    redis.config_set("maxmemory", "200mb").await;
+    redis.config_set("maxmemory-policy", "noeviction").await;
     let app = spawn_app_on(redis.address, VERIFY).await;
     let token = app.application(0).await;
 
@@ -108,13 +92,7 @@ async fn a_redis_that_comes_back_unable_to_keep_writes_gets_no_more_draws() {
     // syncs every write.
     app.redis_proxy.cut();
     assert_eq!(app.create_chat(&token).await.status, 503);
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("appendfsync")
-        .arg("everysec")
-        .query_async(&mut redis.connection().await)
-        .await
-        .unwrap();
+    redis.config_set("appendfsync", "everysec").await;
     app.redis_proxy.restore();
 
     // Checked again after the reconnect, well before the periodic check.
