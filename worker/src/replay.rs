@@ -146,6 +146,7 @@ pub async fn replay(
         anyhow::Ok(())
     }
     .await;
+    let returned = held.len();
     for delivery in held {
         delivery
             .nack(BasicNackOptions {
@@ -154,8 +155,40 @@ pub async fn replay(
             })
             .await?;
     }
+    counted_again(&channel, &topology.dead_queue(), returned).await?;
     connection.close(200, "replay done".into()).await?;
     outcome.map(|()| report)
+}
+
+/// Waits until the queue counts the `returned` letters as ready again. A
+/// quorum queue applies a return through its log, after the nack has been
+/// sent: a command run right after this one would otherwise find fewer
+/// letters than this one left. Gives up after a few seconds (another
+/// reader may have taken them meanwhile).
+async fn counted_again(
+    channel: &lapin::Channel,
+    queue: &str,
+    returned: usize,
+) -> anyhow::Result<()> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let ready = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await?
+            .message_count() as usize;
+        if ready >= returned {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(ready, returned, "returned letters not counted yet");
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// What a run acts with.

@@ -8,12 +8,23 @@ use futures::future::join_all;
 use crate::helpers::{spawn_app, spawn_app_with};
 
 /// A thousand requests at once on a debug build, beside the other tests:
-/// Redis answers late, which is not what these tests are about.
-const PATIENT_REDIS: &[&str] = &["--redis-timeout-ms", "10000"];
+/// Redis and the chat-system (the one seed all the others wait for) answer
+/// late, which is not what these tests are about. The seed lock outlives
+/// the seed's read.
+const PATIENT: &[&str] = &[
+    "--redis-timeout-ms",
+    "10000",
+    "--chat-system-timeout-ms",
+    "10000",
+    "--seed-lock-ms",
+    "15000",
+    "--seed-wait-ms",
+    "20000",
+];
 
 #[tokio::test]
 async fn a_thousand_concurrent_chat_creates_get_exactly_1_to_1000() {
-    let app = spawn_app_with(PATIENT_REDIS).await;
+    let app = spawn_app_with(PATIENT).await;
     let token = app.application(0).await;
 
     let answers = join_all((0..1000).map(|_| app.create_chat(&token))).await;
@@ -34,7 +45,7 @@ async fn a_thousand_concurrent_chat_creates_get_exactly_1_to_1000() {
 
 #[tokio::test]
 async fn a_thousand_concurrent_messages_in_one_chat_get_exactly_1_to_1000() {
-    let app = spawn_app_with(PATIENT_REDIS).await;
+    let app = spawn_app_with(PATIENT).await;
     let token = app.application(1).await;
 
     let texts: Vec<String> = (0..1000).map(|i| format!("message-{i}")).collect();

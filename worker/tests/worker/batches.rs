@@ -62,7 +62,9 @@ async fn a_batch_with_permanent_failures_dead_letters_exactly_those_jobs_and_sto
     assert_eq!(dead, [impostor, unknown], "exactly those, each on its own");
     assert_eq!(header(&letters[0].1, "x-reason"), "conflict");
     assert_eq!(header(&letters[1].1, "x-reason"), "unknown_application");
-    assert_eq!(stack.queue_len(&stack.broker.jobs_queue()).await, 0);
+    stack
+        .assert_queue_len(&stack.broker.jobs_queue(), 0, "no job left waiting")
+        .await;
 }
 
 #[tokio::test]

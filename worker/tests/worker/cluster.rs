@@ -68,7 +68,9 @@ async fn a_batch_mixing_applications_is_stored_and_released_on_every_slot() {
     let in_flight = cluster.in_flight(&stack.redis.prefix).await;
     for delay in ["100", "200"] {
         let queue = format!("{}.retry.{delay}ms", stack.broker.prefix);
-        assert_eq!(stack.queue_len(&queue).await, 0, "{queue}");
+        stack
+            .assert_queue_len(&queue, 0, "no copy waiting to retry")
+            .await;
     }
     cluster.delete_keys(&stack.redis.prefix).await;
     assert_eq!(in_flight, 0, "numbers left in flight");

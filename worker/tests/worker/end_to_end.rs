@@ -199,7 +199,9 @@ async fn a_990_kb_message_of_distinct_words_is_stored_and_found() {
         .await;
     assert_eq!(hits.status, 200);
     assert_eq!(hits.body["items"][0]["number"], 1, "found by {early}");
-    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 0, "no dead letter")
+        .await;
     worker.stop().await;
 }
 
@@ -260,6 +262,8 @@ async fn a_strangers_writes_of_the_next_numbers_are_refused_and_the_clients_reco
             (3, "third".to_owned())
         ]
     );
-    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 0, "no dead letter")
+        .await;
     worker.stop().await;
 }

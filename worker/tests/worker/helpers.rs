@@ -293,6 +293,24 @@ impl TestStack {
             .message_count()
     }
 
+    /// Fails the test unless `queue` holds `expected` messages within 5 s.
+    /// A quorum queue counts a publish, an ack or a return once its log has
+    /// applied it, a moment after the confirm: a count read right away can
+    /// still be the one before.
+    pub(crate) async fn assert_queue_len(&self, queue: &str, expected: u32, what: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let length = self.queue_len(queue).await;
+            if length == expected {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("{what}: {queue} holds {length} messages, expected {expected}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The message at the head of `queue`, taken but not yet acked; fails
     /// the test when the queue is empty.
     pub(crate) async fn take_one(&self, queue: &str) -> Taken {

@@ -156,7 +156,9 @@ async fn a_message_that_arrives_before_its_chat_waits_for_it() {
         [(1, "early".into())]
     );
     worker.stop().await;
-    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 0, "no dead letter")
+        .await;
 }
 
 #[tokio::test]

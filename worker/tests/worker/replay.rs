@@ -35,7 +35,9 @@ async fn replay_stores_every_dead_letter_and_empties_the_queue() {
         .unwrap();
 
     assert_eq!(report.replayed, 5);
-    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 0, "no dead letter")
+        .await;
     assert_eq!(
         String::from_utf8(output).unwrap().lines().count(),
         5,
@@ -69,12 +71,12 @@ async fn a_dry_run_lists_and_changes_nothing() {
     assert_eq!((report.matched, report.replayed), (2, 0));
     let listing = String::from_utf8(output).unwrap();
     assert!(listing.contains("reason exhausted"), "{listing}");
-    assert_eq!(
-        stack.queue_len(&stack.broker.dead_queue()).await,
-        2,
-        "still there"
-    );
-    assert_eq!(stack.queue_len(&stack.broker.jobs_queue()).await, 0);
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 2, "still there")
+        .await;
+    stack
+        .assert_queue_len(&stack.broker.jobs_queue(), 0, "no job left waiting")
+        .await;
 }
 
 #[tokio::test]
@@ -102,11 +104,9 @@ async fn filters_and_limits_choose_what_is_replayed() {
         .unwrap();
 
     assert_eq!(report.replayed, 1);
-    assert_eq!(
-        stack.queue_len(&stack.broker.dead_queue()).await,
-        3,
-        "the others stay"
-    );
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 3, "the others stay")
+        .await;
     let replayed = stack.broker.take_jobs(&stack.broker.jobs_queue()).await;
     let replayed = &replayed[0];
     assert_eq!(
@@ -144,7 +144,13 @@ async fn dead_letters_can_be_listed_again_and_again_and_stay() {
         assert_eq!(report.matched, 3);
     }
 
-    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 3);
+    stack
+        .assert_queue_len(
+            &stack.broker.dead_queue(),
+            3,
+            "listed 25 times, all still there",
+        )
+        .await;
     let report = worker::replay::replay(&config, &Selection::default(), false, &mut Vec::new())
         .await
         .unwrap();
@@ -206,7 +212,9 @@ async fn listing_and_dry_runs_finish_with_debug_logging() {
             "{command:?}: {stdout}"
         );
     }
-    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 1);
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 1, "the letter stays")
+        .await;
 }
 
 #[tokio::test]

@@ -21,7 +21,9 @@ async fn assert_all_stored_once(stack: &TestStack, token: &str) {
         .await
         .body;
     assert_eq!(chat["messages_count"], JOBS, "no row twice");
-    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 0, "no dead letter")
+        .await;
 }
 
 #[tokio::test]

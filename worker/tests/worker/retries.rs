@@ -31,16 +31,12 @@ async fn a_failed_attempt_waits_in_a_retry_queue_not_in_the_consumer() {
     let first = worker.process_next().await.unwrap();
 
     assert_eq!(first, [Outcome::Retried]);
-    assert_eq!(
-        stack.queue_len(&stack.broker.jobs_queue()).await,
-        0,
-        "not requeued at once"
-    );
-    assert_eq!(
-        stack.queue_len(&retry_queue).await,
-        1,
-        "waiting out its delay in the broker"
-    );
+    stack
+        .assert_queue_len(&stack.broker.jobs_queue(), 0, "not requeued at once")
+        .await;
+    stack
+        .assert_queue_len(&retry_queue, 1, "waiting out its delay in the broker")
+        .await;
     let retried = eventually(
         "the job back from its retry queue",
         Duration::from_secs(10),
@@ -86,7 +82,9 @@ async fn server_errors_429s_and_timeouts_are_retried_until_they_succeed() {
         writes >= 4,
         "three failed writes, then the retries that stored: {writes}"
     );
-    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 0, "no dead letter")
+        .await;
 }
 
 #[tokio::test]
@@ -216,6 +214,10 @@ async fn a_stored_job_whose_number_cannot_be_released_is_retried_without_spendin
     .await;
     assert_eq!(settled, [Outcome::Stored]);
     assert_eq!(stack.chats_count(&token).await, 1);
-    assert_eq!(stack.queue_len(&stack.broker.dead_queue()).await, 0);
-    assert_eq!(stack.queue_len(&retry_queue).await, 0);
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 0, "no dead letter")
+        .await;
+    stack
+        .assert_queue_len(&retry_queue, 0, "no copy waiting to retry")
+        .await;
 }
