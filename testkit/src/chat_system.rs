@@ -64,6 +64,13 @@ impl TestChatSystem {
             "--chat-system-admin-token",
             &admin_token,
         ];
+        // Patient, as the api's and worker's tests are: beside other suites
+        // on two cores, a write may wait seconds for a pooled connection,
+        // and a 503 would fail a test about something else. A test about
+        // the wait sets its own.
+        if !flags.contains(&"--database-acquire-timeout-ms") {
+            arguments.extend(["--database-acquire-timeout-ms", "10000"]);
+        }
         arguments.extend_from_slice(flags);
         let mut config = chat_system::Config::parse_from(arguments);
         config.database_url = database_url;
