@@ -190,6 +190,8 @@ impl Guard {
             Err(error) => return Err(Refusal::Unreachable(error)),
         };
         self.state.store(state as u8, Ordering::Release);
+        let durable = if state == State::Durable { 1.0 } else { 0.0 };
+        metrics::gauge!("api_redis_durable").set(durable);
         let before = State::from_u8(self.logged.swap(state as u8, Ordering::AcqRel));
         if state != before {
             match state {

@@ -19,6 +19,7 @@ mod reads;
 mod replicas;
 mod routes;
 mod startup;
+pub mod telemetry;
 
 pub use config::Config;
 pub use startup::Application;

@@ -44,6 +44,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.addr))?;
         let address = listener.local_addr()?;
+        shared::telemetry::register(crate::telemetry::METRICS);
 
         let redis = redis_connection(&config)?;
         let chat_system = ChatSystem::new(&config.chat_system)?;

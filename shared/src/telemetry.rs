@@ -93,7 +93,8 @@ pub fn short_token(token: &str) -> String {
 /// to 5 s, fine enough to see a p99 under 10 ms; the worker's store lag
 /// (from a job's creation to its record stored, which a backlog stretches
 /// to minutes) from 1 ms to 10 minutes; sizes (`_jobs`, `_records`,
-/// `_deliveries`) from 1 to 4096.
+/// `_deliveries`, `_size`) from 1 to 4096. Every other histogram would be a
+/// summary, which cannot be summed across processes.
 pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
     use std::sync::OnceLock;
 
@@ -131,11 +132,64 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
                 .and_then(|builder| {
                     builder.set_buckets_for_metric(Matcher::Suffix("_deliveries".into()), SIZES)
                 })
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZES)
+                })
                 .expect("the bucket lists are not empty")
                 .install_recorder()
                 .expect("the only place that installs a metrics recorder")
         })
         .clone()
+}
+
+/// One metric a binary exports: its reference line in code. Each binary
+/// lists its own (`api::telemetry::METRICS` ...) and [`register`]s them at
+/// start; `docs/METRICS.md` says what each means, and a test holds the two
+/// and `/metrics` together.
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub help: &'static str,
+    /// The series registered at zero on start: `&[&[]]` for a metric
+    /// without labels, every value of a closed label set, nothing for
+    /// labels with open values (a route and a status).
+    pub start: &'static [&'static [(&'static str, &'static str)]],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Describes every metric of `table` to the recorder and registers its
+/// start series at zero: an alert on `increase()` sees the first dead
+/// letter, and a dashboard shows 0 rather than no data.
+pub fn register(table: &[Metric]) {
+    let _ = metrics();
+    for metric in table {
+        match metric.kind {
+            MetricKind::Counter => {
+                ::metrics::describe_counter!(metric.name, metric.help);
+                for labels in metric.start {
+                    ::metrics::counter!(metric.name, *labels).increment(0);
+                }
+            }
+            MetricKind::Gauge => {
+                ::metrics::describe_gauge!(metric.name, metric.help);
+                for labels in metric.start {
+                    ::metrics::gauge!(metric.name, *labels).increment(0.0);
+                }
+            }
+            MetricKind::Histogram => {
+                ::metrics::describe_histogram!(metric.name, metric.help);
+                for labels in metric.start {
+                    let _ = ::metrics::histogram!(metric.name, *labels);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

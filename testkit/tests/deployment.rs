@@ -26,6 +26,8 @@ struct Service {
     depends_on: BTreeMap<String, Dependency>,
     healthcheck: Option<Healthcheck>,
     deploy: Option<Deploy>,
+    profiles: Vec<String>,
+    volumes: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -99,7 +101,12 @@ fn run_script_variables() -> BTreeSet<String> {
 #[test]
 fn compose_names_every_service_of_the_stack() {
     let compose = compose();
-    let services: Vec<&str> = compose.services.keys().map(String::as_str).collect();
+    let services: Vec<&str> = compose
+        .services
+        .iter()
+        .filter(|(_, service)| service.profiles.is_empty())
+        .map(|(name, _)| name.as_str())
+        .collect();
     assert_eq!(
         services,
         [
@@ -204,6 +211,46 @@ fn every_service_is_health_checked_and_started_in_order() {
     assert!(
         redis.contains("--appendonly yes"),
         "Redis keeps its counters in an AOF: {redis}"
+    );
+}
+
+/// The `monitoring` profile: Prometheus loads deploy/prometheus (its
+/// configuration and the alert rules) and scrapes the api and the workers
+/// where compose.yaml has them listen; Grafana gets the dashboard.
+#[test]
+fn the_monitoring_profile_scrapes_the_api_and_the_workers_where_they_listen() {
+    let compose = compose();
+    for name in ["prometheus", "grafana"] {
+        assert_eq!(compose.services[name].profiles, ["monitoring"], "{name}");
+    }
+    assert!(
+        compose.services["prometheus"]
+            .volumes
+            .iter()
+            .any(|volume| volume.starts_with("./deploy/prometheus:/etc/prometheus")),
+        "{:?}",
+        compose.services["prometheus"].volumes
+    );
+    assert!(
+        compose.services["grafana"]
+            .volumes
+            .iter()
+            .any(|volume| volume.starts_with("./deploy/grafana:")),
+        "{:?}",
+        compose.services["grafana"].volumes
+    );
+    let prometheus = repository_file("deploy/prometheus/prometheus.yml");
+    assert!(prometheus.contains("- alerts.yml"), "the rules are loaded");
+    let port = |service: &str, variable: &str| {
+        let address = &compose.services[service].environment[variable];
+        address.rsplit(':').next().expect("host:port").to_owned()
+    };
+    let api = format!("\"api:{}\"", port("api", "API_ADDR"));
+    assert!(prometheus.contains(&api), "scrapes {api}");
+    let worker = format!("port: {}", port("worker", "WORKER_METRICS_ADDR"));
+    assert!(
+        prometheus.contains("names: [\"worker\"]") && prometheus.contains(&worker),
+        "scrapes every worker replica on {worker}"
     );
 }
 

@@ -11,11 +11,13 @@
 mod acks;
 pub mod config;
 mod consumer;
+mod depth;
 mod handler;
 pub mod replay;
 pub mod retry;
 mod startup;
 mod store;
+pub mod telemetry;
 
 pub use config::{Cli, Command, Config, Selection};
 pub use consumer::Status;

@@ -20,6 +20,7 @@ use warp::{Filter, Reply};
 use crate::config::Config;
 use crate::consumer::Link;
 use crate::consumer::{self, Status};
+use crate::depth::Depths;
 use crate::handler::{Handler, Outcome, requeue};
 use crate::retry::Policy;
 use crate::store::{Limits, Storage};
@@ -40,6 +41,7 @@ impl Worker {
             .await
             .with_context(|| format!("binding {}", config.metrics_addr))?;
         let metrics_address = metrics_listener.local_addr()?;
+        shared::telemetry::register(crate::telemetry::METRICS);
         let timeouts = Timeouts {
             connect: Duration::from_secs(1),
             // A release may wait for its replicas too.
@@ -130,9 +132,15 @@ impl Worker {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
+        let depths = Depths::new(
+            &self.config.broker.amqp_url,
+            &self.handler.topology,
+            &self.handler.policy.queues(),
+        );
         let metrics = tokio::spawn(serve_metrics(
             self.metrics_listener,
             self.handler.clone(),
+            depths,
             self.status.clone(),
             stop.clone(),
         ));
@@ -162,17 +170,24 @@ impl Worker {
 async fn serve_metrics(
     listener: TcpListener,
     handler: Arc<Handler>,
+    depths: Depths,
     status: Arc<Status>,
     stop: CancellationToken,
 ) {
     let prometheus = shared::telemetry::metrics();
-    let metrics = warp::path!("metrics").and(warp::get()).map(move || {
-        warp::reply::with_header(
-            prometheus.render(),
-            "content-type",
-            "text/plain; version=0.0.4",
-        )
-        .into_response()
+    let depths = Arc::new(depths);
+    let scraped = depths.clone();
+    let metrics = warp::path!("metrics").and(warp::get()).then(move || {
+        let (prometheus, depths) = (prometheus.clone(), scraped.clone());
+        async move {
+            depths.refresh().await;
+            warp::reply::with_header(
+                prometheus.render(),
+                "content-type",
+                "text/plain; version=0.0.4",
+            )
+            .into_response()
+        }
     });
     let readyz = warp::path!("readyz").and(warp::get()).then(move || {
         let (handler, status) = (handler.clone(), status.clone());
@@ -207,4 +222,5 @@ async fn serve_metrics(
         .graceful(async move { stop.cancelled().await })
         .run()
         .await;
+    depths.close().await;
 }

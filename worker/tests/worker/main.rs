@@ -6,6 +6,7 @@ mod batches;
 mod cluster;
 mod end_to_end;
 mod helpers;
+mod metrics_reference;
 mod persistence;
 mod replay;
 mod resilience;
