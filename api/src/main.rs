@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    shared::telemetry::init("api", &config.telemetry);
+    let _export = shared::telemetry::init("api", &config.telemetry);
     let application = Application::build(config).await?;
     application
         .run_until_stopped(shared::shutdown::signal())

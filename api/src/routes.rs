@@ -53,8 +53,11 @@ pub(crate) fn routes(
         .and(idempotency_key())
         .and(state.clone())
         .then(
-            |token: String, trace: TraceParent, key: Option<HeaderValue>, state: Arc<State>| {
-                let span = request_span("create_chat", Kind::Chat, &token, &trace);
+            |token: String,
+             incoming: Option<TraceParent>,
+             key: Option<HeaderValue>,
+             state: Arc<State>| {
+                let (span, trace) = request_span("create_chat", Kind::Chat, &token, incoming);
                 observed("create_chat", create_chat(token, trace, key, state)).instrument(span)
             },
         );
@@ -68,10 +71,11 @@ pub(crate) fn routes(
                 |token: String,
                  chat: String,
                  message: String,
-                 trace: TraceParent,
+                 incoming: Option<TraceParent>,
                  key: Option<HeaderValue>,
                  state: Arc<State>| {
-                    let span = request_span("create_message", Kind::Message, &token, &trace);
+                    let (span, trace) =
+                        request_span("create_message", Kind::Message, &token, incoming);
                     let handler = create_message_in_path(token, chat, message, trace, key, state);
                     observed("create_message", handler).instrument(span)
                 },
@@ -85,11 +89,12 @@ pub(crate) fn routes(
         .then(
             |token: String,
              chat: String,
-             trace: TraceParent,
+             incoming: Option<TraceParent>,
              key: Option<HeaderValue>,
              body: Result<NewMessage, BodyError>,
              state: Arc<State>| {
-                let span = request_span("create_message_json", Kind::Message, &token, &trace);
+                let (span, trace) =
+                    request_span("create_message_json", Kind::Message, &token, incoming);
                 let handler = create_message_in_body(token, chat, body, trace, key, state);
                 observed("create_message_json", handler).instrument(span)
             },
@@ -169,14 +174,13 @@ struct NewMessage {
     body: String,
 }
 
-/// The trace context of a request: the client's `traceparent` continued,
-/// or a new trace when it sent none (or one that does not parse, which the
-/// standard says to ignore).
-fn traceparent() -> impl Filter<Extract = (TraceParent,), Error = Infallible> + Clone {
+/// The client's `traceparent`, if it sent one that parses (the standard
+/// says to ignore one that does not); [`request_span`] continues it.
+fn traceparent() -> impl Filter<Extract = (Option<TraceParent>,), Error = Infallible> + Clone {
     warp::header::optional::<String>("traceparent")
         .or(warp::any().map(|| None))
         .unify()
-        .map(|header: Option<String>| TraceParent::continue_from(header.as_deref()))
+        .map(|header: Option<String>| header.as_deref().and_then(TraceParent::parse))
 }
 
 /// The `Idempotency-Key` header as sent, checked by the handler (so a bad
@@ -188,20 +192,28 @@ fn idempotency_key() -> impl Filter<Extract = (Option<HeaderValue>,), Error = In
         .unify()
 }
 
-/// The span every log line of a create request is in. `job_id` and
-/// `number` are filled in once drawn; `attempt` is 0 here (the worker's
-/// spans count the retries).
-fn request_span(route: &'static str, kind: Kind, token: &str, trace: &TraceParent) -> Span {
-    tracing::info_span!(
+/// The span every log line of a create request is in, and the trace
+/// context its job carries on: the client's continued by this request.
+/// `job_id` and `number` are filled in once drawn; `attempt` is 0 here
+/// (the worker's spans count the retries).
+fn request_span(
+    route: &'static str,
+    kind: Kind,
+    token: &str,
+    incoming: Option<TraceParent>,
+) -> (Span, TraceParent) {
+    let span = tracing::info_span!(
         "request",
         route,
-        trace_id = %trace.trace_id(),
+        trace_id = tracing::field::Empty,
         token = %short_token(token),
         kind = kind.as_str(),
         job_id = tracing::field::Empty,
         number = tracing::field::Empty,
         attempt = 0,
-    )
+    );
+    let trace = shared::telemetry::hop(&span, incoming);
+    (span, trace)
 }
 
 /// Counts and times a request by route and status.

@@ -1,20 +1,137 @@
-//! Tracing set-up, and the one helper that keeps secrets out of log lines.
+//! Tracing set-up (log lines, and spans over OTLP when asked for), and the
+//! one helper that keeps secrets out of log lines.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
+};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{LogFormat, Telemetry};
+use crate::trace::TraceParent;
+
+/// Whether this process exports its spans (set once by [`init`]).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global subscriber: `RUST_LOG` filter, text or JSON lines on
-/// stdout, each tagged with the service name. Call once, first thing in
-/// `main`.
-pub fn init(service: &'static str, config: &Telemetry) {
+/// stdout, each tagged with the service name; and, when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
+/// is set, the spans exported over OTLP/HTTP (the other standard `OTEL_*`
+/// variables apply: protocol, headers, service name, sampler, batching).
+/// Call once, first thing in `main`, and hold what it returns until the
+/// end: dropping it sends the last spans.
+#[must_use = "dropping it stops the span export"]
+pub fn init(service: &'static str, config: &Telemetry) -> Export {
     use std::io::IsTerminal;
     let colours = std::io::stdout().is_terminal();
-    let subscriber = build(service, config, std::io::stdout, colours);
+    let (export, failure) = match exporter(service) {
+        Ok(provider) => (Export { provider }, None),
+        Err(error) => (Export { provider: None }, Some(error)),
+    };
+    let tracer = export
+        .provider
+        .as_ref()
+        .map(|provider| provider.tracer(service));
+    EXPORTING.store(tracer.is_some(), Ordering::Release);
+    let subscriber = build(service, config, std::io::stdout, colours, tracer);
     tracing::subscriber::set_global_default(subscriber)
         .expect("init is called once, before anything else logs");
     tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
+    if let Some(error) = failure {
+        tracing::error!(%error, "not exporting spans: the OTLP exporter could not be built");
+    }
+    export
+}
+
+/// The span export of this process, if it has one.
+pub struct Export {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Export {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            EXPORTING.store(false, Ordering::Release);
+            if let Err(error) = provider.shutdown() {
+                eprintln!("span export: {error}");
+            }
+        }
+    }
+}
+
+/// The OTLP/HTTP exporter and its provider, when an endpoint is set.
+fn exporter(service: &'static str) -> Result<Option<SdkTracerProvider>, String> {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|value| !value.is_empty());
+    let wanted = set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|value| value == "true");
+    if !wanted || disabled {
+        return Ok(None);
+    }
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|error| error.to_string())?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !set("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name(service);
+    }
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build(),
+    ))
+}
+
+/// The trace context `span` (this hop) passes on, continuing `incoming`
+/// (what the caller sent; `None` starts a trace), with its trace id
+/// recorded on the span's `trace_id` field. The one way a hop continues a
+/// trace, in the api, the worker and the chat-system.
+///
+/// With spans exported, `span` becomes the child of `incoming` in the
+/// exported trace, and what is passed on names `span`: the next hop's span
+/// is its child. Otherwise a fresh id stands for this hop.
+pub fn hop(span: &tracing::Span, incoming: Option<TraceParent>) -> TraceParent {
+    let passed_on = exported_hop(span, incoming)
+        .unwrap_or_else(|| incoming.map_or_else(TraceParent::root, |parent| parent.child()));
+    span.record("trace_id", passed_on.trace_id());
+    passed_on
+}
+
+fn exported_hop(span: &tracing::Span, incoming: Option<TraceParent>) -> Option<TraceParent> {
+    if !EXPORTING.load(Ordering::Acquire) {
+        return None;
+    }
+    if let Some(parent) = incoming {
+        let (trace_id, parent_id, flags) = parent.ids();
+        let remote = SpanContext::new(
+            TraceId::from(trace_id),
+            SpanId::from(parent_id),
+            TraceFlags::new(flags),
+            true,
+            TraceState::default(),
+        );
+        let context = opentelemetry::Context::new().with_remote_span_context(remote);
+        span.set_parent(context).ok()?;
+    }
+    let context = span.context();
+    let own = context.span().span_context().clone();
+    if !own.is_valid() {
+        return None;
+    }
+    TraceParent::from_ids(
+        u128::from_be_bytes(own.trace_id().to_bytes()),
+        u64::from_be_bytes(own.span_id().to_bytes()),
+        own.trace_flags().to_u8(),
+    )
 }
 
 /// The subscriber [`init`] installs, writing to `writer`: what a test uses
@@ -29,16 +146,18 @@ pub fn subscriber<W>(
 where
     W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
 {
-    build(service, config, writer, false)
+    build(service, config, writer, false, None)
 }
 
 /// Text lines get terminal colours only when `colours` (a terminal reads
-/// them); files and collectors get plain text.
+/// them); files and collectors get plain text. With a `tracer`, spans are
+/// also exported.
 fn build<W>(
     service: &'static str,
     config: &Telemetry,
     writer: W,
     colours: bool,
+    tracer: Option<Tracer>,
 ) -> Box<dyn tracing::Subscriber + Send + Sync>
 where
     W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
@@ -56,9 +175,20 @@ where
         .with_ansi(colours)
         .with_writer(writer);
     match config.log_format {
-        LogFormat::Json => Box::new(builder.json().flatten_event(true).finish()),
-        LogFormat::Text => Box::new(builder.finish()),
+        LogFormat::Json => {
+            let subscriber = builder.json().flatten_event(true).finish();
+            Box::new(subscriber.with(spans(tracer)))
+        }
+        LogFormat::Text => Box::new(builder.finish().with(spans(tracer))),
     }
+}
+
+/// The layer that turns `tracing` spans into exported ones, if any.
+fn spans<S>(tracer: Option<Tracer>) -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, Tracer>>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer))
 }
 
 /// An error and its causes on one line (`a: b: c`): how every log line

@@ -29,6 +29,7 @@ use shared::job::{self, Job, Unpacked};
 use shared::publish::{self, Message};
 use shared::telemetry::{Chain, short_token};
 use shared::topology::{ROUTING_KEY, Topology};
+use shared::trace::TraceParent;
 use tracing::{Instrument, Span};
 
 use crate::retry::{Attempts, Policy, Reason, Verdict, last_error};
@@ -112,14 +113,24 @@ impl Handler {
         publisher: &Channel,
     ) -> Vec<Settled> {
         let units = unpack(deliveries);
-        let jobs: Vec<&Job> = units
+        let spans: Vec<(Span, Option<TraceParent>)> = units
             .iter()
-            .filter_map(|unit| unit.unpacked.job.as_ref().ok())
+            .map(|unit| job_span(unit, &deliveries[unit.delivery]))
             .collect();
+        let (jobs, traces): (Vec<&Job>, Vec<Option<TraceParent>>) = units
+            .iter()
+            .zip(&spans)
+            .filter_map(|(unit, (_, trace))| Some((unit.unpacked.job.as_ref().ok()?, *trace)))
+            .unzip();
         let span = tracing::debug_span!("batch", deliveries = deliveries.len(), jobs = jobs.len());
-        let mut stored = self.storage.store(&jobs).instrument(span).await.into_iter();
+        let mut stored = self
+            .storage
+            .store(&jobs, &traces)
+            .instrument(span)
+            .await
+            .into_iter();
 
-        let settling = units.iter().map(|unit| {
+        let settling = units.iter().zip(&spans).map(|(unit, (span, _))| {
             let verdict = match &unit.unpacked.job {
                 Ok(_) => {
                     let stored = stored.next().expect("a result per decoded job");
@@ -132,7 +143,7 @@ impl Handler {
             };
             let delivery = &deliveries[unit.delivery];
             self.settle(unit, verdict, delivery, publisher)
-                .instrument(job_span(unit, delivery))
+                .instrument(span.clone())
         });
         let outcomes = join_all(settling).await;
 
@@ -325,10 +336,13 @@ fn unpack(deliveries: &[Delivery]) -> Vec<Unit<'_>> {
     units
 }
 
-/// The span of one job: every log line about it carries these.
-fn job_span(unit: &Unit<'_>, delivery: &Delivery) -> Span {
+/// The span of one job: every log line about it carries these; and the
+/// trace context its record carries on to the chat-system (the api's
+/// continued by this attempt), when the job came with one.
+fn job_span(unit: &Unit<'_>, delivery: &Delivery) -> (Span, Option<TraceParent>) {
     let Ok(job) = &unit.unpacked.job else {
-        return tracing::info_span!("job", job_id = %message_id(&delivery.properties));
+        let span = tracing::info_span!("job", job_id = %message_id(&delivery.properties));
+        return (span, None);
     };
     let span = tracing::info_span!(
         "job",
@@ -339,10 +353,10 @@ fn job_span(unit: &Unit<'_>, delivery: &Delivery) -> Span {
         attempt = job.attempt,
         trace_id = tracing::field::Empty,
     );
-    if let Some(trace) = job.trace {
-        span.record("trace_id", trace.trace_id());
-    }
-    span
+    let trace = job
+        .trace
+        .map(|incoming| shared::telemetry::hop(&span, Some(incoming)));
+    (span, trace)
 }
 
 fn message_id(properties: &BasicProperties) -> String {

@@ -10,7 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    shared::telemetry::init("worker", &cli.config.telemetry);
+    let _export = shared::telemetry::init("worker", &cli.config.telemetry);
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             Worker::build(cli.config)

@@ -20,6 +20,7 @@ use shared::counters::{self, Keys, Release};
 use shared::job::{Job, Record};
 use shared::redis_client::{RedisClient, Slot, Wait};
 use shared::secret::Secret;
+use shared::trace::TraceParent;
 use tokio::time::Instant;
 
 use crate::retry::{Failure, Reason, StoreError, classify};
@@ -119,10 +120,20 @@ impl Storage {
     }
 
     /// Stores the jobs' records and releases their numbers: a result per
-    /// job, in order.
-    pub(crate) async fn store(&self, jobs: &[&Job]) -> Vec<Result<(), Failure>> {
+    /// job, in order. `traces` is the trace context each record carries on
+    /// (its job's span in the worker), one per job.
+    pub(crate) async fn store(
+        &self,
+        jobs: &[&Job],
+        traces: &[Option<TraceParent>],
+    ) -> Vec<Result<(), Failure>> {
+        debug_assert_eq!(jobs.len(), traces.len(), "a trace context per job");
         let mut results = Vec::with_capacity(jobs.len());
-        let records: Vec<Vec<u8>> = jobs.iter().map(|job| record(job)).collect();
+        let records: Vec<Vec<u8>> = jobs
+            .iter()
+            .zip(traces)
+            .map(|(job, trace)| record(job, *trace))
+            .collect();
         let mut start = 0;
         while start < jobs.len() {
             let end = self.chunk_end(&records[start..]) + start;
@@ -380,9 +391,10 @@ fn scope_key<'a>(job: &'a Job) -> ScopeKey<'a> {
     }
 }
 
-/// A job as one record of the bulk request, in JSON.
-fn record(job: &Job) -> Vec<u8> {
-    let traceparent = job.trace.map(|trace| trace.child().to_string());
+/// A job as one record of the bulk request, in JSON, with the trace
+/// context of the worker's span for it.
+fn record(job: &Job, trace: Option<TraceParent>) -> Vec<u8> {
+    let traceparent = trace.map(|trace| trace.to_string());
     let out = match &job.record {
         Record::Chat { number } => Out::Chat {
             token: &job.token,

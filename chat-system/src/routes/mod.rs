@@ -204,8 +204,8 @@ fn write_span() -> impl Filter<Extract = (Span,), Error = Infallible> + Clone {
                 trace_id = tracing::field::Empty,
                 job_id = tracing::field::Empty,
             );
-            if let Some(trace) = traceparent.as_deref().and_then(TraceParent::parse) {
-                span.record("trace_id", trace.trace_id());
+            if let Some(incoming) = traceparent.as_deref().and_then(TraceParent::parse) {
+                shared::telemetry::hop(&span, Some(incoming));
             }
             if let Some(job_id) = job_id {
                 span.record("job_id", job_id);

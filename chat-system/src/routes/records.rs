@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use shared::trace::TraceParent;
+use tracing::Span;
 use warp::Reply;
 use warp::reply::Response;
 
@@ -27,7 +28,7 @@ pub(crate) struct Request {
 }
 
 /// One record of the request, as the worker sends it. `job_id` and
-/// `traceparent` only go to the log lines about it.
+/// `traceparent` only go to its span (log lines, exported spans).
 #[derive(Debug, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 enum Record {
@@ -166,8 +167,9 @@ impl Record {
         }
     }
 
-    /// `(job id, trace id)`, for the log line about this record.
-    fn origin(&self) -> (Option<String>, Option<String>) {
+    /// The span of this record: its job and trace, as the worker sent
+    /// them; with spans exported, a child of the worker's span for the job.
+    fn span(&self) -> Span {
         let (Record::Chat {
             job_id,
             traceparent,
@@ -178,11 +180,15 @@ impl Record {
             traceparent,
             ..
         }) = self;
-        let trace_id = traceparent
-            .as_deref()
-            .and_then(TraceParent::parse)
-            .map(|trace| trace.trace_id());
-        (job_id.clone(), trace_id)
+        let span = tracing::info_span!(
+            "record",
+            job_id = job_id.as_deref(),
+            trace_id = tracing::field::Empty,
+        );
+        if let Some(incoming) = traceparent.as_deref().and_then(TraceParent::parse) {
+            shared::telemetry::hop(&span, Some(incoming));
+        }
+        span
     }
 }
 
@@ -199,7 +205,7 @@ pub(crate) async fn store_records(
                     format!("at most {MAX_RECORDS} records per request"),
                 ));
             }
-            let origins: Vec<_> = records.iter().map(Record::origin).collect();
+            let spans: Vec<Span> = records.iter().map(Record::span).collect();
             let mut results: Vec<Option<RecordResult>> = Vec::with_capacity(records.len());
             let mut valid = Vec::with_capacity(records.len());
             let mut positions = Vec::with_capacity(records.len());
@@ -224,14 +230,14 @@ pub(crate) async fn store_records(
                 .into_iter()
                 .map(|result| result.expect("every record got a result"))
                 .collect();
-            for (result, (job_id, trace_id)) in results.iter().zip(origins) {
-                tracing::debug!(
-                    job_id,
-                    trace_id,
-                    status = result.status,
-                    result = result.result,
-                    "record written"
-                );
+            for (result, span) in results.iter().zip(spans) {
+                span.in_scope(|| {
+                    tracing::debug!(
+                        status = result.status,
+                        result = result.result,
+                        "record written"
+                    );
+                });
             }
             Ok(warp::reply::json(&Answer { results }).into_response())
         }
