@@ -91,6 +91,12 @@ fn exporter(service: &'static str) -> Result<Option<SdkTracerProvider>, String> 
     ))
 }
 
+/// Whether this process exports its spans: where a span would exist only
+/// for the export, it is made only then.
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Acquire)
+}
+
 /// The trace context `span` (this hop) passes on, continuing `incoming`
 /// (what the caller sent; `None` starts a trace), with its trace id
 /// recorded on the span's `trace_id` field. The one way a hop continues a
@@ -107,7 +113,7 @@ pub fn hop(span: &tracing::Span, incoming: Option<TraceParent>) -> TraceParent {
 }
 
 fn exported_hop(span: &tracing::Span, incoming: Option<TraceParent>) -> Option<TraceParent> {
-    if !EXPORTING.load(Ordering::Acquire) {
+    if !exporting() {
         return None;
     }
     if let Some(parent) = incoming {

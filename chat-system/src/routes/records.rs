@@ -169,7 +169,12 @@ impl Record {
 
     /// The span of this record: its job and trace, as the worker sent
     /// them; with spans exported, a child of the worker's span for the job.
+    /// None (no cost per record) unless spans are exported or its debug
+    /// line is logged.
     fn span(&self) -> Span {
+        if !shared::telemetry::exporting() && !tracing::enabled!(tracing::Level::DEBUG) {
+            return Span::none();
+        }
         let (Record::Chat {
             job_id,
             traceparent,
