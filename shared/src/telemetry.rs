@@ -9,6 +9,7 @@ use opentelemetry::trace::{
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -157,7 +158,9 @@ where
 
 /// Text lines get terminal colours only when `colours` (a terminal reads
 /// them); files and collectors get plain text. With a `tracer`, spans are
-/// also exported.
+/// also exported. `RUST_LOG` filters the lines only: the export takes the
+/// spans of [`EXPORTED_SPANS`] whatever the log level, so `RUST_LOG=warn`
+/// keeps logs quiet without emptying the traces.
 fn build<W>(
     service: &'static str,
     config: &Telemetry,
@@ -175,26 +178,38 @@ where
         );
         EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_target(true)
         .with_ansi(colours)
         .with_writer(writer);
+    let registry = tracing_subscriber::registry();
     match config.log_format {
-        LogFormat::Json => {
-            let subscriber = builder.json().flatten_event(true).finish();
-            Box::new(subscriber.with(spans(tracer)))
-        }
-        LogFormat::Text => Box::new(builder.finish().with(spans(tracer))),
+        LogFormat::Json => Box::new(
+            registry
+                .with(lines.json().flatten_event(true).with_filter(filter))
+                .with(spans(tracer)),
+        ),
+        LogFormat::Text => Box::new(registry.with(lines.with_filter(filter)).with(spans(tracer))),
     }
 }
 
-/// The layer that turns `tracing` spans into exported ones, if any.
-fn spans<S>(tracer: Option<Tracer>) -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, Tracer>>
+/// What is exported when spans are: the spans (and the events in them) of
+/// the three binaries at INFO and above (a create's request, job, bulk
+/// write and record spans), and only warnings of their dependencies.
+pub const EXPORTED_SPANS: &str = "warn,api=info,worker=info,chat_system=info,shared=info";
+
+/// The layer that turns `tracing` spans into exported ones, with its own
+/// filter ([`EXPORTED_SPANS`]); none without a tracer, so that nothing is
+/// enabled for it (a `None` layer takes no part in the callsites' interest).
+fn spans<S>(tracer: Option<Tracer>) -> Option<impl Layer<S>>
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span>,
 {
-    tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer))
+    tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(EnvFilter::new(EXPORTED_SPANS))
+    })
 }
 
 /// An error and its causes on one line (`a: b: c`): how every log line

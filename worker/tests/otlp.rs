@@ -201,9 +201,14 @@ fn list(value: &serde_json::Value) -> &[serde_json::Value] {
 /// Starts `command` exporting its spans to `receiver`, logging JSON lines,
 /// and waits for its log line `ready` (which carries the address it
 /// listens on, if any). Its output is read to the end in the background.
+///
+/// It logs warnings and its start-up lines only, as a quiet production
+/// process would: the spans of a create are below that level, and must be
+/// exported all the same (`RUST_LOG` filters log lines, not the export).
 async fn spawn(command: &mut Command, receiver: &Receiver, ready: &str) -> (Child, String) {
+    let quiet = "warn,api::startup=info,worker::startup=info,chat_system::startup=info";
     let mut child = command
-        .args(["--log", "info", "--log-format", "json"])
+        .args(["--log", quiet, "--log-format", "json"])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
         .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
