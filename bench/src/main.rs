@@ -16,6 +16,8 @@
 //! - `load` / `verify`: drive the api under a fault, then check that every
 //!   acknowledged record was stored exactly once with its exact body, and
 //!   that nothing is left in flight or in a retry queue.
+//! - `otlp-sink`: an OTLP/HTTP receiver that counts what it gets, for the
+//!   api run with spans exported.
 //! - `cleanup`: removes a run's queues and Redis keys.
 
 mod ceiling;
@@ -24,6 +26,7 @@ mod client;
 mod drain;
 mod e2e;
 mod leftovers;
+mod otlp_sink;
 mod servers;
 mod writes;
 
@@ -45,6 +48,7 @@ enum Command {
     Steady(e2e::SteadyArgs),
     Load(chaos::LoadArgs),
     Verify(chaos::VerifyArgs),
+    OtlpSink(otlp_sink::Args),
     Cleanup(servers::CleanupArgs),
 }
 
@@ -58,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Steady(args) => e2e::steady(args).await,
         Command::Load(args) => chaos::load(args).await,
         Command::Verify(args) => chaos::verify(args).await,
+        Command::OtlpSink(args) => otlp_sink::run(args).await,
         Command::Cleanup(args) => servers::cleanup(args).await,
     }
 }
