@@ -14,6 +14,7 @@ mod durable_redis;
 pub mod http;
 mod http_proxy;
 pub mod logs;
+pub mod manifests;
 mod proxy;
 mod redis_keys;
 mod running;

@@ -1,14 +1,20 @@
-//! compose.yaml and the Dockerfile cannot be run on a machine without
-//! Docker, so this checks what can be checked without it: compose.yaml
-//! parses, names every service, wires health checks and start order, and
-//! passes the same variables scripts/run sets, each one a variable the
-//! receiving binary really reads.
+//! What the deployment files promise about the binaries, checked against
+//! the binaries' own declarations: compose.yaml parses, names every
+//! service, wires health checks and start order, and passes the same
+//! variables scripts/run sets, each one a variable the receiving binary
+//! really reads; the Kubernetes manifests of deploy/k8s set only variables
+//! the binaries read, probe the ports they listen on, run as non-root on a
+//! read-only root with resources, a disruption budget and time to drain,
+//! and scale the workers on the queue they consume. (That the manifests
+//! render and validate is scripts/check-k8s; that the probe paths answer is
+//! worker/tests/worker/probes.rs.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use clap::CommandFactory;
+use clap::{CommandFactory, Parser};
 use serde::Deserialize;
+use testkit::manifests::{self, Container, EnvValue};
 
 #[derive(Debug, Deserialize)]
 struct Compose {
@@ -42,7 +48,24 @@ struct Dependency {
 
 #[derive(Debug, Deserialize)]
 struct Healthcheck {
-    test: Vec<String>,
+    test: Test,
+}
+
+/// `["CMD", ...]`, or a string run by the container's shell.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Test {
+    Exec(Vec<String>),
+    Shell(String),
+}
+
+impl Test {
+    fn is_empty(&self) -> bool {
+        match self {
+            Test::Exec(words) => words.is_empty(),
+            Test::Shell(line) => line.trim().is_empty(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,5 +341,311 @@ fn the_dockerfile_builds_each_binary_into_a_non_root_image() {
     assert!(
         dockerfile.contains("USER app"),
         "the runtime image runs as a non-root user"
+    );
+}
+
+/// The containers of deploy/k8s that run one of the three binaries.
+fn binary_containers() -> Vec<Container> {
+    let binaries = binaries();
+    let containers: Vec<Container> = manifests::containers()
+        .into_iter()
+        .filter(|container| binaries.contains_key(container.name.as_str()))
+        .collect();
+    let names: BTreeSet<&str> = containers
+        .iter()
+        .map(|container| container.name.as_str())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["api", "chat-system", "worker"]));
+    containers
+}
+
+/// The variable each binary listens by, and its port.
+fn listen_variable(binary: &str) -> &'static str {
+    match binary {
+        "api" => "API_ADDR",
+        "worker" => "WORKER_METRICS_ADDR",
+        "chat-system" => "CHAT_SYSTEM_ADDR",
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn kubernetes_sets_only_variables_the_binaries_read_from_settings_and_secrets_that_exist() {
+    let binaries = binaries();
+    let settings = manifests::config_map("chat-numbering-settings");
+    let secrets_script = repository_file("scripts/k8s-secrets");
+    for container in binary_containers() {
+        let variables = &binaries[container.name.as_str()];
+        for (name, value) in &container.env {
+            assert!(
+                variables.contains(name),
+                "{}: sets {name}, which {} does not read",
+                container.workload,
+                container.name
+            );
+            match value {
+                EnvValue::Literal(_) => {}
+                EnvValue::ConfigMap { name: map, key } => {
+                    assert_eq!(
+                        map, "chat-numbering-settings",
+                        "{}: {name}",
+                        container.workload
+                    );
+                    assert!(
+                        settings.contains_key(key),
+                        "{}: {name} from the missing setting {key}",
+                        container.workload
+                    );
+                    assert_eq!(
+                        key, name,
+                        "{}: a setting goes in under its own name",
+                        container.workload
+                    );
+                    assert!(
+                        variables.contains(key),
+                        "{}: setting {key}",
+                        container.workload
+                    );
+                }
+                EnvValue::Secret { name: secret, key } => {
+                    assert!(
+                        secrets_script.contains(&format!("secret {secret} "))
+                            && secrets_script.contains(&format!("--from-literal={key}=")),
+                        "{}: {name} from {secret}/{key}, which scripts/k8s-secrets does not make",
+                        container.workload
+                    );
+                }
+            }
+        }
+    }
+    for key in settings.keys() {
+        assert!(
+            binaries.values().any(|variables| variables.contains(key)),
+            "the setting {key} is read by no binary"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_probes_and_ports_are_where_the_binaries_listen() {
+    for container in binary_containers() {
+        let variable = listen_variable(&container.name);
+        let Some(EnvValue::Literal(address)) = container.env.get(variable) else {
+            panic!(
+                "{}: {variable} is not set to an address",
+                container.workload
+            )
+        };
+        let port = manifests::port_of(address);
+        assert_eq!(
+            container.ports.values().copied().collect::<Vec<_>>(),
+            [port],
+            "{}: the one port declared is {variable}'s",
+            container.workload
+        );
+        let probe = |kind: &str| {
+            container
+                .probes
+                .iter()
+                .find(|probe| probe.kind == kind)
+                .unwrap_or_else(|| panic!("{}: no {kind}", container.workload))
+        };
+        for (kind, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+            let probe = probe(kind);
+            assert_eq!(
+                probe.path.as_deref(),
+                Some(path),
+                "{}: {kind}",
+                container.workload
+            );
+            assert_eq!(
+                probe.port,
+                Some(port),
+                "{}: {kind} on {variable}'s port",
+                container.workload
+            );
+        }
+    }
+    // Every Service reaches a port its pods declare.
+    let containers = manifests::containers();
+    for (file, service) in manifests::documents() {
+        if service["kind"] != "Service" {
+            continue;
+        }
+        let selector = service["spec"]["selector"]["app.kubernetes.io/name"]
+            .as_str()
+            .unwrap_or_default();
+        for port in manifests::list(&service["spec"]["ports"]) {
+            let target = port["targetPort"].as_str().unwrap_or_default();
+            assert!(
+                containers.iter().any(|container| {
+                    container.workload.ends_with(&format!("/{selector}"))
+                        && container.ports.contains_key(target)
+                }),
+                "{}: Service {} targets port {target} of {selector}, which declares none such",
+                file.display(),
+                service["metadata"]["name"]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_deployment_runs_non_root_on_a_read_only_root_with_resources_a_budget_and_time_to_drain() {
+    let api = api::Config::parse_from(["api"]);
+    let worker = worker::Cli::parse_from(["worker"]).config;
+    let seconds = |millis: u64| millis.div_ceil(1000);
+    // What a SIGTERM waits for, at the defaults: the api, a publish's
+    // confirm; a worker, a bulk store then its retry or dead-letter copies'
+    // confirms; the chat-system, a write in hand (the worker's timeout).
+    let drain = BTreeMap::from([
+        ("api", seconds(api.broker.publish_timeout_ms)),
+        (
+            "worker",
+            seconds(worker.chat_system.chat_system_timeout_ms)
+                + seconds(worker.broker.publish_timeout_ms),
+        ),
+        (
+            "chat-system",
+            seconds(worker.chat_system.chat_system_timeout_ms),
+        ),
+    ]);
+    let budgets: Vec<String> = manifests::documents()
+        .into_iter()
+        .filter(|(_, document)| document["kind"] == "PodDisruptionBudget")
+        .filter_map(|(_, budget)| {
+            budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    for container in binary_containers() {
+        let workload = &container.workload;
+        assert!(workload.starts_with("Deployment/"), "{workload}");
+        assert_eq!(
+            container.pod["securityContext"]["runAsNonRoot"], true,
+            "{workload}: runAsNonRoot"
+        );
+        assert_eq!(
+            container.security["readOnlyRootFilesystem"], true,
+            "{workload}: read-only root"
+        );
+        assert_eq!(
+            container.security["allowPrivilegeEscalation"], false,
+            "{workload}"
+        );
+        for (what, resource) in [
+            ("requests", "cpu"),
+            ("requests", "memory"),
+            ("limits", "memory"),
+        ] {
+            assert!(
+                container.resources[what][resource].is_string(),
+                "{workload}: no {what}.{resource}"
+            );
+        }
+        assert!(
+            budgets.contains(&container.name),
+            "{workload}: no PodDisruptionBudget"
+        );
+        let pre_stop: u64 =
+            container.pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+                .as_array()
+                .filter(|command| command.first().is_some_and(|word| word == "sleep"))
+                .and_then(|command| command.get(1)?.as_str()?.parse().ok())
+                .unwrap_or(0);
+        let grace = container.pod["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{workload}: no terminationGracePeriodSeconds"));
+        let needed = pre_stop + drain[container.name.as_str()];
+        assert!(
+            grace > needed,
+            "{workload}: {grace} s of grace for a {pre_stop} s preStop and a {} s drain",
+            drain[container.name.as_str()]
+        );
+    }
+}
+
+#[test]
+fn only_the_workers_and_the_chat_system_hold_the_write_credential() {
+    for container in binary_containers() {
+        let mounted = manifests::list(&container.pod["volumes"])
+            .iter()
+            .any(|volume| volume["secret"]["secretName"] == "chat-system-credentials");
+        let sets_it = container
+            .env
+            .keys()
+            .any(|name| name.starts_with("CHAT_SYSTEM_WRITE_TOKEN"));
+        let holds = mounted || sets_it;
+        assert_eq!(
+            holds,
+            container.name != "api",
+            "{}: the write credential",
+            container.workload
+        );
+    }
+}
+
+#[test]
+fn the_workers_scale_on_the_queue_they_consume() {
+    let settings = manifests::config_map("chat-numbering-settings");
+    let broker =
+        worker::Cli::parse_from(["worker", "--queue-prefix", &settings["QUEUE_PREFIX"]]).config;
+    let jobs = shared::topology::Topology::new(&broker.broker).jobs_queue();
+    let documents = manifests::documents();
+    let find = |kind: &str, name: &str| {
+        documents
+            .iter()
+            .map(|(_, document)| document)
+            .find(|document| document["kind"] == kind && document["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in deploy/k8s"))
+    };
+    let scaled = find("ScaledObject", "worker");
+    assert_eq!(scaled["spec"]["scaleTargetRef"]["name"], "worker");
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "rabbitmq");
+    let metadata = &trigger["metadata"];
+    assert_eq!(
+        metadata["queueName"],
+        jobs.as_str(),
+        "the jobs queue of QUEUE_PREFIX"
+    );
+    assert_eq!(metadata["protocol"], "http", "unacknowledged batches count");
+    assert_eq!(metadata["mode"], "QueueLength");
+    let value: u64 = metadata["value"]
+        .as_str()
+        .and_then(|value| value.parse().ok())
+        .expect("a whole value");
+    assert!(
+        value > u64::from(broker.prefetch),
+        "{value} messages per worker: a worker holds up to WORKER_PREFETCH ({}) unacknowledged, so a lower value never settles",
+        broker.prefetch
+    );
+    let authentication = trigger["authenticationRef"]["name"]
+        .as_str()
+        .expect("an authenticationRef");
+    let parameters = &find("TriggerAuthentication", authentication)["spec"]["secretTargetRef"];
+    assert_eq!(parameters[0]["parameter"], "host");
+    let hpa = find("HorizontalPodAutoscaler", "worker");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "worker");
+    let rules = find("ConfigMap", "prometheus-adapter-rules")["data"]["config.yaml"]
+        .as_str()
+        .expect("the adapter's rules");
+    let metric = hpa["spec"]["metrics"][0]["external"]["metric"]["name"]
+        .as_str()
+        .expect("an external metric");
+    assert!(
+        rules.contains(&format!("as: {metric}")),
+        "the adapter serves {metric}"
+    );
+    let series = "worker_queue_messages";
+    assert!(
+        rules.contains(&format!("'{series}{{queue=\"jobs\"}}'")),
+        "the adapter reads the workers' own gauge"
+    );
+    assert!(
+        worker::telemetry::METRICS
+            .iter()
+            .any(|exported| exported.name == series)
     );
 }

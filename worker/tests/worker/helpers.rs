@@ -120,8 +120,20 @@ impl TestStack {
             .expect("building a worker")
     }
 
+    /// A worker of this stack, consuming, and the URL its `/metrics`,
+    /// `/healthz` and `/readyz` are served at.
+    pub(crate) async fn spawn_worker_served(&self, extra: &[&str]) -> (String, RunningWorker) {
+        let worker = self.worker(extra).await;
+        let url = format!("http://{}", worker.metrics_address());
+        (url, self.run_worker(worker).await)
+    }
+
     pub(crate) async fn spawn_worker(&self, extra: &[&str]) -> RunningWorker {
         let worker = self.worker(extra).await;
+        self.run_worker(worker).await
+    }
+
+    async fn run_worker(&self, worker: Worker) -> RunningWorker {
         let status = worker.status();
         let running = Running::spawn("the worker", |shutdown| worker.run_until_stopped(shutdown));
         eventually("the worker to consume", Duration::from_secs(10), || async {

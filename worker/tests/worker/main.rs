@@ -8,6 +8,7 @@ mod end_to_end;
 mod helpers;
 mod metrics_reference;
 mod persistence;
+mod probes;
 mod replay;
 mod resilience;
 mod retries;

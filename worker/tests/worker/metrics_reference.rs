@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use testkit::{Running, eventually};
+use testkit::eventually;
 
 use crate::helpers::TestStack;
 
@@ -21,14 +21,8 @@ async fn the_reference_lists_exactly_what_the_binaries_export_and_what_rules_and
     let stack = TestStack::start().await;
     let token = stack.application().await;
     let (api, _api) = stack.spawn_api().await;
-    let worker = stack.worker(&[]).await;
-    let worker_metrics = format!("http://{}/metrics", worker.metrics_address());
-    let status = worker.status();
-    let _worker = Running::spawn("the worker", |shutdown| worker.run_until_stopped(shutdown));
-    eventually("the worker to consume", Duration::from_secs(10), || async {
-        status.connected().then_some(())
-    })
-    .await;
+    let (worker, _worker) = stack.spawn_worker_served(&[]).await;
+    let worker_metrics = format!("{worker}/metrics");
     let client = reqwest::Client::new();
     for path in ["chats", "chats/1/messages/hello"] {
         let answer = client
