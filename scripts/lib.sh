@@ -46,3 +46,24 @@ export_run_secrets() {
   CHAT_SYSTEM_WRITE_TOKEN=$(new_secret) CHAT_SYSTEM_ADMIN_TOKEN=$(new_secret)
   export CHAT_SYSTEM_WRITE_TOKEN CHAT_SYSTEM_ADMIN_TOKEN
 }
+
+# Prints the path of $1 (promtool or prometheus) from Debian's `prometheus`
+# package: on PATH, or else the package downloaded and unpacked under
+# target/tools (not installed: that would start a Prometheus server).
+prometheus_tool() {
+  local found tools=$PWD/target/tools
+  if found=$(command -v "$1"); then echo "$found"; return; fi
+  if [ ! -x "$tools/usr/bin/$1" ]; then
+    echo "fetching $1 (Debian package prometheus, unpacked under target/tools)" >&2
+    mkdir -p "$tools"
+    local download
+    download=$(mktemp -d)
+    if ! (cd "$download" && apt-get download -qq prometheus 2>/dev/null); then
+      as_root apt-get update -qq
+      (cd "$download" && apt-get download -qq prometheus)
+    fi
+    dpkg-deb -x "$download"/prometheus_*.deb "$tools"
+    rm -rf "$download"
+  fi
+  echo "$tools/usr/bin/$1"
+}
