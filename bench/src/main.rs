@@ -16,6 +16,8 @@
 //! - `load` / `verify`: drive the api under a fault, then check that every
 //!   acknowledged record was stored exactly once with its exact body, and
 //!   that nothing is left in flight or in a retry queue.
+//! - `http-floor`: a constant JSON answer on the api's server stack, the
+//!   HTTP stage's floor.
 //! - `otlp-sink`: an OTLP/HTTP receiver that counts what it gets, for the
 //!   api run with spans exported.
 //! - `cleanup`: removes a run's queues and Redis keys.
@@ -25,6 +27,7 @@ mod chaos;
 mod client;
 mod drain;
 mod e2e;
+mod http_floor;
 mod leftovers;
 mod otlp_sink;
 mod servers;
@@ -48,6 +51,7 @@ enum Command {
     Steady(e2e::SteadyArgs),
     Load(chaos::LoadArgs),
     Verify(chaos::VerifyArgs),
+    HttpFloor(http_floor::Args),
     OtlpSink(otlp_sink::Args),
     Cleanup(servers::CleanupArgs),
 }
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Steady(args) => e2e::steady(args).await,
         Command::Load(args) => chaos::load(args).await,
         Command::Verify(args) => chaos::verify(args).await,
+        Command::HttpFloor(args) => http_floor::run(args).await,
         Command::OtlpSink(args) => otlp_sink::run(args).await,
         Command::Cleanup(args) => servers::cleanup(args).await,
     }
