@@ -23,17 +23,5 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 .header("content-type", "application/json")
                 .body(r#"{"message number":1}"#)
         });
-    let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    warp::serve(route)
-        .incoming(listener)
-        .graceful(async move {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
-        .run()
-        .await;
-    Ok(())
+    crate::serve::until_terminated(route, args.addr).await
 }

@@ -30,6 +30,7 @@ mod e2e;
 mod http_floor;
 mod leftovers;
 mod otlp_sink;
+mod serve;
 mod servers;
 mod writes;
 

@@ -36,18 +36,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 .fetch_add(body.len() as u64, Ordering::Relaxed);
             warp::http::StatusCode::OK
         });
-    let listener = tokio::net::TcpListener::bind(args.addr).await?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    warp::serve(route)
-        .incoming(listener)
-        .graceful(async move {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
-        .run()
-        .await;
+    crate::serve::until_terminated(route, args.addr).await?;
     println!(
         "otlp_sink requests={} bytes={}",
         received.requests.load(Ordering::Relaxed),
