@@ -205,9 +205,15 @@ fn spans<S>(tracer: Option<Tracer>) -> Option<impl Layer<S>>
 where
     S: tracing::Subscriber + for<'span> LookupSpan<'span>,
 {
+    // The spans carry what matters (route, token, job, number, trace); not
+    // source locations, thread names, or busy/idle times, which cost two
+    // clock reads on every poll of the request's future.
     tracer.map(|tracer| {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
             .with_filter(EnvFilter::new(EXPORTED_SPANS))
     })
 }
