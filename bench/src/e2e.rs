@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 
 use crate::client::ChatSystem;
+use crate::cpu::Processes;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -102,6 +103,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let processes = Processes::new(&args.processes)?;
     let cpu_before = processes.cpu()?;
     let lag_before = lag_histogram(&client, &args.worker_metrics).await?;
+    let batches_before = BatchSizes::read(&client, &args).await?;
     let started = Instant::now();
     let wrk = wrk(&args, &tokens).await?;
     let load_secs = started.elapsed().as_secs_f64();
@@ -137,6 +139,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     }
     line.push_str(&format!(" cpu_us_total={total:.0}"));
     println!("{line}");
+    println!(
+        "batches {}",
+        BatchSizes::read(&client, &args)
+            .await?
+            .means_since(&batches_before)
+    );
 
     let rate = args.open_loop_rate.unwrap_or(stored_rps / 2.0);
     if rate > 0.0 {
@@ -249,87 +257,6 @@ impl Counts<'_> {
     }
 }
 
-/// CPU time of the processes that serve the load.
-struct Processes {
-    named: Vec<(String, u32)>,
-    tick: f64,
-}
-
-/// CPU time by process name.
-struct Cpu(BTreeMap<String, Duration>);
-
-impl Cpu {
-    fn minus(&self, before: &Cpu) -> BTreeMap<String, Duration> {
-        self.0
-            .iter()
-            .map(|(name, after)| {
-                let before = before.0.get(name).copied().unwrap_or_default();
-                (name.clone(), after.saturating_sub(before))
-            })
-            .collect()
-    }
-}
-
-impl Processes {
-    fn new(specs: &[String]) -> anyhow::Result<Self> {
-        let mut named = Vec::new();
-        for spec in specs {
-            let (name, pid) = spec
-                .split_once('=')
-                .with_context(|| format!("--process {spec}: name=pid"))?;
-            named.push((name.replace('-', "_"), pid.parse()?));
-        }
-        let tick = std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|output| String::from_utf8(output.stdout).ok())
-            .and_then(|text| text.trim().parse().ok())
-            .unwrap_or(100.0);
-        Ok(Self { named, tick })
-    }
-
-    /// User plus system CPU of each named process, and of every
-    /// `postgres` and `beam.smp` (RabbitMQ) process there is.
-    fn cpu(&self) -> anyhow::Result<Cpu> {
-        let mut spent: BTreeMap<String, Duration> = BTreeMap::new();
-        for (name, pid) in &self.named {
-            let ticks =
-                ticks(*pid).with_context(|| format!("reading the CPU of {name} ({pid})"))?;
-            *spent.entry(name.clone()).or_default() += self.duration(ticks);
-        }
-        for entry in std::fs::read_dir("/proc")? {
-            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let name = match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
-                Ok(comm) if comm.trim() == "postgres" => "postgres",
-                Ok(comm) if comm.trim() == "beam.smp" => "rabbitmq",
-                _ => continue,
-            };
-            if let Some(ticks) = ticks(pid) {
-                *spent.entry(name.to_owned()).or_default() += self.duration(ticks);
-            }
-        }
-        Ok(Cpu(spent))
-    }
-
-    fn duration(&self, ticks: u64) -> Duration {
-        Duration::from_secs_f64(ticks as f64 / self.tick)
-    }
-}
-
-/// `utime + stime` of a process, in clock ticks.
-fn ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; the fields after it
-    // start at the state (field 3), so utime (14) and stime (15) are the
-    // 12th and 13th after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
 /// A Prometheus histogram: cumulative counts by upper bound.
 struct Histogram(Vec<(f64, f64)>);
 
@@ -403,6 +330,65 @@ async fn lag_histogram(client: &reqwest::Client, workers: &[String]) -> anyhow::
     let mut sorted: Vec<(f64, f64)> = buckets.into_values().collect();
     sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
     Ok(Histogram(sorted))
+}
+
+/// The sums and counts of the histograms of batch sizes, the api's and
+/// the workers' (summed over the workers).
+struct BatchSizes(BTreeMap<&'static str, (f64, f64)>);
+
+impl BatchSizes {
+    /// Histogram, and the name of its mean in the `batches` line.
+    const HISTOGRAMS: [(&'static str, &'static str); 4] = [
+        ("api_publish_batch_jobs", "jobs_per_message"),
+        ("api_replicated_group_size", "draws_per_replica_wait"),
+        ("worker_batch_deliveries", "deliveries_per_worker_batch"),
+        ("worker_store_batch_records", "records_per_bulk_write"),
+    ];
+
+    async fn read(client: &reqwest::Client, args: &Args) -> anyhow::Result<Self> {
+        let mut sums = BTreeMap::new();
+        for base in std::iter::once(&args.api_url).chain(&args.worker_metrics) {
+            let text = client
+                .get(format!("{}/metrics", base.trim_end_matches('/')))
+                .send()
+                .await?
+                .error_for_status()?
+                .text()
+                .await?;
+            for (histogram, _) in Self::HISTOGRAMS {
+                let entry: &mut (f64, f64) = sums.entry(histogram).or_default();
+                for line in text.lines() {
+                    let Some((name, value)) = line.rsplit_once(' ') else {
+                        continue;
+                    };
+                    let name = name.split('{').next().unwrap_or(name);
+                    if name == format!("{histogram}_sum") {
+                        entry.0 += value.parse::<f64>()?;
+                    } else if name == format!("{histogram}_count") {
+                        entry.1 += value.parse::<f64>()?;
+                    }
+                }
+            }
+        }
+        Ok(Self(sums))
+    }
+
+    /// `name=mean` of each histogram since `before`; `-` where nothing
+    /// was observed (no replica waits on a single node).
+    fn means_since(&self, before: &Self) -> String {
+        let mut line = Vec::new();
+        for (histogram, name) in Self::HISTOGRAMS {
+            let (sum, count) = self.0.get(histogram).copied().unwrap_or_default();
+            let (sum_before, count_before) = before.0.get(histogram).copied().unwrap_or_default();
+            let count = count - count_before;
+            line.push(if count > 0.0 {
+                format!("{name}={:.1}", (sum - sum_before) / count)
+            } else {
+                format!("{name}=-")
+            });
+        }
+        line.join(" ")
+    }
 }
 
 /// What an open-loop run saw.

@@ -18,6 +18,8 @@
 //!   that nothing is left in flight or in a retry queue.
 //! - `http-floor`: a constant JSON answer on the api's server stack, the
 //!   HTTP stage's floor.
+//! - `floor redis|rabbitmq|postgres`: the server CPU per record of what a
+//!   record needs from each, with nothing of ours around it.
 //! - `otlp-sink`: an OTLP/HTTP receiver that counts what it gets, for the
 //!   api run with spans exported.
 //! - `cleanup`: removes a run's queues and Redis keys.
@@ -25,8 +27,10 @@
 mod ceiling;
 mod chaos;
 mod client;
+mod cpu;
 mod drain;
 mod e2e;
+mod floor;
 mod http_floor;
 mod leftovers;
 mod otlp_sink;
@@ -52,6 +56,7 @@ enum Command {
     Steady(e2e::SteadyArgs),
     Load(chaos::LoadArgs),
     Verify(chaos::VerifyArgs),
+    Floor(floor::Args),
     HttpFloor(http_floor::Args),
     OtlpSink(otlp_sink::Args),
     Cleanup(servers::CleanupArgs),
@@ -67,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Steady(args) => e2e::steady(args).await,
         Command::Load(args) => chaos::load(args).await,
         Command::Verify(args) => chaos::verify(args).await,
+        Command::Floor(args) => floor::run(args).await,
         Command::HttpFloor(args) => http_floor::run(args).await,
         Command::OtlpSink(args) => otlp_sink::run(args).await,
         Command::Cleanup(args) => servers::cleanup(args).await,
