@@ -176,8 +176,9 @@ async fn redis(
                 let mut next = index;
                 let mut mine = Vec::new();
                 while Instant::now() < ends {
-                    let (token, chat) = &scopes[next % scopes.len()];
+                    let drawn_from = next % scopes.len();
                     next += concurrency;
+                    let (token, chat) = &scopes[drawn_from];
                     let scope = Scope::Messages { token, chat: *chat };
                     let call = keys.draw(scope, "lock", Duration::from_secs(5), false);
                     let reply: i64 = draw
@@ -188,7 +189,7 @@ async fn redis(
                     let Some(Drawn::Number(number)) = Drawn::from_reply(reply) else {
                         anyhow::bail!("the draw script answered {reply}");
                     };
-                    mine.push((next % scopes.len(), number));
+                    mine.push((drawn_from, number));
                 }
                 drawn.lock().expect("not poisoned").extend(mine);
                 anyhow::Ok(())
@@ -251,6 +252,17 @@ async fn redis(
         Ok(released)
     })
     .await?;
+    // The releases did the real work: nothing of the floor is in flight.
+    for (token, chat) in scopes.iter() {
+        let left: i64 = redis::cmd("SCARD")
+            .arg(keys.in_flight(Scope::Messages { token, chat: *chat }))
+            .query_async(&mut redis.clone())
+            .await?;
+        ensure!(
+            left == 0,
+            "{left} numbers of {token}/{chat} are still in flight"
+        );
+    }
     println!(
         "floor stage=redis draws={draws} draw_cpu_us={draw_us:.1} released={released} \
          release_cpu_us={release_us:.1} cpu_us={:.1}",
