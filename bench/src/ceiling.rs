@@ -9,6 +9,7 @@ use redis::Script;
 use shared::counters::{DRAW, Drawn, Keys, Scope};
 use shared::job::Job;
 use shared::publish::{self, Message};
+use shared::redis_client::RedisClient;
 use shared::topology;
 
 use crate::servers::{PUBLISH_TIMEOUT, Servers};
@@ -64,15 +65,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
                 let started = Instant::now();
-                let call = keys.draw(scope, "lock", Duration::from_secs(5), false);
-                let reply: i64 = script
-                    .key(call.keys)
-                    .arg(call.args)
-                    .invoke_async(&mut redis)
-                    .await?;
-                let Some(Drawn::Number(number)) = Drawn::from_reply(reply) else {
-                    anyhow::bail!("the draw script answered {reply}");
-                };
+                let number = draw(&script, &mut redis, &keys, scope).await?;
                 let job = Job::chat(token.to_owned(), number);
                 let message = Message {
                     exchange: exchange.clone(),
@@ -107,4 +100,24 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let _ = connection.close(200, "done".into()).await;
     args.servers.cleanup(&prefix).await?;
     Ok(())
+}
+
+/// One run of the api's draw script on a seeded counter, as the bench's
+/// own loops make it (no seed lock to take, no receipt): the number drawn.
+pub(crate) async fn draw(
+    script: &Script,
+    redis: &mut RedisClient,
+    keys: &Keys,
+    scope: Scope<'_>,
+) -> anyhow::Result<i64> {
+    let call = keys.draw(scope, "lock", Duration::from_secs(5), false);
+    let reply: i64 = script
+        .key(call.keys)
+        .arg(call.args)
+        .invoke_async(redis)
+        .await?;
+    match Drawn::from_reply(reply) {
+        Some(Drawn::Number(number)) => Ok(number),
+        _ => anyhow::bail!("the draw script answered {reply}"),
+    }
 }

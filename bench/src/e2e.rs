@@ -345,8 +345,11 @@ impl BatchSizes {
         ("worker_store_batch_records", "records_per_bulk_write"),
     ];
 
+    /// One pass over each `/metrics`; every histogram must be exported by
+    /// the api or a worker (they start at 0), so a misspelt name fails the
+    /// run instead of printing `-`.
     async fn read(client: &reqwest::Client, args: &Args) -> anyhow::Result<Self> {
-        let mut sums = BTreeMap::new();
+        let mut sums: BTreeMap<&'static str, (f64, f64)> = BTreeMap::new();
         for base in std::iter::once(&args.api_url).chain(&args.worker_metrics) {
             let text = client
                 .get(format!("{}/metrics", base.trim_end_matches('/')))
@@ -355,20 +358,29 @@ impl BatchSizes {
                 .error_for_status()?
                 .text()
                 .await?;
-            for (histogram, _) in Self::HISTOGRAMS {
-                let entry: &mut (f64, f64) = sums.entry(histogram).or_default();
-                for line in text.lines() {
-                    let Some((name, value)) = line.rsplit_once(' ') else {
-                        continue;
-                    };
-                    let name = name.split('{').next().unwrap_or(name);
-                    if name == format!("{histogram}_sum") {
-                        entry.0 += value.parse::<f64>()?;
-                    } else if name == format!("{histogram}_count") {
-                        entry.1 += value.parse::<f64>()?;
+            for line in text.lines() {
+                let Some((name, value)) = line.rsplit_once(' ') else {
+                    continue;
+                };
+                let name = name.split('{').next().unwrap_or(name);
+                for (histogram, _) in Self::HISTOGRAMS {
+                    match name.strip_prefix(histogram) {
+                        Some("_sum") => {
+                            sums.entry(histogram).or_default().0 += value.parse::<f64>()?
+                        }
+                        Some("_count") => {
+                            sums.entry(histogram).or_default().1 += value.parse::<f64>()?
+                        }
+                        _ => {}
                     }
                 }
             }
+        }
+        for (histogram, _) in Self::HISTOGRAMS {
+            ensure!(
+                sums.contains_key(histogram),
+                "{histogram} is exported by neither the api nor a worker"
+            );
         }
         Ok(Self(sums))
     }

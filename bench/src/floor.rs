@@ -14,14 +14,16 @@
 //!   vector, GIN index, unique key), `batch` rows per committed
 //!   transaction, `concurrency` transactions at once.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use redis::Script;
-use shared::counters::{DRAW, Drawn, Keys, RELEASE, Release, Scope};
+use shared::counters::{DRAW, Keys, RELEASE, Release, Scope};
 use shared::job::Job;
 use shared::publish;
 use shared::topology;
@@ -33,6 +35,13 @@ use crate::servers::{PUBLISH_TIMEOUT, Servers};
 pub(crate) struct Args {
     #[command(subcommand)]
     stage: Stage,
+    #[command(flatten)]
+    run: Run,
+}
+
+/// What every stage's run takes.
+#[derive(clap::Args)]
+struct Run {
     #[arg(long, global = true, default_value_t = 10)]
     seconds: u64,
     /// Records per release pipeline, per message, or per insert.
@@ -46,70 +55,53 @@ pub(crate) struct Args {
 
 #[derive(clap::Subcommand)]
 enum Stage {
-    Redis {
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 64)]
-        applications: usize,
-        #[arg(long, default_value_t = 4)]
-        chats: i64,
-        #[command(flatten)]
-        servers: Servers,
-    },
-    Rabbitmq {
-        #[arg(long, default_value_t = 2)]
-        publishers: usize,
-        #[arg(long, default_value_t = 256)]
-        prefetch: u16,
-        #[arg(long, default_value_t = 64)]
-        ack_every: usize,
-        #[command(flatten)]
-        servers: Servers,
-    },
-    Postgres {
-        #[arg(long, env = "DATABASE_URL")]
-        database_url: String,
-        #[arg(long, default_value_t = 2)]
-        concurrency: usize,
-    },
+    Redis(RedisArgs),
+    Rabbitmq(RabbitmqArgs),
+    Postgres(PostgresArgs),
 }
 
+#[derive(clap::Args)]
+struct RedisArgs {
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 64)]
+    applications: usize,
+    #[arg(long, default_value_t = 4)]
+    chats: i64,
+    #[command(flatten)]
+    servers: Servers,
+}
+
+#[derive(clap::Args)]
+struct RabbitmqArgs {
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
+    #[arg(long, default_value_t = 256)]
+    prefetch: u16,
+    #[arg(long, default_value_t = 64)]
+    ack_every: usize,
+    #[command(flatten)]
+    servers: Servers,
+}
+
+#[derive(clap::Args)]
+struct PostgresArgs {
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+}
+
+/// The message body of every floor, the bench's own.
+const BODY: &str = "hello, world \"bench\" / ü";
+
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
-    let processes = Processes::new(&args.processes)?;
-    let deadline = Duration::from_secs(args.seconds);
+    let processes = Processes::new(&args.run.processes)?;
+    let run = (&args.run, &processes);
     match args.stage {
-        Stage::Redis {
-            concurrency,
-            applications,
-            chats,
-            servers,
-        } => {
-            redis(
-                &servers,
-                &processes,
-                deadline,
-                args.batch,
-                concurrency,
-                applications,
-                chats,
-            )
-            .await
-        }
-        Stage::Rabbitmq {
-            publishers,
-            prefetch,
-            ack_every,
-            servers,
-        } => {
-            rabbitmq(
-                &servers, &processes, deadline, args.batch, publishers, prefetch, ack_every,
-            )
-            .await
-        }
-        Stage::Postgres {
-            database_url,
-            concurrency,
-        } => postgres(&database_url, &processes, deadline, args.batch, concurrency).await,
+        Stage::Redis(stage) => redis(run, stage).await,
+        Stage::Rabbitmq(stage) => rabbitmq(run, stage).await,
+        Stage::Postgres(stage) => postgres(run, stage).await,
     }
 }
 
@@ -129,24 +121,26 @@ where
     Ok((spent.as_secs_f64() * 1e6 / records as f64, records))
 }
 
-async fn redis(
-    servers: &Servers,
+async fn redis((run, processes): (&Run, &Processes), stage: RedisArgs) -> anyhow::Result<()> {
+    let (prefix, _) = stage.servers.private("floor");
+    let outcome = redis_floor(run, processes, &stage, &prefix).await;
+    // Its keys go whatever happened.
+    let cleaned = stage.servers.cleanup(&prefix).await;
+    outcome?;
+    cleaned
+}
+
+async fn redis_floor(
+    run: &Run,
     processes: &Processes,
-    duration: Duration,
-    batch: usize,
-    concurrency: usize,
-    applications: usize,
-    chats: i64,
+    stage: &RedisArgs,
+    prefix: &str,
 ) -> anyhow::Result<()> {
-    let (prefix, _) = servers.private("floor");
-    let redis = servers.redis()?;
-    let keys = Keys::new(&prefix);
-    let tokens: Vec<String> = (0..applications.max(1))
-        .map(|n| format!("floor{n}"))
-        .collect();
-    let scopes: Vec<(String, i64)> = tokens
-        .iter()
-        .flat_map(|token| (1..=chats.max(1)).map(move |chat| (token.clone(), chat)))
+    let redis = stage.servers.redis()?;
+    let keys = Keys::new(prefix);
+    let concurrency = stage.concurrency.max(1);
+    let scopes: Vec<(String, i64)> = (0..stage.applications.max(1))
+        .flat_map(|n| (1..=stage.chats.max(1)).map(move |chat| (format!("floor{n}"), chat)))
         .collect();
     for (token, chat) in &scopes {
         let scope = Scope::Messages { token, chat: *chat };
@@ -159,88 +153,79 @@ async fn redis(
     let draw = Arc::new(Script::new(DRAW));
     let scopes = Arc::new(scopes);
 
-    // Draws: each loop takes the next scope in turn, as wrk's connections do.
-    let drawn = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Draws: each loop takes the next scope in turn, as wrk's connections
+    // do; each number is kept with the index of its scope.
+    let duration = Duration::from_secs(run.seconds);
+    let mut drawn: Vec<(usize, i64)> = Vec::new();
     let (draw_us, draws) = measured(processes, "redis", async {
         let ends = Instant::now() + duration;
         let mut tasks = Vec::new();
-        for index in 0..concurrency.max(1) {
-            let (mut redis, keys, draw, scopes, drawn) = (
-                redis.clone(),
-                keys.clone(),
-                draw.clone(),
-                scopes.clone(),
-                drawn.clone(),
-            );
+        for index in 0..concurrency {
+            let (mut redis, keys, draw, scopes) =
+                (redis.clone(), keys.clone(), draw.clone(), scopes.clone());
             tasks.push(tokio::spawn(async move {
-                let mut next = index;
                 let mut mine = Vec::new();
+                let mut next = index;
                 while Instant::now() < ends {
                     let drawn_from = next % scopes.len();
                     next += concurrency;
                     let (token, chat) = &scopes[drawn_from];
                     let scope = Scope::Messages { token, chat: *chat };
-                    let call = keys.draw(scope, "lock", Duration::from_secs(5), false);
-                    let reply: i64 = draw
-                        .key(call.keys)
-                        .arg(call.args)
-                        .invoke_async(&mut redis)
-                        .await?;
-                    let Some(Drawn::Number(number)) = Drawn::from_reply(reply) else {
-                        anyhow::bail!("the draw script answered {reply}");
-                    };
+                    let number = crate::ceiling::draw(&draw, &mut redis, &keys, scope).await?;
                     mine.push((drawn_from, number));
                 }
-                drawn.lock().expect("not poisoned").extend(mine);
-                anyhow::Ok(())
+                anyhow::Ok(mine)
             }));
         }
         for task in tasks {
-            task.await??;
+            drawn.extend(task.await??);
         }
-        Ok(drawn.lock().expect("not poisoned").len())
+        Ok(drawn.len())
     })
     .await?;
 
-    // Releases: the drawn numbers in batches, one call per scope of a
-    // batch, a pipeline per batch (per slot on a cluster), two at once.
-    let drawn = std::mem::take(&mut *drawn.lock().expect("not poisoned"));
+    // Releases as the worker sends them: the drawn numbers in batches, one
+    // call per scope of a batch, a pipeline per slot (one on a single
+    // node), a batch's pipelines at once, two batches at a time.
     let release = Script::new(RELEASE);
     let _: String = release
         .prepare_invoke()
         .load_async(&mut redis.clone())
         .await?;
+    let batches = drawn.chunks(run.batch.max(1)).map(|batch| {
+        let mut by_scope: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
+        for &(scope, number) in batch {
+            by_scope.entry(scope).or_default().push(number);
+        }
+        let mut groups: HashMap<_, redis::Pipeline> = HashMap::new();
+        for (scope, numbers) in by_scope {
+            let (token, chat) = &scopes[scope];
+            let call = keys.release(
+                Scope::Messages { token, chat: *chat },
+                &numbers,
+                Duration::from_secs(60),
+                Release::Stored,
+            );
+            let mut invocation = release.key(call.keys.clone());
+            invocation.arg(call.args);
+            groups
+                .entry(redis.pipeline_of(&call.keys[0]))
+                .or_insert_with(redis::pipe)
+                .invoke_script(&invocation)
+                .ignore();
+        }
+        (groups.into_values().collect::<Vec<_>>(), batch.len())
+    });
     let (release_us, released) = measured(processes, "redis", async {
-        let pipelines = drawn.chunks(batch.max(1)).map(|chunk| {
-            let mut by_scope: std::collections::BTreeMap<usize, Vec<i64>> = Default::default();
-            for &(scope, number) in chunk {
-                by_scope.entry(scope).or_default().push(number);
-            }
-            let mut groups: std::collections::HashMap<_, redis::Pipeline> = Default::default();
-            for (scope, numbers) in by_scope {
-                let (token, chat) = &scopes[scope];
-                let call = keys.release(
-                    Scope::Messages { token, chat: *chat },
-                    &numbers,
-                    Duration::from_secs(60),
-                    Release::Stored,
-                );
-                let pipeline = groups
-                    .entry(redis.pipeline_of(&call.keys[0]))
-                    .or_insert_with(redis::pipe);
-                let mut invocation = release.key(call.keys);
-                invocation.arg(call.args);
-                pipeline.invoke_script(&invocation).ignore();
-            }
-            (groups.into_values().collect::<Vec<_>>(), chunk.len())
-        });
-        let mut sent = futures::stream::iter(pipelines)
+        let mut sent = futures::stream::iter(batches)
             .map(|(groups, records)| {
-                let mut redis = redis.clone();
+                let redis = redis.clone();
                 async move {
-                    for pipeline in groups {
-                        let () = pipeline.query_async(&mut redis).await?;
-                    }
+                    futures::future::try_join_all(groups.iter().map(|pipeline| {
+                        let mut redis = redis.clone();
+                        async move { pipeline.query_async::<()>(&mut redis).await }
+                    }))
+                    .await?;
                     anyhow::Ok(records)
                 }
             })
@@ -268,34 +253,40 @@ async fn redis(
          release_cpu_us={release_us:.1} cpu_us={:.1}",
         draw_us + release_us
     );
-    servers.cleanup(&prefix).await
+    Ok(())
 }
 
-async fn rabbitmq(
-    servers: &Servers,
+async fn rabbitmq((run, processes): (&Run, &Processes), stage: RabbitmqArgs) -> anyhow::Result<()> {
+    let (prefix, topology) = stage.servers.private("floor");
+    let outcome = rabbitmq_floor(run, processes, &stage, &topology).await;
+    // Its queues and exchanges go whatever happened.
+    let cleaned = stage.servers.cleanup(&prefix).await;
+    outcome?;
+    cleaned
+}
+
+async fn rabbitmq_floor(
+    run: &Run,
     processes: &Processes,
-    duration: Duration,
-    batch: usize,
-    publishers: usize,
-    prefetch: u16,
-    ack_every: usize,
+    stage: &RabbitmqArgs,
+    topology: &topology::Topology,
 ) -> anyhow::Result<()> {
-    let (prefix, topology) = servers.private("floor");
-    let connection = topology::connect(&servers.amqp_url, "bench-floor").await?;
-    let setup = connection.create_channel().await?;
-    topology.declare(&setup).await?;
-    let job = Job::message("floor".into(), 1, 1, "hello, world \"bench\" / ü".into());
+    let connection = topology::connect(&stage.servers.amqp_url, "bench-floor").await?;
+    topology
+        .declare(&connection.create_channel().await?)
+        .await?;
+    let job = Job::message("floor".into(), 1, 1, BODY.into());
     let (payload, properties) = (job.encode(), publish::job_properties(&job));
-    let jobs: Vec<(&[u8], &lapin::BasicProperties)> = (0..batch.max(1))
+    let jobs: Vec<(&[u8], &lapin::BasicProperties)> = (0..run.batch.max(1))
         .map(|_| (&payload[..], &properties))
         .collect();
     let message = publish::jobs_message(topology.jobs_exchange(), &jobs);
     let per_message = jobs.len();
 
-    let consumed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let consumed = Arc::new(AtomicUsize::new(0));
     let consumer_channel = connection.create_channel().await?;
     consumer_channel
-        .basic_qos(prefetch, BasicQosOptions::default())
+        .basic_qos(stage.prefetch, BasicQosOptions::default())
         .await?;
     let mut consumer = consumer_channel
         .basic_consume(
@@ -305,14 +296,14 @@ async fn rabbitmq(
             Default::default(),
         )
         .await?;
-    let counting = consumed.clone();
-    let consuming = tokio::spawn(async move {
+    let (counting, ack_every) = (consumed.clone(), stage.ack_every.max(1));
+    let mut consuming = tokio::spawn(async move {
         let mut unacked = 0;
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery?;
             unacked += 1;
-            counting.fetch_add(per_message, std::sync::atomic::Ordering::Relaxed);
-            if unacked >= ack_every.max(1) {
+            counting.fetch_add(per_message, Ordering::Relaxed);
+            if unacked >= ack_every {
                 delivery
                     .acker
                     .ack(BasicAckOptions { multiple: true })
@@ -323,10 +314,11 @@ async fn rabbitmq(
         anyhow::Ok(())
     });
 
-    let (cpu_us, published) = measured(processes, "rabbitmq", async {
+    let duration = Duration::from_secs(run.seconds);
+    let measuring = measured(processes, "rabbitmq", async {
         let ends = Instant::now() + duration;
         let mut tasks = Vec::new();
-        for _ in 0..publishers.max(1) {
+        for _ in 0..stage.publishers.max(1) {
             let channel = connection.create_channel().await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
@@ -347,7 +339,7 @@ async fn rabbitmq(
         }
         // Consumed and acked too: the floor is a job's whole way through.
         let waiting = Instant::now();
-        while consumed.load(std::sync::atomic::Ordering::Relaxed) < published {
+        while consumed.load(Ordering::Relaxed) < published {
             ensure!(
                 waiting.elapsed() < Duration::from_secs(120),
                 "the consumer did not keep up"
@@ -355,26 +347,28 @@ async fn rabbitmq(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Ok(published)
-    })
-    .await?;
+    });
+    // A consumer that fails ends the run with its error.
+    let (cpu_us, published) = tokio::select! {
+        measured = measuring => measured?,
+        ended = &mut consuming => {
+            ended??;
+            anyhow::bail!("the consumer stopped before every job was consumed")
+        }
+    };
     consuming.abort();
     let _ = connection.close(200, "done".into()).await;
     println!(
         "floor stage=rabbitmq jobs={published} jobs_per_message={per_message} cpu_us={cpu_us:.1}"
     );
-    servers.cleanup(&prefix).await
+    Ok(())
 }
 
-async fn postgres(
-    database_url: &str,
-    processes: &Processes,
-    duration: Duration,
-    batch: usize,
-    concurrency: usize,
-) -> anyhow::Result<()> {
+async fn postgres((run, processes): (&Run, &Processes), stage: PostgresArgs) -> anyhow::Result<()> {
+    let concurrency = stage.concurrency.max(1);
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(concurrency.max(1) as u32)
-        .connect(database_url)
+        .max_connections(concurrency as u32)
+        .connect(&stage.database_url)
         .await
         .context("connecting to the bench's database")?;
     let token = format!("floor_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -385,30 +379,46 @@ async fn postgres(
     .fetch_one(&pool)
     .await
     .context("the chat-system's schema is not there")?;
+    let outcome = postgres_floor(run, processes, &pool, application, concurrency).await;
+    // Its rows go whatever happened (chats and messages cascade).
+    let cleaned = sqlx::query("DELETE FROM applications WHERE id = $1")
+        .bind(application)
+        .execute(&pool)
+        .await;
+    outcome?;
+    cleaned?;
+    Ok(())
+}
+
+async fn postgres_floor(
+    run: &Run,
+    processes: &Processes,
+    pool: &sqlx::PgPool,
+    application: i64,
+    concurrency: usize,
+) -> anyhow::Result<()> {
     // As many chats as writers, so that they do not wait on each other's
     // unique keys.
     let chat_ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO chats (application_id, number) SELECT $1, n FROM generate_series(1, $2) n RETURNING id",
     )
     .bind(application)
-    .bind(concurrency.max(1) as i64)
-    .fetch_all(&pool)
+    .bind(concurrency as i64)
+    .fetch_all(pool)
     .await?;
-
+    let (duration, batch) = (Duration::from_secs(run.seconds), run.batch.max(1));
     let (cpu_us, rows) = measured(processes, "postgres", async {
         let ends = Instant::now() + duration;
         let mut tasks = Vec::new();
-        for chat_id in chat_ids.iter().copied() {
+        for chat_id in chat_ids {
             let pool = pool.clone();
             tasks.push(tokio::spawn(async move {
-                let mut next = 1_i64;
+                let (chats, bodies) = (vec![chat_id; batch], vec![BODY; batch]);
                 let mut rows = 0;
+                let mut next = 1_i64;
                 while Instant::now() < ends {
-                    let count = batch.max(1) as i64;
-                    let numbers: Vec<i64> = (next..next + count).collect();
-                    let chats = vec![chat_id; numbers.len()];
-                    let bodies = vec!["hello, world \"bench\" / ü"; numbers.len()];
-                    next += count;
+                    let numbers: Vec<i64> = (next..next + batch as i64).collect();
+                    next += batch as i64;
                     let mut transaction = pool.begin().await?;
                     let inserted = sqlx::query(
                         "INSERT INTO messages (chat_id, number, body)
@@ -433,10 +443,6 @@ async fn postgres(
         Ok(rows)
     })
     .await?;
-    sqlx::query("DELETE FROM applications WHERE id = $1")
-        .bind(application)
-        .execute(&pool)
-        .await?;
     println!("floor stage=postgres rows={rows} rows_per_write={batch} cpu_us={cpu_us:.1}");
     Ok(())
 }
