@@ -1,6 +1,6 @@
 //! Reads from the chat-system: for seeding counters (the highest chat
-//! number of an application, the highest message number of a chat; only
-//! `numbers` asks, on a counter miss), and the clients' reads the api
+//! number of an application, the highest message number of a chat, a
+//! message's revision; only `numbers` asks, on a counter miss), and the clients' reads the api
 //! passes through (`reads.rs`).
 
 use std::time::Duration;
@@ -45,6 +45,11 @@ struct Application {
 #[derive(Deserialize)]
 struct Chat {
     last_message_number: i64,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    revision: i64,
 }
 
 impl ChatSystem {
@@ -138,6 +143,20 @@ impl ChatSystem {
             .get(self.url(&["applications", token, "chats", &chat]))
             .await?;
         Ok(chat.map(|chat| chat.last_message_number))
+    }
+
+    /// The revision of a stored message (0: never edited); `None` when
+    /// the chat-system does not know the application, chat or message.
+    pub(crate) async fn revision(
+        &self,
+        token: &str,
+        chat: i64,
+        message: i64,
+    ) -> Result<Option<i64>, ChatSystemError> {
+        let (chat, message) = (chat.to_string(), message.to_string());
+        let url = self.url(&["applications", token, "chats", &chat, "messages", &message]);
+        let message: Option<Message> = self.get(url).await?;
+        Ok(message.map(|message| message.revision))
     }
 
     /// For `/readyz`: ready, and the largest request body it takes when it

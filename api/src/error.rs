@@ -15,6 +15,9 @@ pub(crate) enum ApiError {
     UnknownApplication,
     #[error("unknown chat")]
     UnknownChat,
+    /// An edit of a message number never handed out.
+    #[error("unknown message")]
+    UnknownMessage,
     /// A path the api does not serve.
     #[error("not found")]
     NotFound,
@@ -55,7 +58,10 @@ impl ApiError {
 
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Self::UnknownApplication | Self::UnknownChat | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::UnknownApplication
+            | Self::UnknownChat
+            | Self::UnknownMessage
+            | Self::NotFound => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -11,8 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::counters::Scope;
-use shared::job::{Job, Kind, Record};
+use shared::job::{Create, Job};
 use shared::telemetry::Chain;
 use shared::trace::TraceParent;
 use tracing::Instrument;
@@ -25,31 +24,6 @@ use crate::idempotency::{Claimed, IdempotencyKey, Identity, Keyed};
 use crate::numbers::Numbers;
 use crate::publisher::Publisher;
 use crate::rate_limit::RateLimit;
-
-/// What a create request asks for.
-#[derive(Debug)]
-pub(crate) enum Create {
-    Chat,
-    Message { chat: i64, body: String },
-}
-
-impl Create {
-    fn kind(&self) -> Kind {
-        match self {
-            Self::Chat => Kind::Chat,
-            Self::Message { .. } => Kind::Message,
-        }
-    }
-
-    /// What an `Idempotency-Key`'s fingerprint is taken of: the same for
-    /// the same request by path or by JSON body.
-    fn fingerprint(&self) -> String {
-        match self {
-            Self::Chat => "chat".to_owned(),
-            Self::Message { chat, body } => format!("message\n{chat}\n{body}"),
-        }
-    }
-}
 
 /// Cheap to clone: every request's task holds one.
 #[derive(Clone)]
@@ -110,7 +84,7 @@ impl Intake {
         create: Create,
         trace: TraceParent,
     ) -> Result<i64, ApiError> {
-        let number = self.numbers().draw(scope(&token, &create), None).await?;
+        let number = self.numbers().draw(create.scope(&token), None).await?;
         let job = job(token, create, number, trace, None);
         let Err(error) = self.publish(&job).await else {
             return Ok(number);
@@ -151,7 +125,7 @@ impl Intake {
                 Claimed::New(held) => {
                     let drawn = self
                         .numbers()
-                        .draw(scope(&token, &create), Some((&held.key, &held.owner)))
+                        .draw(create.scope(&token), Some((&held.key, &held.owner)))
                         .await;
                     match drawn {
                         Ok(number) => break (held, number, identity),
@@ -226,14 +200,6 @@ impl Intake {
     }
 }
 
-/// The counter a create draws from.
-fn scope<'a>(token: &'a str, create: &Create) -> Scope<'a> {
-    match create {
-        Create::Chat => Scope::Chats { token },
-        Create::Message { chat, .. } => Scope::Messages { token, chat: *chat },
-    }
-}
-
 /// The job of a create whose number is drawn: a new one, or the one an
 /// `Idempotency-Key` names (`identity`).
 fn job(
@@ -243,11 +209,7 @@ fn job(
     trace: TraceParent,
     identity: Option<Identity>,
 ) -> Job {
-    let record = match create {
-        Create::Chat => Record::Chat { number },
-        Create::Message { chat, body } => Record::Message { chat, number, body },
-    };
-    let mut job = Job::new(token, record, Some(trace));
+    let mut job = Job::new(token, create.numbered(number), Some(trace));
     if let Some(identity) = identity {
         job.id = identity.id;
         job.created_at_ms = identity.created_at_ms;

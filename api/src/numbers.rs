@@ -32,6 +32,9 @@ pub(crate) enum NumberError {
     UnknownApplication,
     #[error("unknown chat")]
     UnknownChat,
+    /// A message number never handed out (or whose create was refused).
+    #[error("unknown message")]
+    UnknownMessage,
     #[error("redis unavailable")]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
@@ -61,6 +64,7 @@ impl From<NumberError> for ApiError {
         match error {
             NumberError::UnknownApplication => ApiError::UnknownApplication,
             NumberError::UnknownChat => ApiError::UnknownChat,
+            NumberError::UnknownMessage => ApiError::UnknownMessage,
             NumberError::KeyLost => ApiError::IdempotencyKeyBusy,
             NumberError::Redis(error) => ApiError::unavailable("redis", error),
             NumberError::ChatSystem(error) => ApiError::unavailable("chat-system", error),
@@ -135,9 +139,7 @@ impl Numbers {
         scope: Scope<'_>,
         key: Option<(&str, &str)>,
     ) -> Result<i64, NumberError> {
-        if let Scope::Chats { token } | Scope::Messages { token, .. } = scope
-            && self.unknown.knows_unknown(token)
-        {
+        if self.unknown.knows_unknown(scope.token()) {
             return Err(NumberError::UnknownApplication);
         }
         self.durability.ensure(&self.redis).await?;
@@ -204,17 +206,11 @@ impl Numbers {
             return Err(NumberError::SeedTimeout);
         };
         metrics::counter!("api_counter_seeds_total", "scope" => scope.label()).increment(1);
-        let highest = match scope {
-            Scope::Chats { token } => self.chat_system.last_chat_number(token).await,
-            Scope::Messages { token, chat } => {
-                self.chat_system.last_message_number(token, chat).await
-            }
-        };
-        let highest = match highest {
+        let highest = match self.highest_stored(scope).await {
             Ok(highest) => highest,
             Err(error) => {
                 self.unlock(scope, lock_value).await;
-                return Err(error.into());
+                return Err(error);
             }
         };
         let call = self.keys.seed(
@@ -225,6 +221,37 @@ impl Numbers {
             self.receipts(),
         );
         self.run(&self.seed, recorded(call, key)).await
+    }
+
+    /// What a counter is seeded from: the highest number of `scope` the
+    /// chat-system has stored, `None` when it does not know the scope.
+    ///
+    /// A message's revisions start at 0 when the message is not stored
+    /// yet but its number is in flight (its create is queued): no edit of
+    /// it can be stored before it. In flight is asked first: a create
+    /// leaves flight only once stored, so a message in flight before the
+    /// read or stored by then is found by one of the two.
+    async fn highest_stored(&self, scope: Scope<'_>) -> Result<Option<i64>, NumberError> {
+        Ok(match scope {
+            Scope::Chats { token } => self.chat_system.last_chat_number(token).await?,
+            Scope::Messages { token, chat } => {
+                self.chat_system.last_message_number(token, chat).await?
+            }
+            Scope::Revisions {
+                token,
+                chat,
+                message,
+            } => {
+                let queued: bool = redis::cmd("SISMEMBER")
+                    .arg(self.keys.in_flight(Scope::Messages { token, chat }))
+                    .arg(message)
+                    .query_async(&mut self.redis.clone())
+                    .await
+                    .inspect_err(|_| self.durability.suspect())?;
+                let stored = self.chat_system.revision(token, chat, message).await?;
+                stored.or(queued.then_some(0))
+            }
+        })
     }
 
     /// A draw made but not confirmed by the replicas is answered 503, so
@@ -282,11 +309,10 @@ impl Numbers {
     /// receipt and in-flight mark together).
     fn resolve_later(&self, scope: Scope<'_>, lock_value: &str) {
         let receipt = self.keys.receipt(scope, lock_value);
-        let (token, chat) = match scope {
-            Scope::Chats { token } => (token.to_owned(), None),
-            Scope::Messages { token, chat } => (token.to_owned(), Some(chat)),
-        };
-        let (keys, ttl) = (self.keys.clone(), self.timings.counter_ttl);
+        // The give-back of no number yet: the receipt's joins it.
+        let release = self
+            .keys
+            .release(scope, &[], self.timings.counter_ttl, Release::Refused);
         let (redis, durability, wait) = (self.redis.clone(), self.durability.clone(), self.wait());
         tokio::spawn(async move {
             let mut absent = 0;
@@ -298,14 +324,8 @@ impl Numbers {
                     .await;
                 match found {
                     Ok(Some(number)) => {
-                        let scope = match chat {
-                            None => Scope::Chats { token: &token },
-                            Some(chat) => Scope::Messages {
-                                token: &token,
-                                chat,
-                            },
-                        };
-                        let call = keys.release(scope, &[number], ttl, Release::Refused);
+                        let mut call = release.clone();
+                        call.args.push(number.to_string());
                         metrics::counter!("api_draw_receipts_total", "outcome" => "given_back")
                             .increment(1);
                         give_back(&redis, &durability, wait, call, number).await;
@@ -528,6 +548,7 @@ fn unknown(scope: Scope<'_>) -> NumberError {
     match scope {
         Scope::Chats { .. } => NumberError::UnknownApplication,
         Scope::Messages { .. } => NumberError::UnknownChat,
+        Scope::Revisions { .. } => NumberError::UnknownMessage,
     }
 }
 

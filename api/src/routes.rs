@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use shared::counters::is_usable_token;
 use shared::http::{BodyError, decode_segment, json_body, positive_number};
-use shared::job::Kind;
+use shared::job::{Create, Kind};
 use shared::telemetry::short_token;
 use shared::trace::TraceParent;
 use tokio::time::Instant;
@@ -27,7 +27,7 @@ use warp::reply::Response;
 use crate::chat_system::ChatSystem;
 use crate::error::ApiError;
 use crate::idempotency::IdempotencyKey;
-use crate::intake::{Create, Intake};
+use crate::intake::Intake;
 use crate::limits::MessageLimit;
 use crate::numbers::NumberError;
 
@@ -99,6 +99,36 @@ pub(crate) fn routes(
                 observed("create_message_json", handler).instrument(span)
             },
         );
+    // `.../messages/search` is the search route's, which takes no `PUT`:
+    // left to the 405 below.
+    let edit_message =
+        warp::path!("applications" / String / "chats" / String / "messages" / String)
+            .and_then(|token: String, chat: String, message: String| async move {
+                if message == "search" {
+                    Err(warp::reject::not_found())
+                } else {
+                    Ok((token, chat, message))
+                }
+            })
+            .untuple_one()
+            .and(warp::put())
+            .and(traceparent())
+            .and(idempotency_key())
+            .and(json_body::<NewMessage>(json_limit))
+            .and(state.clone())
+            .then(
+                |token: String,
+                 chat: String,
+                 message: String,
+                 incoming: Option<TraceParent>,
+                 key: Option<HeaderValue>,
+                 body: Result<NewMessage, BodyError>,
+                 state: Arc<State>| {
+                    let (span, trace) = request_span("edit_message", Kind::Edit, &token, incoming);
+                    let handler = edit_message(token, chat, message, body, trace, key, state);
+                    observed("edit_message", handler).instrument(span)
+                },
+            );
     let read = warp::path("applications")
         .and(warp::path::tail())
         .and(warp::get())
@@ -140,6 +170,8 @@ pub(crate) fn routes(
         .unify()
         .or(create_message_json)
         .unify()
+        .or(edit_message)
+        .unify()
         .or(read)
         .unify()
         .or(shared::http::healthz())
@@ -160,8 +192,9 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["applications", _, "chats"] | ["applications", _, "chats", _, "messages"] => {
             Some("GET, POST")
         }
-        // `search` is a message's text too.
-        ["applications", _, "chats", _, "messages", _] => Some("GET, POST"),
+        // `search` is a message's text too; a message number is edited.
+        ["applications", _, "chats", _, "messages", "search"] => Some("GET, POST"),
+        ["applications", _, "chats", _, "messages", _] => Some("GET, POST, PUT"),
         ["applications", _] | ["applications", _, "chats", _] => Some("GET"),
         ["healthz" | "readyz" | "metrics"] => Some("GET"),
         _ => None,
@@ -269,16 +302,48 @@ async fn create_message_in_body(
     let token = parse_token(&token)?;
     let chat = parse_chat(&chat)?;
     let key = parse_key(key.as_ref())?;
-    let text = match body {
-        Ok(message) => message.body,
-        Err(BodyError::UnsupportedMediaType) => return Err(ApiError::UnsupportedMediaType),
-        Err(BodyError::Malformed(reason)) => {
-            return Err(ApiError::BadRequest(format!(
-                "body must be JSON {{\"body\": \"...\"}}: {reason}"
-            )));
-        }
-    };
+    let text = message_text(body)?;
     create_message(token, chat, text, trace, key, &state).await
+}
+
+/// A new body for message `message`: its next revision, once queued.
+async fn edit_message(
+    token: String,
+    chat: String,
+    message: String,
+    body: Result<NewMessage, BodyError>,
+    trace: TraceParent,
+    key: Option<HeaderValue>,
+    state: Arc<State>,
+) -> Result<Response, ApiError> {
+    let token = parse_token(&token)?;
+    let chat = parse_chat(&chat)?;
+    let message = positive_number(&message)
+        .ok_or_else(|| ApiError::BadRequest("message number must be a positive integer".into()))?;
+    let key = parse_key(key.as_ref())?;
+    let text = message_text(body)?;
+    check_message(&text)?;
+    state.message_limit.check(&text)?;
+    let edit = Create::Edit {
+        chat,
+        message,
+        body: text,
+    };
+    let revision = state.intake.create(token, edit, trace, key).await?;
+    Ok(json_reply(format!(
+        "{{\"message number\":{message},\"revision\":{revision}}}"
+    )))
+}
+
+/// The text of a `{"body": "..."}` request.
+fn message_text(body: Result<NewMessage, BodyError>) -> Result<String, ApiError> {
+    match body {
+        Ok(message) => Ok(message.body),
+        Err(BodyError::UnsupportedMediaType) => Err(ApiError::UnsupportedMediaType),
+        Err(BodyError::Malformed(reason)) => Err(ApiError::BadRequest(format!(
+            "body must be JSON {{\"body\": \"...\"}}: {reason}"
+        ))),
+    }
 }
 
 async fn create_message(
@@ -330,7 +395,11 @@ fn check_message(text: &str) -> Result<(), ApiError> {
 
 /// `{"chat number": 7}`: the old API's exact shape, space included.
 fn number_reply(key: &str, number: i64) -> Response {
-    let mut response = Response::new(format!("{{\"{key}\":{number}}}").into());
+    json_reply(format!("{{\"{key}\":{number}}}"))
+}
+
+fn json_reply(json: String) -> Response {
+    let mut response = Response::new(json.into());
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),

@@ -35,6 +35,16 @@ pub(crate) enum StoreError {
     /// The number is taken by another body; the stored row is unchanged.
     #[error("message {number} of chat {chat} already exists with a different body")]
     Conflict { chat: i64, number: i64 },
+    /// The revision is stored with another body; the stored row is
+    /// unchanged.
+    #[error(
+        "revision {revision} of message {message} of chat {chat} is stored with a different body"
+    )]
+    RevisionConflict {
+        chat: i64,
+        message: i64,
+        revision: i64,
+    },
     /// A search ran past `SEARCH_TIMEOUT_MS` and was cancelled.
     #[error("the search took too long")]
     SearchTimedOut,
@@ -114,7 +124,7 @@ impl StoreError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Conflict { .. } | Self::RevisionConflict { .. } => StatusCode::CONFLICT,
             Self::Refused(_) => StatusCode::BAD_REQUEST,
             Self::Starting | Self::Unavailable(_) | Self::SearchTimedOut => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -132,7 +142,10 @@ impl StoreError {
             Self::Refused(_) => tracing::warn!(error = %error, "input refused by the database"),
             Self::Internal(_) => tracing::error!(error = %error, "request failed"),
             Self::SearchTimedOut => tracing::warn!(error = %error, "search cancelled"),
-            Self::NotFound(_) | Self::Conflict { .. } | Self::Starting => {}
+            Self::NotFound(_)
+            | Self::Conflict { .. }
+            | Self::RevisionConflict { .. }
+            | Self::Starting => {}
         }
     }
 }

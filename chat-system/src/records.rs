@@ -1,15 +1,18 @@
-//! The one write path: storing a batch of chats and messages, of any
-//! applications, in one transaction with a few set-based statements. The
-//! single `PUT`s are batches of one.
+//! The one write path: storing a batch of chats, messages and edits of
+//! messages, of any applications, in one transaction with a few set-based
+//! statements. The single `PUT`s are batches of one.
 //!
 //! Per batch: lock the applications that get chats, insert the chats and
 //! move their applications' counters in one statement; lock the chats that
 //! get messages (chats of this batch included, so a chat and its first
 //! messages can travel together), insert the messages and move their
 //! chats' counters in one statement; read back the bodies of numbers that
-//! were taken, to tell a redelivery (same body) from a conflict. Parent
-//! rows are locked in id order, applications before chats, so concurrent
-//! batches (and single writes, which lock one row) cannot deadlock. Inserts
+//! were taken, to tell a redelivery (same body) from a conflict; then lock
+//! the messages that get edits (messages of this batch included) and
+//! apply, per message, the batch's highest revision if it is above the
+//! stored one. Rows are locked in id order, applications before chats
+//! before messages, so concurrent batches (and single writes, which lock
+//! one row) cannot deadlock. Inserts
 //! are `ON CONFLICT DO NOTHING`, so a redelivered record changes nothing,
 //! and the counters move by exactly the rows inserted.
 //!
@@ -37,6 +40,14 @@ pub(crate) enum NewRecord {
         number: i64,
         body: String,
     },
+    /// Revision `revision` (at least 1) of message `message`: its body.
+    Edit {
+        token: String,
+        chat: i64,
+        message: i64,
+        revision: i64,
+        body: String,
+    },
 }
 
 /// What became of one record: stored now or already there, or why not
@@ -52,6 +63,7 @@ impl Database {
         let mut transaction = self.pool()?.begin().await?;
         store_chats(&mut transaction, records, &mut results).await?;
         store_messages(&mut transaction, records, &mut results).await?;
+        store_edits(&mut transaction, records, &mut results).await?;
         transaction.commit().await?;
         Ok(results
             .into_iter()
@@ -97,7 +109,7 @@ async fn store_chats(
         .enumerate()
         .filter_map(|(index, record)| match record {
             NewRecord::Chat { token, number } => Some((index, token.as_str(), *number)),
-            NewRecord::Message { .. } => None,
+            NewRecord::Message { .. } | NewRecord::Edit { .. } => None,
         })
         .collect();
     if chats.is_empty() {
@@ -162,7 +174,7 @@ async fn store_messages(
                 number,
                 body,
             } => Some((index, token.as_str(), *chat, *number, body.as_str())),
-            NewRecord::Chat { .. } => None,
+            NewRecord::Chat { .. } | NewRecord::Edit { .. } => None,
         })
         .collect();
     if messages.is_empty() {
@@ -254,8 +266,204 @@ async fn store_messages(
 fn messages_body(records: &[NewRecord], index: usize) -> &str {
     match &records[index] {
         NewRecord::Message { body, .. } => body,
-        NewRecord::Chat { .. } => unreachable!("only message records are keyed by chat id"),
+        NewRecord::Chat { .. } | NewRecord::Edit { .. } => {
+            unreachable!("only message records are keyed by chat id")
+        }
     }
+}
+
+/// One edit of the batch: its index, its message's key, revision, body.
+struct Edit<'a> {
+    index: usize,
+    key: (&'a str, i64, i64),
+    revision: i64,
+    body: &'a str,
+}
+
+async fn store_edits(
+    transaction: &mut Transaction<'_, Postgres>,
+    records: &[NewRecord],
+    results: &mut [Option<Stored>],
+) -> Result<(), StoreError> {
+    let edits: Vec<Edit<'_>> = records
+        .iter()
+        .enumerate()
+        .filter_map(|(index, record)| match record {
+            NewRecord::Edit {
+                token,
+                chat,
+                message,
+                revision,
+                body,
+            } => Some(Edit {
+                index,
+                key: (token.as_str(), *chat, *message),
+                revision: *revision,
+                body: body.as_str(),
+            }),
+            NewRecord::Chat { .. } | NewRecord::Message { .. } => None,
+        })
+        .collect();
+    if edits.is_empty() {
+        return Ok(());
+    }
+    let wanted = distinct(edits.iter().map(|edit| edit.key));
+    let stored = lock_messages(transaction, &wanted).await?;
+    let missing_tokens = distinct(
+        wanted
+            .iter()
+            .filter(|key| !stored.contains_key(*key))
+            .map(|(token, _, _)| *token),
+    );
+    let known = known_applications(transaction, &missing_tokens).await?;
+
+    // The batch's highest revision of each stored message (the first edit
+    // of it, should two carry it).
+    let mut highest: HashMap<(&str, i64, i64), &Edit<'_>> = HashMap::new();
+    for edit in &edits {
+        if stored.contains_key(&edit.key) {
+            highest
+                .entry(edit.key)
+                .and_modify(|best| {
+                    if edit.revision > best.revision {
+                        *best = edit;
+                    }
+                })
+                .or_insert(edit);
+        } else if known.contains(edit.key.0) {
+            // Its create may still be on its way: the worker tries again.
+            results[edit.index] = Some(Err(StoreError::NotFound(Missing::Message)));
+        } else {
+            results[edit.index] = Some(Err(StoreError::NotFound(Missing::Application)));
+        }
+    }
+    let mut ids = Vec::new();
+    let mut revisions = Vec::new();
+    let mut bodies = Vec::new();
+    for (key, best) in &highest {
+        let row = &stored[key];
+        if best.revision > row.revision {
+            ids.push(row.id);
+            revisions.push(best.revision);
+            bodies.push(best.body);
+        }
+    }
+    if !ids.is_empty() {
+        sqlx::query(
+            "UPDATE messages m
+             SET body = u.body, revision = u.revision, updated_at = now(),
+                 created_body = COALESCE(m.created_body, m.body)
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS u(id, revision, body)
+             WHERE m.id = u.id AND m.revision < u.revision",
+        )
+        .bind(&ids)
+        .bind(&revisions)
+        .bind(&bodies)
+        .execute(&mut **transaction)
+        .await?;
+    }
+    // An edit of the revision already stored is a redelivery if its body
+    // is the stored one: those bodies are read, and only those.
+    let same = distinct(edits.iter().filter_map(|edit| {
+        let row = stored.get(&edit.key)?;
+        (row.revision == edit.revision).then_some(row.id)
+    }));
+    let current = bodies_of(transaction, &same).await?;
+    for edit in &edits {
+        let (Some(row), Some(best)) = (stored.get(&edit.key), highest.get(&edit.key)) else {
+            continue;
+        };
+        let (_, chat, message) = edit.key;
+        let conflict = || StoreError::RevisionConflict {
+            chat,
+            message,
+            revision: edit.revision,
+        };
+        results[edit.index] = Some(if edit.revision > row.revision {
+            if std::ptr::eq(edit, *best) {
+                Ok(Outcome::Created)
+            } else if edit.revision < best.revision {
+                Ok(Outcome::Superseded)
+            } else if edit.body == best.body {
+                Ok(Outcome::AlreadyThere)
+            } else {
+                Err(conflict())
+            }
+        } else if edit.revision < row.revision {
+            Ok(Outcome::Superseded)
+        } else if current.get(&row.id).map(String::as_str) == Some(edit.body) {
+            Ok(Outcome::AlreadyThere)
+        } else {
+            Err(conflict())
+        });
+    }
+    Ok(())
+}
+
+/// A stored message an edit is for, as the transaction found it.
+struct StoredMessage {
+    id: i64,
+    revision: i64,
+}
+
+/// `(token, chat number, number) → message` of the messages among
+/// `wanted`, locked (in id order) until the transaction ends.
+async fn lock_messages<'a>(
+    transaction: &mut Transaction<'_, Postgres>,
+    wanted: &[(&'a str, i64, i64)],
+) -> Result<HashMap<(&'a str, i64, i64), StoredMessage>, StoreError> {
+    let mut tokens = Vec::with_capacity(wanted.len());
+    let mut chats = Vec::with_capacity(wanted.len());
+    let mut numbers = Vec::with_capacity(wanted.len());
+    for &(token, chat, number) in wanted {
+        tokens.push(token);
+        chats.push(chat);
+        numbers.push(number);
+    }
+    let rows: Vec<(i64, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT m.id, a.token, c.number, m.number, m.revision
+         FROM messages m
+         JOIN chats c ON c.id = m.chat_id
+         JOIN applications a ON a.id = c.application_id
+         JOIN unnest($1::text[], $2::bigint[], $3::bigint[]) AS k(token, chat, number)
+           ON a.token = k.token AND c.number = k.chat AND m.number = k.number
+         ORDER BY m.id FOR NO KEY UPDATE OF m",
+    )
+    .bind(&tokens)
+    .bind(&chats)
+    .bind(&numbers)
+    .fetch_all(&mut **transaction)
+    .await?;
+    let mut by_key: HashMap<(String, i64, i64), StoredMessage> = rows
+        .into_iter()
+        .map(|(id, token, chat, number, revision)| {
+            ((token, chat, number), StoredMessage { id, revision })
+        })
+        .collect();
+    Ok(wanted
+        .iter()
+        .filter_map(|&(token, chat, number)| {
+            by_key
+                .remove(&(token.to_owned(), chat, number))
+                .map(|row| ((token, chat, number), row))
+        })
+        .collect())
+}
+
+/// The stored body of each message of `ids`.
+async fn bodies_of(
+    transaction: &mut Transaction<'_, Postgres>,
+    ids: &[i64],
+) -> Result<HashMap<i64, String>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, body FROM messages WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&mut **transaction)
+            .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// `token → id` of the applications among `tokens`, locked (in id order)
@@ -323,7 +531,7 @@ async fn known_applications(
     Ok(known.into_iter().collect())
 }
 
-/// The stored body of each `(chat id, number)` there is.
+/// The body each `(chat id, number)` there is was created with.
 async fn stored_bodies(
     transaction: &mut Transaction<'_, Postgres>,
     keys: impl Iterator<Item = (i64, i64)>,
@@ -332,7 +540,7 @@ async fn stored_bodies(
     // A fresh statement: it sees rows committed by concurrent writers after
     // the insert's snapshot, and this batch's own.
     let rows: Vec<(i64, i64, String)> = sqlx::query_as(
-        "SELECT m.chat_id, m.number, m.body
+        "SELECT m.chat_id, m.number, COALESCE(m.created_body, m.body)
          FROM messages m
          JOIN unnest($1::bigint[], $2::bigint[]) AS k(chat_id, number)
            ON m.chat_id = k.chat_id AND m.number = k.number",

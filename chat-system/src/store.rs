@@ -27,6 +27,19 @@ pub(crate) struct Chat {
 pub(crate) struct Message {
     pub(crate) number: i64,
     pub(crate) body: String,
+    /// 0 until edited, then the revision of `body`.
+    pub(crate) revision: i64,
+    /// When an edit last changed `body` (RFC 3339, UTC); null if never.
+    pub(crate) updated_at: Option<String>,
+}
+
+/// The columns of a [`Message`] from `messages m` (a macro: statements
+/// are `&'static str`, built with `concat!`).
+macro_rules! message_columns {
+    () => {
+        "m.number, m.body, m.revision, \
+         to_char(m.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS updated_at"
+    };
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
@@ -36,11 +49,15 @@ pub(crate) struct SearchHit {
     pub(crate) rank: f32,
 }
 
-/// Whether a write stored a new row or found the same one already there.
+/// Whether a write stored a new row or found the same one already there;
+/// for an edit, whether its body is now the stored one, was already, or
+/// has been superseded by a higher revision (stored all the same: each
+/// revision's body is current once, in revision order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Created,
     AlreadyThere,
+    Superseded,
 }
 
 /// One page of a list ordered by number; `next_after` is the cursor for the
@@ -222,12 +239,16 @@ impl Store {
         number: i64,
     ) -> Result<Message, StoreError> {
         let chat_id = self.chat_id(token, chat).await?;
-        sqlx::query_as("SELECT number, body FROM messages WHERE chat_id = $1 AND number = $2")
-            .bind(chat_id)
-            .bind(number)
-            .fetch_optional(self.db()?)
-            .await?
-            .ok_or(StoreError::NotFound(Missing::Message))
+        sqlx::query_as(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages m WHERE m.chat_id = $1 AND m.number = $2"
+        ))
+        .bind(chat_id)
+        .bind(number)
+        .fetch_optional(self.db()?)
+        .await?
+        .ok_or(StoreError::NotFound(Missing::Message))
     }
 
     pub(crate) async fn messages(
@@ -238,10 +259,11 @@ impl Store {
         limit: i64,
     ) -> Result<Page<Message>, StoreError> {
         let chat_id = self.chat_id(token, chat).await?;
-        let messages = sqlx::query_as(
-            "SELECT number, body FROM messages
-             WHERE chat_id = $1 AND number > $2 ORDER BY number LIMIT $3",
-        )
+        let messages = sqlx::query_as(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages m WHERE m.chat_id = $1 AND m.number > $2 ORDER BY m.number LIMIT $3"
+        ))
         .bind(chat_id)
         .bind(after)
         .bind(limit)

@@ -2,14 +2,17 @@
 //! them. The api draws numbers and the worker releases them; both run the
 //! scripts defined here, so the protocol lives in one place.
 //!
-//! Each scope (an application's chats, a chat's messages) has:
+//! Each scope (an application's chats, a chat's messages, a message's
+//! revisions) has:
 //!
 //! - a counter, the last number handed out;
 //! - an in-flight set, the numbers handed out whose job is not yet stored;
 //! - a seed lock, held while one api instance reads the chat-system on a
 //!   miss;
 //! - an "unknown" marker, a brief negative cache for a token or chat the
-//!   chat-system does not know.
+//!   chat-system does not know (never for a message: a number not handed
+//!   out yet may be handed out the next moment, and its chat's counter
+//!   does not know its revisions).
 //!
 //! Invariant: a counter has a TTL only while its in-flight set is empty.
 //! Drawing adds to the set and clears the TTL in one script; releasing
@@ -25,20 +28,36 @@
 use std::time::Duration;
 
 /// Which counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scope<'a> {
     /// The chat numbers of an application.
     Chats { token: &'a str },
     /// The message numbers of one chat.
     Messages { token: &'a str, chat: i64 },
+    /// The revisions of one message: each edit draws the next.
+    Revisions {
+        token: &'a str,
+        chat: i64,
+        message: i64,
+    },
 }
 
-impl Scope<'_> {
-    /// `chats` or `messages`, for metrics and logs.
+impl<'a> Scope<'a> {
+    /// `chats`, `messages` or `revisions`, for metrics and logs.
     pub fn label(&self) -> &'static str {
         match self {
             Self::Chats { .. } => "chats",
             Self::Messages { .. } => "messages",
+            Self::Revisions { .. } => "revisions",
+        }
+    }
+
+    /// The application the counter belongs to.
+    pub fn token(&self) -> &'a str {
+        match *self {
+            Self::Chats { token }
+            | Self::Messages { token, .. }
+            | Self::Revisions { token, .. } => token,
         }
     }
 }
@@ -76,6 +95,14 @@ impl Keys {
                 let (head, tail) = self.message_counter_parts(token);
                 format!("{head}{chat}{tail}")
             }
+            Scope::Revisions {
+                token,
+                chat,
+                message,
+            } => format!(
+                "{}:{{{token}}}:chat:{chat}:message:{message}:revisions",
+                self.prefix
+            ),
         }
     }
 
@@ -117,8 +144,7 @@ impl Keys {
     /// script and so replicated with the draw or not at all, tells which
     /// to give back.
     pub fn receipt(&self, scope: Scope<'_>, lock_value: &str) -> String {
-        let (Scope::Chats { token } | Scope::Messages { token, .. }) = scope;
-        format!("{}:{{{token}}}:draw:{lock_value}", self.prefix)
+        format!("{}:{{{}}}:draw:{lock_value}", self.prefix, scope.token())
     }
 
     /// The receipt ARGV: the key, or an empty string for none.
@@ -166,6 +192,11 @@ impl Keys {
         let seed = highest
             .map(|highest| highest.to_string())
             .unwrap_or_default();
+        // No unknown marker for a message: see the module's notes.
+        let negative = match scope {
+            Scope::Revisions { .. } => String::new(),
+            Scope::Chats { .. } | Scope::Messages { .. } => negative.as_millis().to_string(),
+        };
         Invocation {
             keys: self.scope_keys(scope).to_vec(),
             args: vec![
@@ -173,7 +204,7 @@ impl Keys {
                 seed,
                 head,
                 tail,
-                negative.as_millis().to_string(),
+                negative,
                 self.receipt_arg(scope, lock_value, receipt),
             ],
         }
@@ -190,11 +221,11 @@ impl Keys {
     }
 
     /// The message counter head and tail of a chat scope's numbers; empty
-    /// for a message scope.
+    /// for the other scopes.
     fn head_and_tail(&self, scope: Scope<'_>) -> (String, String) {
         match scope {
             Scope::Chats { token } => self.message_counter_parts(token),
-            Scope::Messages { .. } => (String::new(), String::new()),
+            Scope::Messages { .. } | Scope::Revisions { .. } => (String::new(), String::new()),
         }
     }
 
@@ -207,10 +238,7 @@ impl Keys {
         ttl: Duration,
         why: Release,
     ) -> Invocation {
-        let (head, tail) = match scope {
-            Scope::Chats { token } => self.message_counter_parts(token),
-            Scope::Messages { .. } => (String::new(), String::new()),
-        };
+        let (head, tail) = self.head_and_tail(scope);
         let mut args = vec![
             ttl.as_millis().to_string(),
             why.as_arg().to_owned(),
@@ -330,8 +358,8 @@ return n";
 /// KEYS: counter, in-flight set, unknown marker, seed lock.
 /// ARGV: lock value, the seed value (an empty string when the chat-system
 /// does not know the scope), message counter head and tail (as in
-/// [`DRAW`]), the negative cache PX milliseconds, the receipt key (as in
-/// [`DRAW`]). Returns the number,
+/// [`DRAW`]), the negative cache PX milliseconds (an empty string: no
+/// marker), the receipt key (as in [`DRAW`]). Returns the number,
 /// [`Drawn::Unknown`], or [`Drawn::Wait`] when the lock expired meanwhile
 /// (the caller draws again). `SET NX`: a live counter is never overwritten.
 /// An `Idempotency-Key` hash as in [`DRAW`].
@@ -342,7 +370,7 @@ if KEYS[5] and redis.call('HGET', KEYS[5], 'owner') ~= ARGV[#ARGV] then
 end
 redis.call('DEL', KEYS[4])
 if ARGV[2] == '' then
-  redis.call('SET', KEYS[3], 1, 'PX', ARGV[5])
+  if ARGV[5] ~= '' then redis.call('SET', KEYS[3], 1, 'PX', ARGV[5]) end
   return -1
 end
 redis.call('SET', KEYS[1], ARGV[2], 'NX')
@@ -405,6 +433,19 @@ mod tests {
         assert_eq!(keys.lock(chats), "p:{abc}:chats:lock");
         assert_eq!(keys.unknown(chats), "p:{abc}:chats:unknown");
         assert_eq!(keys.counter(messages), "p:{abc}:chat:5:messages");
+        let revisions = Scope::Revisions {
+            token: "abc",
+            chat: 5,
+            message: 7,
+        };
+        assert_eq!(
+            keys.counter(revisions),
+            "p:{abc}:chat:5:message:7:revisions"
+        );
+        assert_eq!(
+            keys.in_flight(revisions),
+            "p:{abc}:chat:5:message:7:revisions:inflight"
+        );
         assert_eq!(keys.in_flight(messages), "p:{abc}:chat:5:messages:inflight");
         let (head, tail) = keys.message_counter_parts("abc");
         assert_eq!(format!("{head}5{tail}"), keys.counter(messages));
@@ -432,6 +473,27 @@ mod tests {
         let released = keys.release(messages, &[9], ttl, Release::Stored);
         assert_eq!(released.keys[0], "p:{t}:chat:3:messages");
         assert_eq!(released.args, ["2000", "expire", "", "", "9"]);
+    }
+
+    #[test]
+    fn a_message_the_chat_system_does_not_know_is_not_remembered_as_unknown() {
+        let keys = Keys::new("p");
+        let negative = Duration::from_secs(5);
+        let revisions = Scope::Revisions {
+            token: "t",
+            chat: 1,
+            message: 2,
+        };
+        let seed = |scope| keys.seed(scope, "lock", None, negative, false).args[4].clone();
+        assert_eq!(seed(revisions), "");
+        assert_eq!(seed(Scope::Chats { token: "t" }), "5000");
+        assert_eq!(
+            seed(Scope::Messages {
+                token: "t",
+                chat: 1
+            }),
+            "5000"
+        );
     }
 
     #[test]

@@ -4,8 +4,14 @@
 //!
 //! The job carries the number the client was given; nothing downstream
 //! recomputes it. A job's [`Record`] is a chat or a message with its
-//! number and body: a job that is neither cannot be built, and a payload
-//! that describes neither does not decode.
+//! number and body, or an edit of a message with its revision and new
+//! body: a job that is none of these cannot be built, and a payload that
+//! describes none of them does not decode.
+//!
+//! This module is the home of the record kinds: what a client asks to
+//! create ([`Create`], a record without its number yet), the counter its
+//! number is drawn from ([`Create::scope`], [`Job::scope`]) and its wire
+//! form. A new kind is a variant of both enums and its arms here.
 //!
 //! A message of the jobs queue holds one job, or a batch of the jobs the
 //! api gathered while a confirm was pending (AMQP `type` [`BATCH_TYPE`],
@@ -55,14 +61,98 @@ pub enum Record {
         number: i64,
         body: String,
     },
+    /// Revision `revision` of message `message` of chat `chat`: its new
+    /// body, never empty. The chat-system keeps the body of the highest
+    /// revision it has stored, whatever order they arrive in.
+    Edit {
+        chat: i64,
+        message: i64,
+        revision: i64,
+        body: String,
+    },
 }
 
-/// A record's kind, for metrics, logs and filters (`"chat"`, `"message"`).
+/// What a client asks to create: a record without its number yet. The
+/// number is drawn from [`Create::scope`] and makes it a [`Record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Create {
+    Chat,
+    Message {
+        chat: i64,
+        body: String,
+    },
+    /// A new body for message `message` of chat `chat`; the number drawn
+    /// is its revision.
+    Edit {
+        chat: i64,
+        message: i64,
+        body: String,
+    },
+}
+
+impl Create {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Chat => Kind::Chat,
+            Self::Message { .. } => Kind::Message,
+            Self::Edit { .. } => Kind::Edit,
+        }
+    }
+
+    /// The counter its number is drawn from.
+    pub fn scope<'a>(&self, token: &'a str) -> Scope<'a> {
+        match *self {
+            Self::Chat => Scope::Chats { token },
+            Self::Message { chat, .. } => Scope::Messages { token, chat },
+            Self::Edit { chat, message, .. } => Scope::Revisions {
+                token,
+                chat,
+                message,
+            },
+        }
+    }
+
+    /// The record, with the number drawn for it.
+    pub fn numbered(self, number: i64) -> Record {
+        match self {
+            Self::Chat => Record::Chat { number },
+            Self::Message { chat, body } => Record::Message { chat, number, body },
+            Self::Edit {
+                chat,
+                message,
+                body,
+            } => Record::Edit {
+                chat,
+                message,
+                revision: number,
+                body,
+            },
+        }
+    }
+
+    /// What an `Idempotency-Key`'s fingerprint is taken of: the same for
+    /// the same request, whichever form (path or JSON body) it came in.
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Self::Chat => "chat".to_owned(),
+            Self::Message { chat, body } => format!("message\n{chat}\n{body}"),
+            Self::Edit {
+                chat,
+                message,
+                body,
+            } => format!("edit\n{chat}\n{message}\n{body}"),
+        }
+    }
+}
+
+/// A record's kind, for metrics, logs and filters (`"chat"`, `"message"`,
+/// `"edit"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Chat,
     Message,
+    Edit,
 }
 
 impl Kind {
@@ -70,6 +160,7 @@ impl Kind {
         match self {
             Self::Chat => "chat",
             Self::Message => "message",
+            Self::Edit => "edit",
         }
     }
 }
@@ -123,34 +214,55 @@ impl Job {
         Self::new(token, Record::Message { chat, number, body }, None)
     }
 
+    pub fn edit(token: String, chat: i64, message: i64, revision: i64, body: String) -> Self {
+        let record = Record::Edit {
+            chat,
+            message,
+            revision,
+            body,
+        };
+        Self::new(token, record, None)
+    }
+
     pub fn kind(&self) -> Kind {
         match self.record {
             Record::Chat { .. } => Kind::Chat,
             Record::Message { .. } => Kind::Message,
+            Record::Edit { .. } => Kind::Edit,
         }
     }
 
     /// The chat: the record itself, or the message's chat.
     pub fn chat_number(&self) -> i64 {
         match self.record {
-            Record::Chat { number } | Record::Message { chat: number, .. } => number,
+            Record::Chat { number }
+            | Record::Message { chat: number, .. }
+            | Record::Edit { chat: number, .. } => number,
         }
     }
 
-    /// The number the client was given.
+    /// The number the client was given: a chat's or a message's number,
+    /// an edit's revision.
     pub fn number(&self) -> i64 {
         match self.record {
-            Record::Chat { number } | Record::Message { number, .. } => number,
+            Record::Chat { number }
+            | Record::Message { number, .. }
+            | Record::Edit {
+                revision: number, ..
+            } => number,
         }
     }
 
     /// The counter this job's number was drawn from.
     pub fn scope(&self) -> Scope<'_> {
+        let token = &self.token;
         match self.record {
-            Record::Chat { .. } => Scope::Chats { token: &self.token },
-            Record::Message { chat, .. } => Scope::Messages {
-                token: &self.token,
+            Record::Chat { .. } => Scope::Chats { token },
+            Record::Message { chat, .. } => Scope::Messages { token, chat },
+            Record::Edit { chat, message, .. } => Scope::Revisions {
+                token,
                 chat,
+                message,
             },
         }
     }
@@ -165,9 +277,15 @@ impl Job {
     }
 
     fn wire(&self) -> Wire<&str> {
-        let (message_number, body) = match &self.record {
-            Record::Chat { .. } => (None, None),
-            Record::Message { number, body, .. } => (Some(*number), Some(body.as_str())),
+        let (message_number, revision, body) = match &self.record {
+            Record::Chat { .. } => (None, None, None),
+            Record::Message { number, body, .. } => (Some(*number), None, Some(body.as_str())),
+            Record::Edit {
+                message,
+                revision,
+                body,
+                ..
+            } => (Some(*message), Some(*revision), Some(body.as_str())),
         };
         Wire {
             v: VERSION,
@@ -176,6 +294,7 @@ impl Job {
             token: &self.token,
             chat_number: self.chat_number(),
             message_number,
+            revision,
             body,
             created_at_ms: self.created_at_ms,
             attempt: self.attempt,
@@ -237,7 +356,9 @@ pub fn unpack<'a>(kind: Option<&str>, payload: &'a [u8]) -> Vec<Unpacked<'a>> {
 }
 
 /// The JSON shape of a job, unchanged since version 1 but for the optional
-/// `traceparent`: `kind`, then `message_number` and `body` for a message.
+/// `traceparent` and the kind `edit`: `kind`, then `message_number` and
+/// `body` for a message; for an edit those of the message edited and its
+/// `revision`. Chats and messages are written as before edits existed.
 #[derive(Serialize, Deserialize)]
 struct Wire<S> {
     v: u32,
@@ -247,6 +368,8 @@ struct Wire<S> {
     chat_number: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     message_number: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revision: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     body: Option<S>,
     created_at_ms: u64,
@@ -281,25 +404,40 @@ impl TryFrom<Wire<String>> for Job {
         if wire.chat_number <= 0 {
             return Err(JobError::Invalid("chat number must be positive"));
         }
-        let record = match (wire.kind, wire.message_number, wire.body) {
-            (Kind::Chat, None, None) => Record::Chat {
+        let record = match (wire.kind, wire.message_number, wire.revision, wire.body) {
+            (Kind::Chat, None, None, None) => Record::Chat {
                 number: wire.chat_number,
             },
-            (Kind::Chat, _, _) => {
+            (Kind::Chat, ..) => {
                 return Err(JobError::Invalid(
-                    "a chat job has no message number or body",
+                    "a chat job has no message number, revision or body",
                 ));
             }
-            (Kind::Message, Some(number), Some(body)) if number > 0 && !body.is_empty() => {
+            (Kind::Message, Some(number), None, Some(body)) if number > 0 && !body.is_empty() => {
                 Record::Message {
                     chat: wire.chat_number,
                     number,
                     body,
                 }
             }
-            (Kind::Message, _, _) => {
+            (Kind::Message, ..) => {
                 return Err(JobError::Invalid(
-                    "a message job needs a positive number and a body",
+                    "a message job needs a positive number and a body, and no revision",
+                ));
+            }
+            (Kind::Edit, Some(message), Some(revision), Some(body))
+                if message > 0 && revision > 0 && !body.is_empty() =>
+            {
+                Record::Edit {
+                    chat: wire.chat_number,
+                    message,
+                    revision,
+                    body,
+                }
+            }
+            (Kind::Edit, ..) => {
+                return Err(JobError::Invalid(
+                    "an edit job needs a positive message number and revision, and a body",
                 ));
             }
         };
@@ -383,6 +521,54 @@ mod tests {
         assert_eq!(message["chat_number"], 2);
         assert_eq!(message["message_number"], 5);
         assert_eq!(message["body"], "b");
+        assert!(message.get("revision").is_none());
+    }
+
+    #[test]
+    fn an_edit_names_its_message_and_revision() {
+        let mut edit = Job::edit("t".into(), 2, 5, 3, "new, \"text\"".into());
+        edit.trace = Some(TraceParent::root());
+        let wire: serde_json::Value = serde_json::from_slice(&edit.encode()).unwrap();
+        assert_eq!(wire["kind"], "edit");
+        assert_eq!(wire["chat_number"], 2);
+        assert_eq!(wire["message_number"], 5);
+        assert_eq!(wire["revision"], 3);
+        assert_eq!(wire["body"], "new, \"text\"");
+
+        assert_eq!(Job::decode(&edit.encode()).unwrap(), edit);
+        assert_eq!(edit.number(), 3, "an edit's number is its revision");
+        assert_eq!(
+            edit.scope(),
+            Scope::Revisions {
+                token: "t",
+                chat: 2,
+                message: 5
+            }
+        );
+    }
+
+    #[test]
+    fn a_create_numbered_is_the_record_of_its_scope() {
+        let creates = [
+            Create::Chat,
+            Create::Message {
+                chat: 4,
+                body: "b".into(),
+            },
+            Create::Edit {
+                chat: 4,
+                message: 2,
+                body: "c".into(),
+            },
+        ];
+        for create in creates {
+            let scope = create.scope("t");
+            let kind = create.kind();
+            let job = Job::new("t".into(), create.numbered(9), None);
+            assert_eq!(job.scope(), scope);
+            assert_eq!(job.kind(), kind);
+            assert_eq!(job.number(), 9);
+        }
     }
 
     #[test]
@@ -459,6 +645,42 @@ mod tests {
                 with(|v| {
                     v["kind"] = "message".into();
                     v["body"] = "x".into();
+                }),
+            ),
+            ("chat with revision", with(|v| v["revision"] = 1.into())),
+            (
+                "message with revision",
+                with(|v| {
+                    v["kind"] = "message".into();
+                    v["message_number"] = 1.into();
+                    v["body"] = "x".into();
+                    v["revision"] = 1.into();
+                }),
+            ),
+            (
+                "edit without revision",
+                with(|v| {
+                    v["kind"] = "edit".into();
+                    v["message_number"] = 1.into();
+                    v["body"] = "x".into();
+                }),
+            ),
+            (
+                "edit of revision 0",
+                with(|v| {
+                    v["kind"] = "edit".into();
+                    v["message_number"] = 1.into();
+                    v["body"] = "x".into();
+                    v["revision"] = 0.into();
+                }),
+            ),
+            (
+                "edit with empty body",
+                with(|v| {
+                    v["kind"] = "edit".into();
+                    v["message_number"] = 1.into();
+                    v["body"] = "".into();
+                    v["revision"] = 1.into();
                 }),
             ),
             ("unknown kind", with(|v| v["kind"] = "thread".into())),

@@ -155,6 +155,56 @@ impl TestChatSystem {
         http::send(request).await
     }
 
+    /// `POST /records` of `records` (JSON values), with the write
+    /// credential.
+    pub async fn post_records(&self, records: serde_json::Value) -> Answer {
+        let request = self
+            .client
+            .post(self.url("/records"))
+            .bearer_auth(&self.write_token)
+            .json(&json!({ "records": records }));
+        http::send(request).await
+    }
+
+    /// Stores revision `revision` of message `message` (one record of
+    /// `POST /records`); the record's result word (`created`, `exists`,
+    /// `superseded`, `conflict`, `unknown_message` ...).
+    pub async fn put_edit(
+        &self,
+        token: &str,
+        chat: i64,
+        message: i64,
+        revision: i64,
+        body: &str,
+    ) -> String {
+        let edit = json!({ "kind": "edit", "token": token, "chat": chat,
+            "message": message, "revision": revision, "body": body });
+        let answer = self.post_records(json!([edit])).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.body["results"][0]["result"]
+            .as_str()
+            .expect("a result")
+            .to_owned()
+    }
+
+    /// `(revision, body)` of a stored message; `None` when it is not
+    /// stored.
+    pub async fn revision(&self, token: &str, chat: i64, message: i64) -> Option<(i64, String)> {
+        let answer = self
+            .get(&format!(
+                "/applications/{token}/chats/{chat}/messages/{message}"
+            ))
+            .await;
+        if answer.status == 404 {
+            return None;
+        }
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        Some((
+            answer.body["revision"].as_i64().expect("a revision"),
+            answer.body["body"].as_str().expect("a body").to_owned(),
+        ))
+    }
+
     /// An application with chats `1..=chats` stored.
     pub async fn application_with_chats(&self, chats: i64) -> String {
         let token = self.create_application("test").await;

@@ -352,6 +352,12 @@ fn describe(job: &Job, delivery: &Delivery) -> String {
     let number = match &job.record {
         Record::Message { chat, number, .. } => format!("chat {chat} message {number}"),
         Record::Chat { number } => format!("chat {number}"),
+        Record::Edit {
+            chat,
+            message,
+            revision,
+            ..
+        } => format!("chat {chat} message {message} revision {revision}"),
     };
     let headers = delivery.properties.headers().as_ref();
     format!(

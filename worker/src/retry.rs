@@ -53,6 +53,8 @@ pub enum StoreError {
     Status { status: StatusCode, body: String },
     #[error("chat {0} is not stored yet")]
     ChatNotStored(i64),
+    #[error("message {message} of chat {chat} is not stored yet")]
+    MessageNotStored { chat: i64, message: i64 },
     #[error("unknown application")]
     UnknownApplication,
     /// Redis was away, or (with `REDIS_WAIT_REPLICAS`) no replica confirmed

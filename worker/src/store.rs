@@ -71,6 +71,16 @@ enum Out<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         traceparent: Option<String>,
     },
+    Edit {
+        token: &'a str,
+        chat: i64,
+        message: i64,
+        revision: i64,
+        body: &'a str,
+        job_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -229,15 +239,15 @@ impl Storage {
         let mut scopes: BTreeMap<_, Vec<usize>> = BTreeMap::new();
         for (index, (job, result)) in jobs.iter().zip(results.iter()).enumerate() {
             if result.is_ok() {
-                scopes.entry(scope_key(job)).or_default().push(index);
+                scopes.entry(job.scope()).or_default().push(index);
             }
         }
         let mut groups: HashMap<Option<Slot>, (redis::Pipeline, Vec<usize>)> = HashMap::new();
         for (scope, indices) in &scopes {
             let numbers: Vec<i64> = indices.iter().map(|&index| jobs[index].number()).collect();
-            let call =
-                self.keys
-                    .release(scope.scope(), &numbers, self.counter_ttl, Release::Stored);
+            let call = self
+                .keys
+                .release(*scope, &numbers, self.counter_ttl, Release::Stored);
             let (pipeline, members) = groups
                 .entry(self.redis.pipeline_of(&call.keys[0]))
                 .or_insert_with(|| (redis::pipe(), Vec::new()));
@@ -351,12 +361,14 @@ fn answer_each(jobs: &[&Job], answered: Result<Answer, WholeFailure>) -> Vec<Res
 }
 
 /// What a record's result means for its job. A message whose chat is not
-/// stored yet is transient: the chat's job may still be on its way.
+/// stored yet is transient: the chat's job may still be on its way; so is
+/// an edit of a message not stored yet. An edit superseded by a higher
+/// revision is stored: its body was the current one for a while.
 fn outcome(job: &Job, result: RecordResult) -> Result<(), Failure> {
     let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = result.error.unwrap_or_default();
     match result.result.as_str() {
-        "created" | "exists" => Ok(()),
+        "created" | "exists" | "superseded" => Ok(()),
         "unknown_application" => Err(Failure::Permanent {
             reason: Reason::UnknownApplication,
             error: StoreError::UnknownApplication,
@@ -364,30 +376,16 @@ fn outcome(job: &Job, result: RecordResult) -> Result<(), Failure> {
         "unknown_chat" => Err(Failure::Transient(StoreError::ChatNotStored(
             job.chat_number(),
         ))),
+        "unknown_message" => match job.record {
+            Record::Edit { chat, message, .. } => {
+                Err(Failure::Transient(StoreError::MessageNotStored {
+                    chat,
+                    message,
+                }))
+            }
+            _ => classify(status, body),
+        },
         _ => classify(status, body),
-    }
-}
-
-/// The scope of a job's number, owned, so jobs can be grouped by it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum ScopeKey<'a> {
-    Chats(&'a str),
-    Messages(&'a str, i64),
-}
-
-impl ScopeKey<'_> {
-    fn scope(&self) -> counters::Scope<'_> {
-        match *self {
-            Self::Chats(token) => counters::Scope::Chats { token },
-            Self::Messages(token, chat) => counters::Scope::Messages { token, chat },
-        }
-    }
-}
-
-fn scope_key<'a>(job: &'a Job) -> ScopeKey<'a> {
-    match job.record {
-        Record::Chat { .. } => ScopeKey::Chats(&job.token),
-        Record::Message { chat, .. } => ScopeKey::Messages(&job.token, chat),
     }
 }
 
@@ -406,6 +404,20 @@ fn record(job: &Job, trace: Option<TraceParent>) -> Vec<u8> {
             token: &job.token,
             chat: *chat,
             number: *number,
+            body,
+            job_id: job.id.to_string(),
+            traceparent,
+        },
+        Record::Edit {
+            chat,
+            message,
+            revision,
+            body,
+        } => Out::Edit {
+            token: &job.token,
+            chat: *chat,
+            message: *message,
+            revision: *revision,
             body,
             job_id: job.id.to_string(),
             traceparent,

@@ -213,6 +213,10 @@ async fn a_method_a_path_does_not_support_is_405_with_the_methods_it_does() {
         ),
         (
             app.client.delete(format!("{base}/chats/1/messages/hi")),
+            "GET, POST, PUT",
+        ),
+        (
+            app.client.put(format!("{base}/chats/1/messages/search")),
             "GET, POST",
         ),
         (app.client.post(format!("{base}/chats/1")), "GET"),

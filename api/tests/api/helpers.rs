@@ -220,6 +220,27 @@ impl TestApp {
         http::send(request).await
     }
 
+    /// `PUT` of message `message`'s new body, with `Idempotency-Key: key`
+    /// when given.
+    pub(crate) async fn edit_message(
+        &self,
+        token: &str,
+        chat: i64,
+        message: i64,
+        body: &str,
+        key: Option<&str>,
+    ) -> Answer {
+        let url = format!(
+            "{}/applications/{token}/chats/{chat}/messages/{message}",
+            self.url
+        );
+        let mut request = self.client.put(url).json(&json!({ "body": body }));
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        http::send(request).await
+    }
+
     /// An application registered in the chat-system (directly, not through
     /// the proxy), with chats `1..=chats` stored.
     pub(crate) async fn application(&self, chats: i64) -> String {

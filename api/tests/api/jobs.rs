@@ -88,7 +88,7 @@ async fn a_message_in_a_json_body_reaches_the_queue_byte_for_byte() {
         .iter()
         .map(|job| match &job.record {
             Record::Message { body, .. } => body.as_str(),
-            Record::Chat { .. } => panic!("a message job"),
+            other => panic!("a message job, not {other:?}"),
         })
         .collect();
     assert_eq!(queued, bodies);
@@ -160,7 +160,7 @@ async fn concurrent_creates_share_messages_and_each_keeps_its_own_number() {
         .flat_map(|message| &message.jobs)
         .map(|job| match &job.record {
             Record::Message { number, body, .. } => (*number, body.clone()),
-            Record::Chat { .. } => panic!("a message job"),
+            other => panic!("a message job, not {other:?}"),
         })
         .collect();
     queued.sort();

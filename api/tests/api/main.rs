@@ -4,6 +4,7 @@
 
 mod cluster;
 mod durability;
+mod edits;
 mod errors;
 mod fairness;
 mod helpers;

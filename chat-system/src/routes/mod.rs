@@ -307,7 +307,7 @@ fn body_error(error: BodyError) -> HttpError {
 fn status(outcome: Outcome) -> StatusCode {
     match outcome {
         Outcome::Created => StatusCode::CREATED,
-        Outcome::AlreadyThere => StatusCode::OK,
+        Outcome::AlreadyThere | Outcome::Superseded => StatusCode::OK,
     }
 }
 
@@ -461,11 +461,18 @@ async fn put_message(
             };
             let outcome = store_one(&store, record).await?;
             tracing::debug!(chat, message, ?outcome, "message stored");
-            let message = crate::store::Message {
+            /// What was written: the message as created (its reads show
+            /// its current revision).
+            #[derive(serde::Serialize)]
+            struct Written {
+                number: i64,
+                body: String,
+            }
+            let written = Written {
                 number: message,
                 body,
             };
-            Ok(json_with_status(&message, status(outcome)))
+            Ok(json_with_status(&written, status(outcome)))
         }
         .await,
     )

@@ -1,4 +1,4 @@
-//! `POST /records`: many chats and messages, of any applications, stored
+//! `POST /records`: many chats, messages and edits, of any applications, stored
 //! at once (the worker's write), with a result per record that means what
 //! the single `PUT`'s status means.
 //!
@@ -53,6 +53,21 @@ enum Record {
         #[serde(default)]
         traceparent: Option<String>,
     },
+    /// A new body for message `message`, as its revision `revision`.
+    Edit {
+        token: String,
+        #[serde(deserialize_with = "integer")]
+        chat: i64,
+        #[serde(deserialize_with = "integer")]
+        message: i64,
+        #[serde(deserialize_with = "integer")]
+        revision: i64,
+        body: String,
+        #[serde(default)]
+        job_id: Option<String>,
+        #[serde(default)]
+        traceparent: Option<String>,
+    },
 }
 
 /// A JSON integer, also written with a zero fraction (`130.0`), which
@@ -76,8 +91,8 @@ struct Answer {
 }
 
 /// A record's result: `status` as its single `PUT` would answer it, and
-/// `result` in words (`created`, `exists`, `conflict`,
-/// `unknown_application`, `unknown_chat`, `invalid`).
+/// `result` in words (`created`, `exists`, `superseded`, `conflict`,
+/// `unknown_application`, `unknown_chat`, `unknown_message`, `invalid`).
 #[derive(Debug, Serialize)]
 struct RecordResult {
     status: u16,
@@ -91,6 +106,7 @@ impl RecordResult {
         let (status, result) = match outcome {
             Outcome::Created => (201, "created"),
             Outcome::AlreadyThere => (200, "exists"),
+            Outcome::Superseded => (200, "superseded"),
         };
         Self {
             status,
@@ -102,8 +118,9 @@ impl RecordResult {
     fn failed(error: &StoreError) -> Self {
         let result = match error {
             StoreError::NotFound(Missing::Application) => "unknown_application",
-            StoreError::NotFound(_) => "unknown_chat",
-            StoreError::Conflict { .. } => "conflict",
+            StoreError::NotFound(Missing::Chat) => "unknown_chat",
+            StoreError::NotFound(Missing::Message) => "unknown_message",
+            StoreError::Conflict { .. } | StoreError::RevisionConflict { .. } => "conflict",
             _ => "invalid",
         };
         Self {
@@ -164,6 +181,29 @@ impl Record {
                     body,
                 })
             }
+            Record::Edit {
+                token,
+                chat,
+                message,
+                revision,
+                body,
+                ..
+            } => {
+                let chat = positive(chat, "chat number")?;
+                let message = positive(message, "message number")?;
+                let revision = positive(revision, "revision")?;
+                check_body(&body).map_err(RecordResult::invalid)?;
+                if token.is_empty() || token.contains('\0') {
+                    return Err(unknown());
+                }
+                Ok(NewRecord::Edit {
+                    token,
+                    chat,
+                    message,
+                    revision,
+                    body,
+                })
+            }
         }
     }
 
@@ -181,6 +221,11 @@ impl Record {
             ..
         }
         | Record::Message {
+            job_id,
+            traceparent,
+            ..
+        }
+        | Record::Edit {
             job_id,
             traceparent,
             ..

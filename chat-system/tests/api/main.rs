@@ -5,6 +5,7 @@ mod applications;
 mod auth;
 mod chats;
 mod concurrency;
+mod edits;
 mod helpers;
 mod messages;
 mod outage;

@@ -36,7 +36,10 @@ async fn the_same_number_with_another_body_is_a_conflict_and_changes_nothing() {
     let stored = app
         .get(&format!("/applications/{token}/chats/1/messages/1"))
         .await;
-    assert_eq!(stored.body, json!({ "number": 1, "body": "original" }));
+    assert_eq!(
+        stored.body,
+        json!({ "number": 1, "body": "original", "revision": 0, "updated_at": null })
+    );
     let chat = app.get(&format!("/applications/{token}/chats/1")).await;
     assert_eq!(chat.body["messages_count"], 1);
 }
@@ -175,10 +178,13 @@ async fn messages_are_listed_in_number_order_page_by_page() {
 
     assert_eq!(
         first.body,
-        json!({ "items": [{ "number": 1, "body": "m1" }, { "number": 2, "body": "m2" }], "next_after": 2 })
+        json!({ "items": [
+            { "number": 1, "body": "m1", "revision": 0, "updated_at": null },
+            { "number": 2, "body": "m2", "revision": 0, "updated_at": null }
+        ], "next_after": 2 })
     );
     assert_eq!(
         rest.body,
-        json!({ "items": [{ "number": 3, "body": "m3" }], "next_after": null })
+        json!({ "items": [{ "number": 3, "body": "m3", "revision": 0, "updated_at": null }], "next_after": null })
     );
 }

@@ -323,6 +323,31 @@ impl TestStack {
         }
     }
 
+    /// Fails the test unless, within a few seconds, nothing waits in the
+    /// jobs, retry (of [`FAST_RETRIES`]) and dead-letter queues and no
+    /// number is in flight in Redis: everything answered is stored and
+    /// released.
+    pub(crate) async fn assert_settled(&self) {
+        let prefix = &self.broker.prefix;
+        let queues = [
+            self.broker.jobs_queue(),
+            format!("{prefix}.retry.100ms"),
+            format!("{prefix}.retry.200ms"),
+            self.broker.dead_queue(),
+        ];
+        for queue in &queues {
+            self.assert_queue_len(queue, 0, "settled").await;
+        }
+        let in_flight = eventually("nothing in flight", Duration::from_secs(10), || async {
+            let sets = self.redis.in_flight().await;
+            sets.values()
+                .all(|numbers| numbers.is_empty())
+                .then_some(sets)
+        })
+        .await;
+        assert!(in_flight.values().all(|numbers| numbers.is_empty()));
+    }
+
     /// The message at the head of `queue`, taken but not yet acked; fails
     /// the test when the queue is empty.
     pub(crate) async fn take_one(&self, queue: &str) -> Taken {

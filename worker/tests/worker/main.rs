@@ -4,6 +4,7 @@
 
 mod batches;
 mod cluster;
+mod edits;
 mod end_to_end;
 mod helpers;
 mod metrics_reference;
