@@ -146,11 +146,8 @@ impl Numbers {
         let lock_value = lock_value();
         let give_up = Instant::now() + self.timings.seed_wait;
         let mut pause = Duration::from_millis(2);
-        let receipt = self.receipts();
         loop {
-            let call = self
-                .keys
-                .draw(scope, &lock_value, self.timings.seed_lock, receipt);
+            let call = self.keys.draw(scope, &lock_value, self.timings.seed_lock);
             let refused = |error| self.refused(scope, key, &lock_value, error);
             let mut drawn = self
                 .run(&self.draw, recorded(call, key))
@@ -213,13 +210,9 @@ impl Numbers {
                 return Err(error);
             }
         };
-        let call = self.keys.seed(
-            scope,
-            lock_value,
-            highest,
-            self.timings.negative_ttl,
-            self.receipts(),
-        );
+        let call = self
+            .keys
+            .seed(scope, lock_value, highest, self.timings.negative_ttl);
         self.run(&self.seed, recorded(call, key)).await
     }
 
@@ -276,29 +269,22 @@ impl Numbers {
                 ..
             } if *number > 0 => self.give_back_later(scope, *number),
             // Timed out or stopped while its round was out: perhaps drawn.
-            NumberError::NotReplicated { drawn: None, .. } if self.receipts() => {
+            NumberError::NotReplicated { drawn: None, .. } => {
                 self.resolve_later(scope, lock_value);
             }
             // Not an answer: the script may have run before the
             // connection (or the master) went.
             NumberError::Redis(redis_error)
-                if self.receipts()
-                    && !matches!(
-                        redis_error.kind(),
-                        redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-                    ) =>
+                if !matches!(
+                    redis_error.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                ) =>
             {
                 self.resolve_later(scope, lock_value);
             }
             _ => {}
         }
         error
-    }
-
-    /// Whether draws leave receipts: with `REDIS_WAIT_REPLICAS`, where a
-    /// master may die between running a draw and answering it.
-    fn receipts(&self) -> bool {
-        self.timings.wait_replicas > 0
     }
 
     /// Looks up the receipt of the draw offering `lock_value`, a few times

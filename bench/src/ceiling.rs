@@ -103,14 +103,15 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// One run of the api's draw script on a seeded counter, as the bench's
-/// own loops make it (no seed lock to take, no receipt): the number drawn.
+/// own loops make it (no seed lock to take; its receipt, as the api's
+/// draws leave one): the number drawn.
 pub(crate) async fn draw(
     script: &Script,
     redis: &mut RedisClient,
     keys: &Keys,
     scope: Scope<'_>,
 ) -> anyhow::Result<i64> {
-    let call = keys.draw(scope, "lock", Duration::from_secs(5), false);
+    let call = keys.draw(scope, "lock", Duration::from_secs(5));
     let reply: i64 = script
         .key(call.keys)
         .arg(call.args)

@@ -335,6 +335,44 @@ async fn a_job_sent_without_a_confirm_is_published_again_until_one_is_confirmed(
     assert_eq!(in_flight, [1, 2].into());
 }
 
+/// On one Redis, a draw whose reply is lost (the connection drops after
+/// the script ran, as when Redis is SIGKILLed between writing its AOF and
+/// answering) is found by its receipt and its number given back.
+#[tokio::test]
+async fn a_draw_whose_reply_is_lost_on_a_single_redis_gives_its_number_back() {
+    let app = spawn_app().await;
+    let token = app.application(0).await;
+    assert_eq!(app.create_chat(&token).await.number("chat number"), 1);
+    let keys = Keys::new(&app.redis.prefix);
+    let chats = Scope::Chats { token: &token };
+    let mut redis = app.redis.connection().await;
+
+    app.redis_proxy.lose_replies();
+    let lost = app.create_chat(&token).await;
+    app.redis_proxy.restore();
+
+    assert_eq!(lost.status, 503, "{}", lost.body);
+    let counter: i64 = redis::cmd("GET")
+        .arg(keys.counter(chats))
+        .query_async(&mut redis)
+        .await
+        .expect("the counter");
+    assert_eq!(counter, 2, "the draw was made, its reply lost");
+    eventually(
+        "number 2 out of flight",
+        Duration::from_secs(20),
+        || async {
+            let in_flight: Vec<i64> = redis::cmd("SMEMBERS")
+                .arg(keys.in_flight(chats))
+                .query_async(&mut redis.clone())
+                .await
+                .ok()?;
+            (in_flight == [1]).then_some(())
+        },
+    )
+    .await;
+}
+
 /// With `REDIS_WAIT_REPLICAS`, a draw whose reply is lost (the connection
 /// drops after the script ran, as when a master dies answering) leaves a
 /// receipt, and its number is given back: nothing of it stays in flight.
