@@ -1,7 +1,8 @@
-//! The chaos checks behind `scripts/chaos`: `load` drives the api and
-//! records every answer it got a 200 for; `verify` waits until the
-//! chat-system holds all of them and counts what was lost or handed out
-//! twice.
+//! The chaos checks behind `scripts/chaos`: `load` drives the api (chats,
+//! messages, and edits of the messages it just created) and records every
+//! answer it got a 200 for; `verify` waits until the chat-system holds all
+//! of them (each edited message with the body of its highest answered
+//! revision) and counts what was lost or handed out twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
@@ -44,6 +45,10 @@ pub(crate) struct LoadArgs {
     with_keys: bool,
     #[arg(long, default_value_t = 120)]
     retry_secs: u64,
+    /// Percent of the requests after the chats are made that edit one of
+    /// the last messages their client created, instead of creating one.
+    #[arg(long, env = "LOAD_EDITS", default_value_t = 20)]
+    edits: u8,
 }
 
 #[derive(clap::Args)]
@@ -91,6 +96,13 @@ enum Record {
         number: i64,
         body: String,
     },
+    Edit {
+        token: String,
+        chat: i64,
+        message: i64,
+        revision: i64,
+        body: String,
+    },
 }
 
 struct Api {
@@ -110,6 +122,16 @@ impl Api {
         let url = format!("{}/applications/{token}/chats/{chat}/messages", self.url);
         let request = || self.client.post(&url).json(&json!({ "body": body }));
         self.create(request, "message number").await
+    }
+
+    /// The revision of an edit of message `message`.
+    async fn edit(&self, token: &str, chat: i64, message: i64, body: &str) -> Option<i64> {
+        let url = format!(
+            "{}/applications/{token}/chats/{chat}/messages/{message}",
+            self.url
+        );
+        let request = || self.client.put(&url).json(&json!({ "body": body }));
+        self.create(request, "revision").await
     }
 
     /// One create; with keys, retried with its key until it succeeds.
@@ -153,7 +175,7 @@ fn resumed(file: &PathBuf) -> anyhow::Result<(Vec<String>, Targets)> {
         match serde_json::from_str(&line?)? {
             Record::Application { token } => tokens.push(token),
             Record::Chat { token, number } => targets.push((token, number)),
-            Record::Message { .. } => {}
+            Record::Message { .. } | Record::Edit { .. } => {}
         }
     }
     Ok((tokens, targets))
@@ -232,19 +254,50 @@ pub(crate) async fn load(args: LoadArgs) -> anyhow::Result<()> {
             targets.clone(),
             run.clone(),
         );
+        let edits = u64::from(args.edits.min(100));
         tasks.push(tokio::spawn(async move {
             let mut sequence = 0_usize;
+            // This client's last messages, the ones it edits.
+            let mut recent: std::collections::VecDeque<(String, i64, i64)> = Default::default();
             while Instant::now() < deadline {
                 sequence += 1;
-                let (token, chat) = &targets[(task * 7919 + sequence) % targets.len()];
                 let body = format!("chaos {run} {task}-{sequence}, \"quoted\" / ü");
+                // Spread evenly: request `sequence` edits when the running
+                // share of edits falls behind `edits` percent.
+                let edit_now =
+                    (sequence as u64 * edits) / 100 > ((sequence - 1) as u64 * edits) / 100;
+                if edit_now && !recent.is_empty() {
+                    let (token, chat, message) = recent[sequence % recent.len()].clone();
+                    let body = format!("edit of {body}");
+                    match api.edit(&token, chat, message, &body).await {
+                        Some(revision) => records.lock().expect("records").push(Record::Edit {
+                            token,
+                            chat,
+                            message,
+                            revision,
+                            body,
+                        }),
+                        None => {
+                            *failed.lock().expect("failures") += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    continue;
+                }
+                let (token, chat) = &targets[(task * 7919 + sequence) % targets.len()];
                 match api.message(token, *chat, &body).await {
-                    Some(number) => records.lock().expect("records").push(Record::Message {
-                        token: token.clone(),
-                        chat: *chat,
-                        number,
-                        body,
-                    }),
+                    Some(number) => {
+                        recent.push_back((token.clone(), *chat, number));
+                        if recent.len() > 8 {
+                            recent.pop_front();
+                        }
+                        records.lock().expect("records").push(Record::Message {
+                            token: token.clone(),
+                            chat: *chat,
+                            number,
+                            body,
+                        });
+                    }
                     None => {
                         *failed.lock().expect("failures") += 1;
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -299,11 +352,13 @@ struct Tally {
 }
 
 /// What one application's records are: chat numbers acknowledged (with
-/// how often) and messages acknowledged, by chat.
+/// how often), messages acknowledged, by chat, and edits acknowledged, by
+/// chat and message, as `(revision, body)`.
 #[derive(Default)]
 struct Acknowledged {
     chats: BTreeMap<i64, usize>,
     messages: BTreeMap<i64, Vec<(i64, String)>>,
+    edits: BTreeMap<i64, BTreeMap<i64, Vec<(i64, String)>>>,
 }
 
 pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
@@ -334,6 +389,21 @@ pub(crate) async fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                     .entry(chat)
                     .or_default()
                     .push((number, body)),
+                Record::Edit {
+                    token,
+                    chat,
+                    message,
+                    revision,
+                    body,
+                } => applications
+                    .entry(token)
+                    .or_default()
+                    .edits
+                    .entry(chat)
+                    .or_default()
+                    .entry(message)
+                    .or_default()
+                    .push((revision, body)),
             }
         }
     }
@@ -397,13 +467,18 @@ impl Tally {
 
 /// Compares one application's acknowledged records with what the
 /// chat-system holds. A number acknowledged twice, or stored with another
-/// body than the one acknowledged, counts as duplicated.
+/// body than the one acknowledged, counts as duplicated. An edited message
+/// must hold its highest acknowledged revision with that revision's body:
+/// a lower stored revision loses the edits above it, another body is a
+/// revision handed out twice, a higher revision is an edit stored beyond
+/// the acknowledged (answered 503, queued all the same).
 async fn check(
     chat_system: &ChatSystem,
     token: &str,
     acknowledged: &Acknowledged,
 ) -> anyhow::Result<Tally> {
     let (chats, messages) = (&acknowledged.chats, &acknowledged.messages);
+    let edits_of = &acknowledged.edits;
     let mut tally = Tally::default();
     let counts = chat_system.counts(token).await?;
     tally.beyond += (counts.chats_count as usize).saturating_sub(chats.len());
@@ -421,14 +496,16 @@ async fn check(
             tally.lost += times;
         }
     }
+    let no_edits = BTreeMap::new();
     for (&chat, acknowledged) in messages {
-        let stored: HashMap<i64, String> = chat_system
+        let stored: HashMap<i64, (i64, String)> = chat_system
             .messages(token, chat)
             .await
             .unwrap_or_default()
             .into_iter()
-            .map(|message| (message.number, message.body))
+            .map(|message| (message.number, (message.revision, message.body)))
             .collect();
+        let edits = edits_of.get(&chat).unwrap_or(&no_edits);
         let answered: std::collections::HashSet<i64> =
             acknowledged.iter().map(|(number, _)| *number).collect();
         tally.beyond += stored
@@ -442,11 +519,53 @@ async fn check(
             *times += 1;
             match stored.get(number) {
                 _ if *times > 1 => tally.duplicated += 1,
-                Some(stored) if stored == body => tally.stored += 1,
+                // Edited: the body it was created with is not shown; its
+                // edits are checked below.
+                Some((revision, _)) if *revision > 0 => tally.stored += 1,
+                Some((_, stored)) if stored == body => tally.stored += 1,
                 Some(_) => tally.duplicated += 1,
                 None => tally.lost += 1,
             }
         }
+        for (number, answered) in edits {
+            tally.add(check_edits(stored.get(number), answered));
+        }
     }
     Ok(tally)
+}
+
+/// One message's acknowledged edits against what is stored of it.
+fn check_edits(stored: Option<&(i64, String)>, answered: &[(i64, String)]) -> Tally {
+    let mut tally = Tally {
+        acknowledged: answered.len(),
+        ..Tally::default()
+    };
+    let mut revisions: BTreeMap<i64, usize> = BTreeMap::new();
+    for (revision, _) in answered {
+        *revisions.entry(*revision).or_default() += 1;
+    }
+    tally.duplicated += revisions.values().map(|times| times - 1).sum::<usize>();
+    let (highest, body) = answered
+        .iter()
+        .max_by_key(|(revision, _)| *revision)
+        .expect("a message with edits has one");
+    match stored {
+        None => tally.lost += answered.len(),
+        Some((revision, _)) if revision < highest => {
+            let lost = answered.iter().filter(|(r, _)| r > revision).count();
+            tally.lost += lost;
+            tally.stored += answered.len() - lost;
+        }
+        Some((revision, stored)) if revision == highest && stored != body => {
+            tally.duplicated += 1;
+            tally.stored += answered.len() - 1;
+        }
+        Some((revision, _)) => {
+            if revision > highest {
+                tally.beyond += 1;
+            }
+            tally.stored += answered.len();
+        }
+    }
+    tally
 }

@@ -51,6 +51,8 @@ struct Page {
 pub(crate) struct Message {
     pub(crate) number: i64,
     pub(crate) body: String,
+    /// 0 until edited.
+    pub(crate) revision: i64,
 }
 
 impl ChatSystem {

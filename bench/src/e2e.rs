@@ -17,6 +17,12 @@
 //! default) for `open_loop_seconds`, latency measured from each request's
 //! scheduled start, so a slow answer cannot hold back the requests behind
 //! it (no coordinated omission).
+//!
+//! Edits: wrk `PUT`s new bodies of messages 1..16 of every chat for
+//! `edit_seconds`; the clock runs until the workers have stored as many
+//! edits as were acknowledged (`worker_jobs_total{kind="edit"}`). Reported
+//! like the closed loop: intake and stored rates, latency, CPU per stored
+//! edit.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -58,6 +64,9 @@ pub(crate) struct Args {
     open_loop_rate: Option<f64>,
     #[arg(long, default_value_t = 20)]
     open_loop_seconds: u64,
+    /// Seconds of the edit run; none when 0.
+    #[arg(long, default_value_t = 10)]
+    edit_seconds: u64,
     #[arg(long, default_value = "scripts/wrk/create.lua")]
     wrk_script: PathBuf,
     /// The run's queue prefix.
@@ -71,6 +80,23 @@ pub(crate) struct Args {
 }
 
 const BODY: &str = r#"{"body":"hello, world \"bench\" / ü"}"#;
+const EDIT_BODY: &str = r#"{"body":"hello again, \"bench\" / ü, edited"}"#;
+
+/// What wrk sends: `method` to `path` (with `{token}`, `{chat}` and
+/// `{message}` taken in turn), `body`, for `seconds`.
+struct Load<'a> {
+    method: &'a str,
+    path: &'a str,
+    body: &'a str,
+    seconds: u64,
+}
+
+const CREATES: Load<'static> = Load {
+    method: "POST",
+    path: "/applications/{token}/chats/{chat}/messages",
+    body: BODY,
+    seconds: 0,
+};
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let chat_system = ChatSystem::new(&args.chat_system_url)?;
@@ -105,7 +131,11 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let lag_before = lag_histogram(&client, &args.worker_metrics).await?;
     let batches_before = BatchSizes::read(&client, &args).await?;
     let started = Instant::now();
-    let wrk = wrk(&args, &tokens).await?;
+    let creates = Load {
+        seconds: args.seconds,
+        ..CREATES
+    };
+    let wrk = wrk(&args, &tokens, &creates).await?;
     let load_secs = started.elapsed().as_secs_f64();
     let stored_when_stopped = counts.stored().await?;
     let acknowledged = field(&wrk, "acknowledged")?;
@@ -171,6 +201,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             lag.quantile(0.99) * 1000.0,
         );
     }
+    if args.edit_seconds > 0 {
+        println!("{}", edits(&client, &args, &tokens, &processes).await?);
+    }
     let prefixes = crate::leftovers::Prefixes {
         queues: &args.queue_prefix,
         keys: &args.redis_prefix,
@@ -187,19 +220,101 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs wrk against the message route of every chat of every application
-/// in turn; its result line.
-async fn wrk(args: &Args, tokens: &[String]) -> anyhow::Result<String> {
+/// The edit run: wrk's edits of messages 1..16 of every chat, then the
+/// wait until the workers stored as many; its result line.
+async fn edits(
+    client: &reqwest::Client,
+    args: &Args,
+    tokens: &[String],
+    processes: &Processes,
+) -> anyhow::Result<String> {
+    let load = Load {
+        method: "PUT",
+        path: "/applications/{token}/chats/{chat}/messages/{message}",
+        body: EDIT_BODY,
+        seconds: args.edit_seconds,
+    };
+    let stored_before = stored_edits(client, &args.worker_metrics).await?;
+    let cpu_before = processes.cpu()?;
+    let started = Instant::now();
+    let wrk = wrk(args, tokens, &load).await?;
+    let load_secs = started.elapsed().as_secs_f64();
+    let acknowledged = field(&wrk, "acknowledged")?;
+    let give_up = Instant::now() + Duration::from_secs(300);
+    loop {
+        let stored = stored_edits(client, &args.worker_metrics).await? - stored_before;
+        if stored >= acknowledged {
+            break;
+        }
+        ensure!(
+            Instant::now() < give_up,
+            "{stored} of {acknowledged} edits stored after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let all_stored_secs = started.elapsed().as_secs_f64();
+    let cpu_after = processes.cpu()?;
+    let mut line = format!(
+        "edits acknowledged={acknowledged:.0} intake_rps={:.0} stored_rps={:.0} \
+         api_p50_ms={} api_p99_ms={} errors={}",
+        acknowledged / load_secs,
+        acknowledged / all_stored_secs,
+        text(&wrk, "p50_ms")?,
+        text(&wrk, "p99_ms")?,
+        text(&wrk, "errors")?,
+    );
+    let mut total = 0.0;
+    for (name, spent) in cpu_after.minus(&cpu_before) {
+        let per_edit = spent.as_secs_f64() * 1e6 / acknowledged.max(1.0);
+        total += per_edit;
+        line.push_str(&format!(" cpu_us_{name}={per_edit:.0}"));
+    }
+    line.push_str(&format!(" cpu_us_total={total:.0}"));
+    Ok(line)
+}
+
+/// Edit jobs the workers stored: `worker_jobs_total{kind="edit",
+/// outcome="stored"}`, summed; an error when a worker cannot be read.
+async fn stored_edits(client: &reqwest::Client, workers: &[String]) -> anyhow::Result<f64> {
+    let mut stored = 0.0;
+    for worker in workers {
+        let text = client
+            .get(format!("{}/metrics", worker.trim_end_matches('/')))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        for line in text.lines() {
+            if line.starts_with("worker_jobs_total{")
+                && line.contains("kind=\"edit\"")
+                && line.contains("outcome=\"stored\"")
+            {
+                let value = line.rsplit(' ').next().unwrap_or_default();
+                stored += value
+                    .parse::<f64>()
+                    .with_context(|| format!("reading {line:?}"))?;
+            }
+        }
+    }
+    Ok(stored)
+}
+
+/// Runs wrk with `load` over every chat of every application in turn; its
+/// result line.
+async fn wrk(args: &Args, tokens: &[String], load: &Load<'_>) -> anyhow::Result<String> {
     let output = tokio::process::Command::new("wrk")
         .args(["-t2", &format!("-c{}", args.connections)])
-        .arg(format!("-d{}s", args.seconds))
+        .arg(format!("-d{}s", load.seconds))
         .arg("-s")
         .arg(&args.wrk_script)
         .arg(&args.api_url)
-        .env("WRK_PATH", "/applications/{token}/chats/{chat}/messages")
+        .env("WRK_METHOD", load.method)
+        .env("WRK_PATH", load.path)
         .env("WRK_TOKENS", tokens.join(","))
         .env("WRK_CHATS", args.chats.to_string())
-        .env("WRK_BODY", BODY)
+        .env("WRK_MESSAGES", "16")
+        .env("WRK_BODY", load.body)
         .output()
         .await
         .context("running wrk")?;

@@ -6,9 +6,11 @@
 --
 -- With WRK_TOKENS (comma-separated application tokens), `{token}` in PATH
 -- takes each token in turn, spreading the load over those applications;
--- with WRK_CHATS, `{chat}` takes 1..WRK_CHATS (for every token). With
--- WRK_KEYS=1 every request carries an Idempotency-Key of its own.
-wrk.method = "POST"
+-- with WRK_CHATS, `{chat}` takes 1..WRK_CHATS (for every token); with
+-- WRK_MESSAGES, `{message}` takes 1..WRK_MESSAGES in turn (an edit's
+-- message; WRK_METHOD=PUT). With WRK_KEYS=1 every request carries an
+-- Idempotency-Key of its own.
+wrk.method = os.getenv("WRK_METHOD") or "POST"
 wrk.path = os.getenv("WRK_PATH")
 local body = os.getenv("WRK_BODY")
 if body and body ~= "" then
@@ -21,6 +23,7 @@ for token in string.gmatch(os.getenv("WRK_TOKENS") or "", "[^,]+") do
   table.insert(tokens, token)
 end
 local chats = tonumber(os.getenv("WRK_CHATS") or "") or 1
+local messages = tonumber(os.getenv("WRK_MESSAGES") or "") or 1
 local keyed = os.getenv("WRK_KEYS") == "1"
 
 local threads = {}
@@ -35,8 +38,13 @@ end
 
 local sent = 0
 local target = nil
+local edited = 0
 function request()
   local path = wrk.path
+  if path:find("{message}", 1, true) then
+    edited = edited + 1
+    path = path:gsub("{message}", tostring(edited % messages + 1))
+  end
   if #tokens > 0 or path:find("{chat}", 1, true) then
     -- Threads start at different places of the token x chat table.
     target = ((target or (first * 7919)) + 1) % (math.max(#tokens, 1) * chats)
