@@ -10,21 +10,11 @@
 //! reached its port could otherwise store their own text under numbers the
 //! api is about to hand out.
 
-use clap::ValueEnum;
 use shared::secret::Secret;
 use warp::http::HeaderValue;
 
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 use crate::error::HttpError;
-
-/// `CHAT_SYSTEM_AUTH`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AuthMode {
-    /// Writes and admin routes need their credential.
-    Required,
-    /// Unsafe: anyone who reaches the port may write.
-    None,
-}
 
 /// What a route needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,8 +4,6 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 
-use crate::auth::AuthMode;
-
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "chat-system",
@@ -80,4 +78,14 @@ pub struct Config {
 
     #[command(flatten)]
     pub telemetry: shared::config::Telemetry,
+}
+
+/// `CHAT_SYSTEM_AUTH` (checked by `auth`, which reads this module; kept
+/// here so that the configuration depends on nothing else of the crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Writes and admin routes need their credential.
+    Required,
+    /// Unsafe: anyone who reaches the port may write.
+    None,
 }
