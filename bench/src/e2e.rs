@@ -161,13 +161,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         lag.quantile(0.50) * 1000.0,
         lag.quantile(0.99) * 1000.0,
     );
-    let mut total = 0.0;
-    for (name, spent) in cpu_after.minus(&cpu_before) {
-        let per_record = spent.as_secs_f64() * 1e6 / acknowledged;
-        total += per_record;
-        line.push_str(&format!(" cpu_us_{name}={per_record:.0}"));
-    }
-    line.push_str(&format!(" cpu_us_total={total:.0}"));
+    line.push_str(&cpu_per(&cpu_after.minus(&cpu_before), acknowledged));
     println!("{line}");
     println!(
         "batches {}",
@@ -263,14 +257,33 @@ async fn edits(
         text(&wrk, "p99_ms")?,
         text(&wrk, "errors")?,
     );
-    let mut total = 0.0;
-    for (name, spent) in cpu_after.minus(&cpu_before) {
-        let per_edit = spent.as_secs_f64() * 1e6 / acknowledged.max(1.0);
-        total += per_edit;
-        line.push_str(&format!(" cpu_us_{name}={per_edit:.0}"));
-    }
-    line.push_str(&format!(" cpu_us_total={total:.0}"));
+    line.push_str(&cpu_per(&cpu_after.minus(&cpu_before), acknowledged));
     Ok(line)
+}
+
+/// ` cpu_us_NAME=…` for each process and ` cpu_us_total=…`: the CPU
+/// `spent` per one of `records`, in µs.
+fn cpu_per(spent: &BTreeMap<String, Duration>, records: f64) -> String {
+    let mut fields = String::new();
+    let mut total = 0.0;
+    for (name, spent) in spent {
+        let per_record = spent.as_secs_f64() * 1e6 / records.max(1.0);
+        total += per_record;
+        fields.push_str(&format!(" cpu_us_{name}={per_record:.0}"));
+    }
+    fields.push_str(&format!(" cpu_us_total={total:.0}"));
+    fields
+}
+
+/// The `/metrics` text at `base`; an error when it cannot be read.
+async fn metrics_text(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(client
+        .get(format!("{}/metrics", base.trim_end_matches('/')))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
 }
 
 /// Edit jobs the workers stored: `worker_jobs_total{kind="edit",
@@ -278,13 +291,7 @@ async fn edits(
 async fn stored_edits(client: &reqwest::Client, workers: &[String]) -> anyhow::Result<f64> {
     let mut stored = 0.0;
     for worker in workers {
-        let text = client
-            .get(format!("{}/metrics", worker.trim_end_matches('/')))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
+        let text = metrics_text(client, worker).await?;
         for line in text.lines() {
             if line.starts_with("worker_jobs_total{")
                 && line.contains("kind=\"edit\"")
@@ -420,12 +427,7 @@ impl Histogram {
 async fn lag_histogram(client: &reqwest::Client, workers: &[String]) -> anyhow::Result<Histogram> {
     let mut buckets: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for worker in workers {
-        let text = client
-            .get(format!("{}/metrics", worker.trim_end_matches('/')))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = metrics_text(client, worker).await?;
         for line in text.lines() {
             let Some(rest) = line.strip_prefix("worker_store_lag_seconds_bucket{le=\"") else {
                 continue;
@@ -466,13 +468,7 @@ impl BatchSizes {
     async fn read(client: &reqwest::Client, args: &Args) -> anyhow::Result<Self> {
         let mut sums: BTreeMap<&'static str, (f64, f64)> = BTreeMap::new();
         for base in std::iter::once(&args.api_url).chain(&args.worker_metrics) {
-            let text = client
-                .get(format!("{}/metrics", base.trim_end_matches('/')))
-                .send()
-                .await?
-                .error_for_status()?
-                .text()
-                .await?;
+            let text = metrics_text(client, base).await?;
             for line in text.lines() {
                 let Some((name, value)) = line.rsplit_once(' ') else {
                     continue;
