@@ -16,7 +16,7 @@ use shared::telemetry::Chain;
 use shared::trace::TraceParent;
 use tracing::Instrument;
 
-use shared::publish::PublishError;
+use shared::amqp::publish::PublishError;
 use tokio::time::Instant;
 
 use crate::error::ApiError;

@@ -1,10 +1,9 @@
 //! The front-end clients talk to. A create request is taken in by
 //! `intake`: `numbers` draws the next number from Redis (seeding the
-//! counter from the chat-system through `chat_system` on a miss),
+//! counter from the chat-system through `shared::chat_system` on a miss),
 //! `publisher` publishes the job to RabbitMQ and waits for the broker's
 //! confirm, and only then does `routes` answer the number.
 
-mod chat_system;
 pub mod config;
 pub mod durability;
 mod error;

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use shared::job::{BULK_ENVELOPE_BYTES, RECORD_OVERHEAD_BYTES, largest_record};
+use shared::chat_system::{BULK_ENVELOPE_BYTES, RECORD_OVERHEAD_BYTES, largest_record};
 
 use crate::error::ApiError;
 
@@ -86,11 +86,15 @@ impl MessageLimit {
     /// `stop`).
     pub(crate) async fn learn_at_start(
         &self,
-        chat_system: &crate::chat_system::ChatSystem,
+        chat_system: &shared::chat_system::ChatSystem,
         stop: tokio_util::sync::CancellationToken,
     ) {
         loop {
-            if let Ok(Some(max_body_bytes)) = chat_system.ping().await {
+            if let Ok(shared::chat_system::Ready {
+                max_body_bytes: Some(max_body_bytes),
+                ..
+            }) = chat_system.ready().await
+            {
                 self.learn(max_body_bytes);
                 return;
             }

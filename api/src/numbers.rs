@@ -20,11 +20,11 @@ use shared::counters::{self, Drawn, Invocation, Keys, Release, Scope};
 use shared::redis_client::{RedisClient, Wait};
 use tokio::time::Instant;
 
-use crate::chat_system::{ChatSystem, ChatSystemError};
 use crate::durability::{Guard, Refusal};
 use crate::error::ApiError;
 use crate::negative_cache::NegativeCache;
 use crate::replicas::{Call, Replicated, Unreplicated};
+use shared::chat_system::{ChatSystem, ChatSystemError};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NumberError {
@@ -226,10 +226,16 @@ impl Numbers {
     /// read or stored by then is found by one of the two.
     async fn highest_stored(&self, scope: Scope<'_>) -> Result<Option<i64>, NumberError> {
         Ok(match scope {
-            Scope::Chats { token } => self.chat_system.last_chat_number(token).await?,
-            Scope::Messages { token, chat } => {
-                self.chat_system.last_message_number(token, chat).await?
-            }
+            Scope::Chats { token } => self
+                .chat_system
+                .application(token)
+                .await?
+                .map(|application| application.last_chat_number),
+            Scope::Messages { token, chat } => self
+                .chat_system
+                .chat(token, chat)
+                .await?
+                .map(|chat| chat.last_message_number),
             Scope::Revisions {
                 token,
                 chat,
@@ -241,8 +247,10 @@ impl Numbers {
                     .query_async(&mut self.redis.clone())
                     .await
                     .inspect_err(|_| self.durability.suspect())?;
-                let stored = self.chat_system.revision(token, chat, message).await?;
-                stored.or(queued.then_some(0))
+                let stored = self.chat_system.message(token, chat, message).await?;
+                stored
+                    .map(|message| message.revision)
+                    .or(queued.then_some(0))
             }
         })
     }

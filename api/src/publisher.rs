@@ -41,10 +41,13 @@ use backon::BackoffBuilder;
 use futures::future::join_all;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
+use shared::amqp::batch::jobs_message;
+use shared::amqp::connection::{connect, reconnect_delays};
+use shared::amqp::publish::{self, Message, PublishError};
+use shared::amqp::topology::Topology;
+use shared::group_commit::{self, Limits, Weight};
 use shared::job::Job;
-use shared::publish::{self, Message, PublishError};
 use shared::telemetry::Chain;
-use shared::topology::{self, Topology};
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -281,7 +284,7 @@ async fn resend(
     mut unsure: mpsc::UnboundedReceiver<Unsure>,
     timeout: Duration,
 ) {
-    let backoff = topology::reconnect_delays();
+    let backoff = reconnect_delays();
     let mut delays = backoff.build();
     let mut backlog: Vec<Unsure> = Vec::new();
     let mut closed_at: Option<Instant> = None;
@@ -350,9 +353,13 @@ impl Lane {
         loop {
             let count = {
                 let mut receiver = self.receiver.lock().await;
-                receiver
-                    .recv_many(&mut taken, self.settings.batch_jobs.max(1))
-                    .await
+                group_commit::take_waiting(
+                    &mut receiver,
+                    &mut taken,
+                    Limits::count(self.settings.batch_jobs),
+                    |_| Weight::ONE,
+                )
+                .await
             };
             if count == 0 {
                 // Every sender is gone and the queue is empty. The channel
@@ -442,7 +449,12 @@ impl Lane {
     /// Publishes the jobs as messages under one confirm wait and answers
     /// each request; says whether a confirm timed out.
     async fn publish(&self, channel: &Channel, pending: Vec<Pending>) -> bool {
-        let groups = split(pending, self.settings.batch_bytes);
+        let groups = group_commit::split(pending, Limits::size(self.settings.batch_bytes), |one| {
+            Weight {
+                count: 1,
+                size: one.payload.len() + 1,
+            }
+        });
         let timeout = self.settings.confirm_timeout;
         let exchange = self.settings.topology.jobs_exchange();
         let published = join_all(groups.iter().map(|group| {
@@ -467,34 +479,13 @@ impl Lane {
     }
 }
 
-/// The jobs in groups of at most `bytes` of payload each (a job larger than
-/// that goes alone), one message per group.
-fn split(pending: Vec<Pending>, bytes: usize) -> Vec<Vec<Pending>> {
-    let mut groups: Vec<Vec<Pending>> = Vec::new();
-    let mut size = 0;
-    for one in pending {
-        let length = one.payload.len() + 1;
-        match groups.last_mut() {
-            Some(group) if size + length <= bytes => {
-                size += length;
-                group.push(one);
-            }
-            _ => {
-                size = length;
-                groups.push(vec![one]);
-            }
-        }
-    }
-    groups
-}
-
 /// One job as itself, several as a batch message.
 fn message(exchange: &str, group: &[Pending]) -> Message {
     let jobs: Vec<(&[u8], &lapin::BasicProperties)> = group
         .iter()
         .map(|pending| (pending.payload.as_slice(), &pending.properties))
         .collect();
-    publish::jobs_message(exchange.to_owned(), &jobs)
+    jobs_message(exchange.to_owned(), &jobs)
 }
 
 /// Connects, publishes the link, watches it, and again, with exponential
@@ -506,17 +497,17 @@ async fn keep_connected(
     blocked: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let backoff = topology::reconnect_delays();
+    let backoff = reconnect_delays();
     let mut delays = backoff.build();
     while !stop.is_cancelled() {
         match open(&settings).await {
             Ok(connection) => {
                 tracing::info!("connected to RabbitMQ");
                 delays = backoff.build();
-                let topology::Watched {
+                let shared::amqp::watch::Watched {
                     lost,
                     blocked: mut changes,
-                } = topology::watch(&connection);
+                } = shared::amqp::watch::watch(&connection);
                 let connection = Arc::new(connection);
                 sender.send_replace(Some(connection.clone()));
                 let watching = async {
@@ -559,9 +550,9 @@ fn set_blocked(blocked: &AtomicBool, now: bool) {
 }
 
 async fn open(settings: &Settings) -> lapin::Result<Connection> {
-    let connection = topology::connect(&settings.url, "api").await?;
+    let connection = connect(&settings.url, "api").await?;
     let channel = connection.create_channel().await?;
-    settings.topology.declare(&channel).await?;
+    settings.topology.declare(&channel, &[]).await?;
     let _ = channel.close(200, "topology declared".into()).await;
     Ok(connection)
 }

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use shared::group_commit::{self, Limits, Weight};
 use shared::redis_client::{RedisClient, Slot};
 use tokio::sync::{mpsc, oneshot};
 
@@ -71,8 +72,9 @@ pub(crate) struct Replicated {
     lanes: Mutex<HashMap<Option<Slot>, mpsc::Sender<Pending>>>,
 }
 
-/// At most this many draws in one pipeline.
-const GROUP_MAX: usize = 512;
+/// One round: the draws waiting, at most 512 in one pipeline (a few tens
+/// of KB to send and answer; under one `WAIT` either way).
+const ROUND: Limits = Limits::count(512);
 
 /// At most this many draws wait in one lane.
 const QUEUE_MAX: usize = 4096;
@@ -134,8 +136,8 @@ async fn lane(
     wanted: u32,
     timeout: Duration,
 ) {
-    let mut group = Vec::with_capacity(GROUP_MAX);
-    while waiting.recv_many(&mut group, GROUP_MAX).await > 0 {
+    let mut group = Vec::new();
+    while group_commit::take_waiting(&mut waiting, &mut group, ROUND, |_| Weight::ONE).await > 0 {
         // A caller that gave up needs no draw: it was never sent.
         group.retain(|pending: &Pending| !pending.reply.is_closed());
         if !group.is_empty() {

@@ -24,12 +24,12 @@ use warp::Filter;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
-use crate::chat_system::ChatSystem;
 use crate::error::ApiError;
 use crate::idempotency::IdempotencyKey;
 use crate::intake::Intake;
 use crate::limits::MessageLimit;
 use crate::numbers::NumberError;
+use shared::chat_system::ChatSystem;
 
 /// What the handlers share.
 pub(crate) struct State {
@@ -415,7 +415,7 @@ async fn readyz(state: Arc<State>) -> Response {
     const CHECK: Duration = Duration::from_secs(1);
     let (redis, chat_system) = tokio::join!(
         tokio::time::timeout(CHECK, state.intake.numbers().ready()),
-        tokio::time::timeout(CHECK, state.chat_system.ping()),
+        tokio::time::timeout(CHECK, state.chat_system.ready()),
     );
     let verdict = |ok: bool| if ok { "ok" } else { "unavailable" };
     let redis_ready = matches!(redis, Ok(Ok(())));
@@ -425,7 +425,10 @@ async fn readyz(state: Arc<State>) -> Response {
         _ => "unavailable".to_owned(),
     };
     let fits = match &chat_system {
-        Ok(Ok(Some(max_body_bytes))) => state.message_limit.learn(*max_body_bytes),
+        Ok(Ok(shared::chat_system::Ready {
+            max_body_bytes: Some(max_body_bytes),
+            ..
+        })) => state.message_limit.learn(*max_body_bytes),
         _ => state.message_limit.fits_chat_system(),
     };
     let chat_system_said = match (&chat_system, fits) {

@@ -10,13 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use shared::amqp::topology::Topology;
 use shared::counters::Keys;
 use shared::redis_client::{RedisClient, Timeouts};
-use shared::topology::Topology;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::chat_system::ChatSystem;
 use crate::config::Config;
 use crate::durability::Guard;
 use crate::idempotency::Keyed;
@@ -26,6 +25,7 @@ use crate::numbers::{Numbers, Timings};
 use crate::publisher::{self, Publisher};
 use crate::rate_limit::RateLimit;
 use crate::routes::{State, routes};
+use shared::chat_system::ChatSystem;
 
 pub struct Application {
     listener: TcpListener,
@@ -47,7 +47,7 @@ impl Application {
         shared::telemetry::register(crate::telemetry::METRICS);
 
         let redis = redis_connection(&config)?;
-        let chat_system = ChatSystem::new(&config.chat_system)?;
+        let chat_system = ChatSystem::new(&config.chat_system, None)?;
         let timings = Timings {
             counter_ttl: config.counters.counter_ttl(),
             negative_ttl: Duration::from_millis(config.negative_cache_ttl_ms),

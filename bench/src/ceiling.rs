@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use lapin::options::ConfirmSelectOptions;
 use redis::Script;
+use shared::amqp::connection::connect;
+use shared::amqp::publish::{self, Message};
+use shared::amqp::topology;
 use shared::counters::{DRAW, Drawn, Keys, Scope};
 use shared::job::Job;
-use shared::publish::{self, Message};
 use shared::redis_client::RedisClient;
-use shared::topology;
 
 use crate::servers::{PUBLISH_TIMEOUT, Servers};
 
@@ -28,7 +29,7 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (prefix, topology) = args.servers.private("ceiling");
-    let connection = topology::connect(&args.servers.amqp_url, "bench-ceiling").await?;
+    let connection = connect(&args.servers.amqp_url, "bench-ceiling").await?;
     let mut channels = Vec::new();
     for _ in 0..args.channels.max(1) {
         let channel = connection.create_channel().await?;
@@ -37,7 +38,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             .await?;
         channels.push(channel);
     }
-    topology.declare(&channels[0]).await?;
+    topology.declare(&channels[0], &[]).await?;
 
     let redis = args.servers.redis()?;
     let keys = Keys::new(&prefix);

@@ -11,9 +11,10 @@ use futures::StreamExt;
 use lapin::Channel;
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use shared::amqp::connection::connect;
+use shared::amqp::publish::{self, Message};
+use shared::amqp::topology::{self, Topology};
 use shared::job::Job;
-use shared::publish::{self, Message};
-use shared::topology::{self, Topology};
 use tokio::process::{Child, Command};
 
 use crate::client::ChatSystem;
@@ -38,12 +39,12 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (prefix, topology) = args.servers.private("drain");
-    let connection = topology::connect(&args.servers.amqp_url, "bench-drain").await?;
+    let connection = connect(&args.servers.amqp_url, "bench-drain").await?;
     let channel = connection.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    topology.declare(&channel).await?;
+    topology.declare(&channel, &[]).await?;
 
     let chat_system = ChatSystem::new(&args.chat_system_url)?;
     let token = chat_system.application("bench-drain").await?;

@@ -23,10 +23,11 @@ use anyhow::{Context, ensure};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use redis::Script;
+use shared::amqp::batch::jobs_message;
+use shared::amqp::connection::connect;
+use shared::amqp::{publish, topology};
 use shared::counters::{DRAW, Keys, RELEASE, Release, Scope};
 use shared::job::Job;
-use shared::publish;
-use shared::topology;
 
 use crate::cpu::Processes;
 use crate::servers::{PUBLISH_TIMEOUT, Servers};
@@ -271,16 +272,16 @@ async fn rabbitmq_floor(
     stage: &RabbitmqArgs,
     topology: &topology::Topology,
 ) -> anyhow::Result<()> {
-    let connection = topology::connect(&stage.servers.amqp_url, "bench-floor").await?;
+    let connection = connect(&stage.servers.amqp_url, "bench-floor").await?;
     topology
-        .declare(&connection.create_channel().await?)
+        .declare(&connection.create_channel().await?, &[])
         .await?;
     let job = Job::message("floor".into(), 1, 1, BODY.into());
     let (payload, properties) = (job.encode(), publish::job_properties(&job));
     let jobs: Vec<(&[u8], &lapin::BasicProperties)> = (0..run.batch.max(1))
         .map(|_| (&payload[..], &properties))
         .collect();
-    let message = publish::jobs_message(topology.jobs_exchange(), &jobs);
+    let message = jobs_message(topology.jobs_exchange(), &jobs);
     let per_message = jobs.len();
 
     let consumed = Arc::new(AtomicUsize::new(0));

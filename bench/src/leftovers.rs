@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use shared::topology::{self, Topology};
+use shared::amqp::connection::connect;
+use shared::amqp::topology::Topology;
 
 use crate::servers::Servers;
 
@@ -77,7 +78,7 @@ async fn in_flight(servers: &Servers, prefix: &str) -> anyhow::Result<usize> {
 
 async fn retry_copies(servers: &Servers, prefix: &str) -> anyhow::Result<usize> {
     let topology = Topology::new(&servers.broker(prefix));
-    let connection = topology::connect(&servers.amqp_url, "bench-leftovers").await?;
+    let connection = connect(&servers.amqp_url, "bench-leftovers").await?;
     let channel = connection.create_channel().await?;
     let passive = QueueDeclareOptions {
         passive: true,

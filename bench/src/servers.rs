@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use shared::amqp::connection::connect;
+use shared::amqp::topology::Topology;
 use shared::config::{Broker, QueueType};
 use shared::redis_client::{RedisClient, Timeouts};
-use shared::topology::{self, Topology};
 
 /// How long the bench's own publishes wait for their confirm.
 pub(crate) const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,7 +73,7 @@ impl Servers {
     /// and its Redis keys.
     pub(crate) async fn cleanup(&self, prefix: &str) -> anyhow::Result<()> {
         let topology = Topology::new(&self.broker(prefix));
-        let connection = topology::connect(&self.amqp_url, "bench-cleanup").await?;
+        let connection = connect(&self.amqp_url, "bench-cleanup").await?;
         let channel = connection.create_channel().await?;
         let mut queues = vec![topology.jobs_queue(), topology.dead_queue()];
         queues.extend(retry_queues(&topology));

@@ -13,10 +13,8 @@
 //! number is drawn from ([`Create::scope`], [`Job::scope`]) and its wire
 //! form. A new kind is a variant of both enums and its arms here.
 //!
-//! A message of the jobs queue holds one job, or a batch of the jobs the
-//! api gathered while a confirm was pending (AMQP `type` [`BATCH_TYPE`],
-//! `{"v":1,"jobs":[job, ...]}`). Each job of a batch decodes on its own:
-//! one that does not is refused alone, with its own bytes.
+//! How jobs travel in AMQP messages, one or a batch, is
+//! `crate::amqp::batch`'s.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,27 +26,6 @@ use crate::trace::TraceParent;
 
 /// The schema version this code writes and reads.
 pub const VERSION: u32 = 1;
-
-/// The AMQP `type` of a message holding a batch of jobs.
-pub const BATCH_TYPE: &str = "batch";
-
-/// The AMQP header that counts the jobs of a message (absent: one).
-pub const JOBS_HEADER: &str = "x-jobs";
-
-/// Bytes of a record in the chat-system's bulk write besides its message:
-/// kind, token (at most 128 bytes), numbers, job id and trace context, with
-/// room to spare.
-pub const RECORD_OVERHEAD_BYTES: usize = 512;
-
-/// Bytes of the bulk write's envelope, `{"records":[` and `]}`.
-pub const BULK_ENVELOPE_BYTES: usize = 16;
-
-/// The most bytes one record can take in a bulk write, for messages of at
-/// most `max_message_bytes` bytes: JSON writes a control character as
-/// `\u00XX`, six bytes for one.
-pub fn largest_record(max_message_bytes: usize) -> usize {
-    max_message_bytes * 6 + RECORD_OVERHEAD_BYTES
-}
 
 /// What a job stores.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,58 +280,6 @@ impl Job {
     }
 }
 
-/// One batch message's payload, of jobs already encoded ([`Job::encode`]).
-pub fn batch_of<'a>(encoded: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut payload = format!("{{\"v\":{VERSION},\"jobs\":[").into_bytes();
-    for (index, job) in encoded.into_iter().enumerate() {
-        if index > 0 {
-            payload.push(b',');
-        }
-        payload.extend_from_slice(job);
-    }
-    payload.extend_from_slice(b"]}");
-    payload
-}
-
-/// One job of a message as it came, decoded or not: a job that does not
-/// decode keeps its bytes, to be dead-lettered as they are.
-#[derive(Debug)]
-pub struct Unpacked<'a> {
-    pub job: Result<Job, JobError>,
-    pub bytes: &'a [u8],
-}
-
-/// The jobs of a message of AMQP type `kind`: one, or those of a batch.
-pub fn unpack<'a>(kind: Option<&str>, payload: &'a [u8]) -> Vec<Unpacked<'a>> {
-    let whole = |job| {
-        vec![Unpacked {
-            job,
-            bytes: payload,
-        }]
-    };
-    if kind != Some(BATCH_TYPE) {
-        return whole(Job::decode(payload));
-    }
-    #[derive(Deserialize)]
-    struct Batch<'a> {
-        v: u32,
-        #[serde(borrow)]
-        jobs: Vec<&'a serde_json::value::RawValue>,
-    }
-    match serde_json::from_slice::<Batch<'a>>(payload) {
-        Ok(batch) if batch.v == VERSION => batch
-            .jobs
-            .into_iter()
-            .map(|raw| Unpacked {
-                job: Job::decode(raw.get().as_bytes()),
-                bytes: raw.get().as_bytes(),
-            })
-            .collect(),
-        Ok(batch) => whole(Err(JobError::Version(batch.v))),
-        Err(error) => whole(Err(JobError::Malformed(error))),
-    }
-}
-
 /// The JSON shape of a job, unchanged since version 1 but for the optional
 /// `traceparent` and the kind `edit`: `kind`, then `message_number` and
 /// `body` for a message; for an edit those of the message edited and its
@@ -568,44 +493,6 @@ mod tests {
             assert_eq!(job.scope(), scope);
             assert_eq!(job.kind(), kind);
             assert_eq!(job.number(), 9);
-        }
-    }
-
-    #[test]
-    fn a_batch_unpacks_into_its_jobs_each_on_its_own() {
-        let jobs = [
-            Job::chat("t".into(), 1),
-            Job::message("t".into(), 1, 1, "a, \"b\"".into()),
-        ];
-        let encoded: Vec<Vec<u8>> = jobs.iter().map(Job::encode).collect();
-        let mut payload = batch_of(encoded.iter().map(Vec::as_slice));
-        // A third job that is not one, spliced in before the closing `]}`.
-        payload.truncate(payload.len() - 2);
-        payload.extend_from_slice(br#",{"v":1,"kind":"thread"}]}"#);
-
-        let unpacked = unpack(Some(BATCH_TYPE), &payload);
-
-        assert_eq!(unpacked.len(), 3);
-        assert_eq!(unpacked[0].job.as_ref().unwrap(), &jobs[0]);
-        assert_eq!(unpacked[1].job.as_ref().unwrap(), &jobs[1]);
-        assert_eq!(unpacked[1].bytes, jobs[1].encode());
-        assert!(unpacked[2].job.is_err());
-        assert_eq!(unpacked[2].bytes, br#"{"v":1,"kind":"thread"}"#);
-    }
-
-    #[test]
-    fn a_single_job_or_an_unreadable_batch_unpacks_whole() {
-        let job = Job::chat("t".into(), 1);
-        let single = job.encode();
-        let unpacked = unpack(Some("chat"), &single);
-        assert_eq!(unpacked.len(), 1);
-        assert_eq!(unpacked[0].job.as_ref().unwrap(), &job);
-
-        for payload in [&b"nope"[..], br#"{"v":2,"jobs":[]}"#] {
-            let unpacked = unpack(Some(BATCH_TYPE), payload);
-            assert_eq!(unpacked.len(), 1, "{payload:?}");
-            assert!(unpacked[0].job.is_err());
-            assert_eq!(unpacked[0].bytes, payload);
         }
     }
 

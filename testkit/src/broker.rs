@@ -83,7 +83,7 @@ impl TestBroker {
         {
             let properties = &message.delivery.properties;
             let kind = properties.kind().as_ref().map(|kind| kind.to_string());
-            let jobs = shared::job::unpack(kind.as_deref(), &message.delivery.data)
+            let jobs = shared::amqp::batch::unpack(kind.as_deref(), &message.delivery.data)
                 .into_iter()
                 .map(|unpacked| unpacked.job.expect("a valid job"))
                 .collect();

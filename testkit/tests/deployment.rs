@@ -591,7 +591,7 @@ fn the_workers_scale_on_the_queue_they_consume() {
     let settings = manifests::config_map("chat-numbering-settings");
     let broker =
         worker::Cli::parse_from(["worker", "--queue-prefix", &settings["QUEUE_PREFIX"]]).config;
-    let jobs = shared::topology::Topology::new(&broker.broker).jobs_queue();
+    let jobs = shared::amqp::topology::Topology::new(&broker.broker).jobs_queue();
     let documents = manifests::documents();
     let find = |kind: &str, name: &str| {
         documents

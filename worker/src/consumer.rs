@@ -32,9 +32,11 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
-use shared::job::JOBS_HEADER;
+use shared::amqp::connection::{connect, reconnect_delays};
+use shared::amqp::headers;
+use shared::amqp::watch::{ConnectionLost, watch};
+use shared::group_commit::{self, Limits, Weight};
 use shared::telemetry::Chain;
-use shared::topology;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,7 +50,7 @@ enum SessionError {
     #[error("RabbitMQ refused an operation")]
     Broker(#[from] lapin::Error),
     #[error(transparent)]
-    Lost(#[from] topology::ConnectionLost),
+    Lost(#[from] ConnectionLost),
     #[error("the broker cancelled the consumer")]
     Cancelled,
 }
@@ -94,7 +96,7 @@ pub(crate) async fn run(
     status: Arc<Status>,
     stop: CancellationToken,
 ) {
-    let backoff = topology::reconnect_delays();
+    let backoff = reconnect_delays();
     let mut delays = backoff.build();
     while !stop.is_cancelled() {
         match session(&handler, &settings, &status, &stop).await {
@@ -126,16 +128,13 @@ pub(crate) struct Link {
 impl Link {
     /// Opens both connections, declares the topology and the retry queues.
     pub(crate) async fn open(handler: &Handler, amqp_url: &str) -> lapin::Result<Self> {
-        let consume_connection = topology::connect(amqp_url, "worker-consume").await?;
-        let publish_connection = topology::connect(amqp_url, "worker-publish").await?;
+        let consume_connection = connect(amqp_url, "worker-consume").await?;
+        let publish_connection = connect(amqp_url, "worker-publish").await?;
         let channel = consume_connection.create_channel().await?;
-        handler.topology.declare(&channel).await?;
-        for delay in handler.policy.queues() {
-            handler
-                .topology
-                .declare_retry_queue(&channel, delay)
-                .await?;
-        }
+        handler
+            .topology
+            .declare(&channel, &handler.policy.queues())
+            .await?;
         let publisher = publish_connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -169,8 +168,8 @@ async fn session(
     // batch in hand give up then, since lapin may leave them waiting
     // forever; the broker redelivers what was not acknowledged.
     let abandon = CancellationToken::new();
-    let consume_watched = topology::watch(&link.consume_connection);
-    let publish_watched = topology::watch(&link.publish_connection);
+    let consume_watched = watch(&link.consume_connection);
+    let publish_watched = watch(&link.publish_connection);
     let watcher = tokio::spawn({
         let abandon = abandon.clone();
         async move {
@@ -187,7 +186,7 @@ async fn session(
     blocked.abort();
     status.publish_blocked.store(false, Ordering::Relaxed);
     if abandon.is_cancelled() {
-        let lost = watcher.await.unwrap_or(topology::ConnectionLost::Closed);
+        let lost = watcher.await.unwrap_or(ConnectionLost::Closed);
         return Err(lost.into());
     }
     watcher.abort();
@@ -250,7 +249,7 @@ async fn consume(
         let permit = tokio::select! {
             () = stop.cancelled() => break,
             () = abandon.cancelled() => {
-                ended = Some(Err(topology::ConnectionLost::Closed.into()));
+                ended = Some(Err(ConnectionLost::Closed.into()));
                 break;
             }
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -258,7 +257,7 @@ async fn consume(
         let first = tokio::select! {
             () = stop.cancelled() => break,
             () = abandon.cancelled() => {
-                ended = Some(Err(topology::ConnectionLost::Closed.into()));
+                ended = Some(Err(ConnectionLost::Closed.into()));
                 break;
             }
             next = deliveries.next() => match next {
@@ -343,28 +342,34 @@ fn gather(
     deliveries: &mut Consumer,
     settings: &Settings,
 ) -> (Vec<Delivery>, Option<Result<(), SessionError>>) {
-    let mut jobs = jobs_in(&first);
-    let mut bytes = first.data.len();
-    let mut batch = vec![first];
-    while jobs < settings.batch_jobs && bytes < settings.batch_bytes {
-        match deliveries.next().now_or_never() {
-            Some(Some(Ok(delivery))) => {
-                jobs += jobs_in(&delivery);
-                bytes += delivery.data.len();
-                batch.push(delivery);
-            }
-            Some(Some(Err(error))) => return (batch, Some(Err(error.into()))),
-            Some(None) => return (batch, Some(Err(SessionError::Cancelled))),
-            None => break,
+    let mut ended = None;
+    let ready = || match deliveries.next().now_or_never() {
+        Some(Some(Ok(delivery))) => Some(delivery),
+        Some(Some(Err(error))) => {
+            ended = Some(Err(error.into()));
+            None
         }
-    }
+        Some(None) => {
+            ended = Some(Err(SessionError::Cancelled));
+            None
+        }
+        None => None,
+    };
+    let limits = Limits {
+        count: settings.batch_jobs,
+        size: settings.batch_bytes,
+    };
+    let batch = group_commit::take_ready(first, ready, limits, |delivery| Weight {
+        count: jobs_in(delivery),
+        size: delivery.data.len(),
+    });
     metrics::histogram!("worker_batch_deliveries").record(batch.len() as f64);
-    (batch, None)
+    (batch, ended)
 }
 
 /// How many jobs a delivery holds (`x-jobs`, set by the api on a batch).
 fn jobs_in(delivery: &Delivery) -> usize {
-    shared::publish::header(delivery.properties.headers().as_ref(), JOBS_HEADER)
+    headers::get(delivery.properties.headers().as_ref(), headers::JOBS)
         .and_then(|count| count.parse().ok())
         .unwrap_or(1)
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
-use shared::topology::{self, Topology};
+use shared::amqp::connection::connect;
+use shared::amqp::topology::Topology;
 use tokio::sync::Mutex;
 
 /// A scrape waits at most this long for the broker.
@@ -63,7 +64,7 @@ impl Depths {
         let channel = match link {
             Some((_, channel)) => channel.clone(),
             None => {
-                let connection = topology::connect(&self.amqp_url, "worker-depths").await?;
+                let connection = connect(&self.amqp_url, "worker-depths").await?;
                 let channel = connection.create_channel().await?;
                 link.insert((connection, channel)).1.clone()
             }

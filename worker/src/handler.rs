@@ -25,10 +25,12 @@ use futures::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::BasicNackOptions;
 use lapin::{BasicProperties, Channel};
-use shared::job::{self, Job, Unpacked};
-use shared::publish::{self, Message};
+use shared::amqp::batch::{self, Unpacked, jobs_message};
+use shared::amqp::headers::{self, ATTEMPTS, DEAD_AT_MS, LAST_ERROR, REASON, RELEASE_ATTEMPTS};
+use shared::amqp::publish::{self, Message};
+use shared::amqp::topology::{ROUTING_KEY, Topology};
+use shared::job::Job;
 use shared::telemetry::{Chain, short_token};
-use shared::topology::{ROUTING_KEY, Topology};
 use shared::trace::TraceParent;
 use tracing::{Instrument, Span};
 
@@ -37,9 +39,6 @@ use crate::store::Storage;
 
 /// Longest `x-last-error` kept on a retry copy or a dead letter.
 const MAX_ERROR_BYTES: usize = 1024;
-
-/// The header counting a job's failed releases (see [`Attempts`]).
-const RELEASE_ATTEMPTS: &str = "x-release-attempts";
 
 /// What became of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,11 +189,11 @@ impl Handler {
             .zip(&properties)
             .map(|(unit, properties)| (unit.unpacked.bytes, properties))
             .collect();
-        let mut message = publish::jobs_message(self.topology.jobs_exchange(), &jobs);
+        let mut message = jobs_message(self.topology.jobs_exchange(), &jobs);
         let headers = delivery.properties.headers().as_ref();
-        if let Some(releases) = publish::header(headers, RELEASE_ATTEMPTS) {
+        if let Some(releases) = headers::get(headers, RELEASE_ATTEMPTS) {
             message.properties =
-                publish::with_headers(message.properties, &[(RELEASE_ATTEMPTS, &releases)]);
+                headers::with(message.properties, &[(RELEASE_ATTEMPTS, &releases)]);
         }
         match publish::publish(publisher, message, self.publish_timeout).await {
             Ok(()) => {
@@ -244,14 +243,14 @@ impl Handler {
                     .with_expiration(wait.as_millis().to_string().into());
                 let releases = attempts.releases_failed.to_string();
                 let headers = [
-                    ("x-last-error", truncate(&error, MAX_ERROR_BYTES)),
+                    (LAST_ERROR, truncate(&error, MAX_ERROR_BYTES)),
                     (RELEASE_ATTEMPTS, &releases),
                 ];
                 let message = Message {
                     exchange: String::new(),
                     routing_key: self.topology.retry_queue(delay),
                     payload: job.encode(),
-                    properties: publish::with_headers(properties, &headers),
+                    properties: headers::with(properties, &headers),
                 };
                 (message, Outcome::Retried)
             }
@@ -268,17 +267,17 @@ impl Handler {
                         .with_message_id(message_id(&delivery.properties).into()),
                 };
                 let headers = [
-                    ("x-reason", reason.as_str()),
-                    ("x-attempts", &attempts),
-                    ("x-last-error", truncate(&error, MAX_ERROR_BYTES)),
-                    ("x-dead-at-ms", &dead_at),
+                    (REASON, reason.as_str()),
+                    (ATTEMPTS, &attempts),
+                    (LAST_ERROR, truncate(&error, MAX_ERROR_BYTES)),
+                    (DEAD_AT_MS, &dead_at),
                 ];
                 let message = Message {
                     exchange: self.topology.dead_exchange(),
                     routing_key: ROUTING_KEY.into(),
                     // The job as it came: a malformed one byte for byte.
                     payload: unit.unpacked.bytes.to_vec(),
-                    properties: publish::with_headers(properties, &headers),
+                    properties: headers::with(properties, &headers),
                 };
                 (message, Outcome::DeadLettered(reason))
             }
@@ -318,10 +317,10 @@ fn unpack(deliveries: &[Delivery]) -> Vec<Unit<'_>> {
             .as_ref()
             .map(|kind| kind.as_str());
         let headers = delivery.properties.headers().as_ref();
-        let releases_failed = publish::header(headers, RELEASE_ATTEMPTS)
+        let releases_failed = headers::get(headers, RELEASE_ATTEMPTS)
             .and_then(|count| count.parse().ok())
             .unwrap_or(0);
-        for unpacked in job::unpack(kind, &delivery.data) {
+        for unpacked in batch::unpack(kind, &delivery.data) {
             let failed = unpacked.job.as_ref().map_or(0, |job| job.attempt);
             units.push(Unit {
                 delivery: index,

@@ -22,10 +22,13 @@ use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use shared::job::{self, Job, Record};
-use shared::publish::{self, Message};
+use shared::amqp::batch;
+use shared::amqp::connection::connect;
+use shared::amqp::headers::{self, ATTEMPTS, FIRST_DEATH_REASON, JOBS, LAST_ERROR, REASON};
+use shared::amqp::publish::{self, Message};
+use shared::amqp::topology::{ROUTING_KEY, Topology};
+use shared::job::{Job, Record};
 use shared::telemetry::short_token;
-use shared::topology::{self, ROUTING_KEY, Topology};
 
 use crate::config::{Config, Selection};
 
@@ -87,9 +90,9 @@ pub async fn replay(
     out: &mut impl Write,
 ) -> anyhow::Result<Report> {
     let topology = Topology::new(&config.broker);
-    let connection = topology::connect(&config.broker.amqp_url, "worker-replay").await?;
+    let connection = connect(&config.broker.amqp_url, "worker-replay").await?;
     let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
+    topology.declare(&channel, &[]).await?;
     let publisher = connection.create_channel().await?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
@@ -221,7 +224,7 @@ impl Run<'_> {
             .kind()
             .as_ref()
             .map(|kind| kind.as_str());
-        let units = job::unpack(kind, &delivery.data);
+        let units = batch::unpack(kind, &delivery.data);
         let mut chosen = Vec::new();
         let mut kept = Vec::new();
         for unpacked in &units {
@@ -332,7 +335,7 @@ fn split_headers(delivery: &Delivery) -> FieldTable {
     let mut headers = FieldTable::default();
     if let Some(all) = delivery.properties.headers() {
         for (name, value) in all.inner() {
-            if name.as_str() != job::JOBS_HEADER {
+            if name.as_str() != JOBS {
                 headers.insert(name.clone(), value.clone());
             }
         }
@@ -366,8 +369,8 @@ fn describe(job: &Job, delivery: &Delivery) -> String {
         job.kind().as_str(),
         short_token(&job.token),
         reason(delivery),
-        publish::header(headers, "x-attempts").unwrap_or_else(|| job.attempt.to_string()),
-        publish::header(headers, "x-last-error").unwrap_or_else(|| "-".into()),
+        headers::get(headers, ATTEMPTS).unwrap_or_else(|| job.attempt.to_string()),
+        headers::get(headers, LAST_ERROR).unwrap_or_else(|| "-".into()),
     )
 }
 
@@ -375,7 +378,7 @@ fn describe(job: &Job, delivery: &Delivery) -> String {
 /// dead-lettered itself (the delivery limit).
 fn reason(delivery: &Delivery) -> String {
     let headers = delivery.properties.headers().as_ref();
-    publish::header(headers, "x-reason")
-        .or_else(|| publish::header(headers, "x-first-death-reason"))
+    headers::get(headers, REASON)
+        .or_else(|| headers::get(headers, FIRST_DEATH_REASON))
         .unwrap_or_else(|| "unknown".into())
 }

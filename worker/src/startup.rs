@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
+use shared::amqp::topology::Topology;
+use shared::chat_system::ChatSystem;
 use shared::counters::Keys;
 use shared::redis_client::{RedisClient, Timeouts};
-use shared::topology::Topology;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::{Filter, Reply};
@@ -23,7 +24,7 @@ use crate::consumer::{self, Status};
 use crate::depth::Depths;
 use crate::handler::{Handler, Outcome, requeue};
 use crate::retry::Policy;
-use crate::store::{Limits, Storage};
+use crate::store::{BulkLimits, Storage};
 
 pub struct Worker {
     config: Config,
@@ -50,19 +51,19 @@ impl Worker {
         let redis = RedisClient::lazy(&config.counters.redis_url, timeouts)
             .context("REDIS_URL is not a Redis URL")?;
         let keys = Keys::new(&config.counters.redis_prefix);
-        let limits = Limits {
+        let limits = BulkLimits {
             records: config.batch_max,
             bytes: config.batch_bytes,
         };
+        let chat_system = ChatSystem::new(&config.chat_system, config.write_credential.secret()?)?;
         let storage = Storage::new(
-            &config.chat_system,
-            config.write_credential.secret()?,
+            chat_system,
             redis,
             keys,
             config.counters.counter_ttl(),
             config.counters.wait(),
             limits,
-        )?;
+        );
         let policy = Policy::new(
             config.retry_max_attempts,
             Duration::from_millis(config.retry_initial_delay_ms),

@@ -14,12 +14,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
 use redis::Script;
-use reqwest::{StatusCode, Url};
-use serde::{Deserialize, Serialize};
+use reqwest::StatusCode;
+use shared::chat_system::{
+    BulkAnswer, BulkRecord, ChatSystem, ChatSystemError, RecordResult, Written,
+};
 use shared::counters::{self, Keys, Release};
+use shared::group_commit::{self, Limits, Weight};
 use shared::job::{Job, Record};
 use shared::redis_client::{RedisClient, Slot, Wait};
-use shared::secret::Secret;
 use shared::trace::TraceParent;
 use tokio::time::Instant;
 
@@ -27,17 +29,14 @@ use crate::retry::{Failure, Reason, StoreError, classify};
 
 /// How many records, and how many bytes of them, one bulk request carries.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
+pub(crate) struct BulkLimits {
     pub(crate) records: usize,
     pub(crate) bytes: usize,
 }
 
 pub(crate) struct Storage {
-    client: reqwest::Client,
-    /// `CHAT_SYSTEM_WRITE_TOKEN`, sent as a bearer token.
-    credential: Option<Secret>,
-    records_url: Url,
-    readyz_url: Url,
+    /// With `CHAT_SYSTEM_WRITE_TOKEN`, sent as a bearer token.
+    chat_system: ChatSystem,
     redis: RedisClient,
     keys: Keys,
     release: Script,
@@ -45,80 +44,23 @@ pub(crate) struct Storage {
     /// Replicas a release must reach before it counts (a failover would
     /// otherwise put the number back in flight for good).
     wait: Wait,
-    limits: Limits,
+    limits: BulkLimits,
     /// Most bytes of records one request carries: `limits.bytes`, less
     /// once the chat-system refused a request as too large (413).
     request_bytes: AtomicUsize,
 }
 
-/// One record of the bulk request, borrowed from its job.
-#[derive(Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-enum Out<'a> {
-    Chat {
-        token: &'a str,
-        number: i64,
-        job_id: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        traceparent: Option<String>,
-    },
-    Message {
-        token: &'a str,
-        chat: i64,
-        number: i64,
-        body: &'a str,
-        job_id: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        traceparent: Option<String>,
-    },
-    Edit {
-        token: &'a str,
-        chat: i64,
-        message: i64,
-        revision: i64,
-        body: &'a str,
-        job_id: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        traceparent: Option<String>,
-    },
-}
-
-#[derive(Deserialize)]
-struct Answer {
-    results: Vec<RecordResult>,
-}
-
-#[derive(Deserialize)]
-struct RecordResult {
-    status: u16,
-    result: String,
-    #[serde(default)]
-    error: Option<String>,
-}
-
 impl Storage {
     pub(crate) fn new(
-        chat_system: &shared::config::ChatSystem,
-        credential: Option<Secret>,
+        chat_system: ChatSystem,
         redis: RedisClient,
         keys: Keys,
         counter_ttl: Duration,
         wait: Wait,
-        limits: Limits,
-    ) -> anyhow::Result<Self> {
-        let base = Url::parse(&chat_system.chat_system_url)
-            .map_err(|error| anyhow::anyhow!("CHAT_SYSTEM_URL is not a URL: {error}"))?;
-        let timeout = Duration::from_millis(chat_system.chat_system_timeout_ms);
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .no_proxy()
-            .build()?;
-        Ok(Self {
-            client,
-            credential,
-            records_url: shared::config::endpoint(&base, &["records"]),
-            readyz_url: shared::config::endpoint(&base, &["readyz"]),
+        limits: BulkLimits,
+    ) -> Self {
+        Self {
+            chat_system,
             redis,
             keys,
             release: Script::new(counters::RELEASE),
@@ -126,7 +68,7 @@ impl Storage {
             wait,
             limits,
             request_bytes: AtomicUsize::new(limits.bytes),
-        })
+        }
     }
 
     /// Stores the jobs' records and releases their numbers: a result per
@@ -150,7 +92,10 @@ impl Storage {
             let body = bulk_body(&records[start..end]);
             let size = body.len();
             match self.post(body, end - start).await {
-                Err(WholeFailure::Status(StatusCode::PAYLOAD_TOO_LARGE, _)) if end - start > 1 => {
+                Err(ChatSystemError::Status {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    ..
+                }) if end - start > 1 => {
                     self.shrink_requests(size);
                     continue;
                 }
@@ -172,16 +117,14 @@ impl Storage {
     /// How many of `records` go in the next request: at least one, and
     /// no more than the limits allow.
     fn chunk_end(&self, records: &[Vec<u8>]) -> usize {
-        let mut bytes = 0;
-        let mut count = 0;
-        for record in records.iter().take(self.limits.records.max(1)) {
-            bytes += record.len() + 1;
-            if count > 0 && bytes > self.request_bytes.load(Ordering::Relaxed) {
-                break;
-            }
-            count += 1;
-        }
-        count
+        let limits = Limits {
+            count: self.limits.records,
+            size: self.request_bytes.load(Ordering::Relaxed),
+        };
+        group_commit::first_group(records, limits, |record| Weight {
+            count: 1,
+            size: record.len() + 1,
+        })
     }
 
     /// The chat-system refused a request of `size` bytes as too large
@@ -199,34 +142,13 @@ impl Storage {
     }
 
     /// One bulk request of `records` records.
-    async fn post(&self, body: Vec<u8>, records: usize) -> Result<Answer, WholeFailure> {
+    async fn post(&self, body: Vec<u8>, records: usize) -> Result<BulkAnswer, ChatSystemError> {
         let started = Instant::now();
-        let answered = self.send(body).await;
+        let answered = self.chat_system.store_records(body).await;
         metrics::histogram!("worker_store_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("worker_store_batch_records").record(records as f64);
         answered
-    }
-
-    async fn send(&self, body: Vec<u8>) -> Result<Answer, WholeFailure> {
-        let mut request = self
-            .client
-            .post(self.records_url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        if let Some(credential) = &self.credential {
-            request = request.bearer_auth(credential.expose());
-        }
-        let response = request.send().await.map_err(WholeFailure::unreachable)?;
-        let status = response.status();
-        if status != StatusCode::OK {
-            let body = response.text().await.unwrap_or_default();
-            return Err(WholeFailure::Status(status, body));
-        }
-        response
-            .json::<Answer>()
-            .await
-            .map_err(WholeFailure::unreachable)
     }
 
     /// Takes the stored jobs' numbers out of flight, one script call per
@@ -298,43 +220,41 @@ impl Storage {
         if redis.is_err() {
             return Err("redis unavailable");
         }
-        match self.client.get(self.readyz_url.clone()).send().await {
-            Ok(response) if response.status().is_success() => Ok(()),
-            _ => Err("chat-system unavailable"),
+        match self.chat_system.ready().await {
+            Ok(_) => Ok(()),
+            Err(_) => Err("chat-system unavailable"),
         }
     }
 }
 
-/// A failure of a whole bulk request: every record of it shares it.
-enum WholeFailure {
-    Unreachable(Arc<reqwest::Error>),
-    Status(StatusCode, String),
-}
-
-impl WholeFailure {
-    /// The URL is dropped from the error: it holds no token here, but
-    /// every transport error leaves the worker without one.
-    fn unreachable(error: reqwest::Error) -> Self {
-        Self::Unreachable(Arc::new(error.without_url()))
-    }
-
-    fn for_each(&self) -> Failure {
-        match self {
-            Self::Unreachable(error) => Failure::Transient(StoreError::Unreachable(error.clone())),
-            Self::Status(status, body) => {
-                classify(*status, body.clone()).err().unwrap_or_else(|| {
-                    Failure::Transient(StoreError::Status {
-                        status: *status,
-                        body: body.clone(),
-                    })
+/// What a failure of a whole bulk request means for each of its records.
+fn for_each(failure: &ChatSystemError) -> Failure {
+    match failure {
+        ChatSystemError::Unreachable(error) => {
+            Failure::Transient(StoreError::Unreachable(error.clone()))
+        }
+        // Only the streamed reads time out so; a write's timeout is a
+        // transport error. Transient all the same.
+        ChatSystemError::TimedOut(_) => Failure::Transient(StoreError::Status {
+            status: StatusCode::GATEWAY_TIMEOUT,
+            body: failure.to_string(),
+        }),
+        ChatSystemError::Status { status, body } => {
+            classify(*status, body.clone()).err().unwrap_or_else(|| {
+                Failure::Transient(StoreError::Status {
+                    status: *status,
+                    body: body.clone(),
                 })
-            }
+            })
         }
     }
 }
 
 /// The result of each of `jobs`, whose records went in one request.
-fn answer_each(jobs: &[&Job], answered: Result<Answer, WholeFailure>) -> Vec<Result<(), Failure>> {
+fn answer_each(
+    jobs: &[&Job],
+    answered: Result<BulkAnswer, ChatSystemError>,
+) -> Vec<Result<(), Failure>> {
     match answered {
         Ok(answer) if answer.results.len() == jobs.len() => jobs
             .iter()
@@ -356,7 +276,7 @@ fn answer_each(jobs: &[&Job], answered: Result<Answer, WholeFailure>) -> Vec<Res
                 })
                 .collect()
         }
-        Err(failure) => jobs.iter().map(|_| Err(failure.for_each())).collect(),
+        Err(failure) => jobs.iter().map(|_| Err(for_each(&failure))).collect(),
     }
 }
 
@@ -367,16 +287,16 @@ fn answer_each(jobs: &[&Job], answered: Result<Answer, WholeFailure>) -> Vec<Res
 fn outcome(job: &Job, result: RecordResult) -> Result<(), Failure> {
     let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let body = result.error.unwrap_or_default();
-    match result.result.as_str() {
-        "created" | "exists" | "superseded" => Ok(()),
-        "unknown_application" => Err(Failure::Permanent {
+    match result.result {
+        written if written.is_stored() => Ok(()),
+        Written::UnknownApplication => Err(Failure::Permanent {
             reason: Reason::UnknownApplication,
             error: StoreError::UnknownApplication,
         }),
-        "unknown_chat" => Err(Failure::Transient(StoreError::ChatNotStored(
+        Written::UnknownChat => Err(Failure::Transient(StoreError::ChatNotStored(
             job.chat_number(),
         ))),
-        "unknown_message" => match job.record {
+        Written::UnknownMessage => match job.record {
             Record::Edit { chat, message, .. } => {
                 Err(Failure::Transient(StoreError::MessageNotStored {
                     chat,
@@ -393,19 +313,23 @@ fn outcome(job: &Job, result: RecordResult) -> Result<(), Failure> {
 /// context of the worker's span for it.
 fn record(job: &Job, trace: Option<TraceParent>) -> Vec<u8> {
     let traceparent = trace.map(|trace| trace.to_string());
+    let traceparent = traceparent.as_deref();
+    let job_id = job.id.to_string();
+    let job_id = Some(job_id.as_str());
+    let token = job.token.as_str();
     let out = match &job.record {
-        Record::Chat { number } => Out::Chat {
-            token: &job.token,
+        Record::Chat { number } => BulkRecord::Chat {
+            token,
             number: *number,
-            job_id: job.id.to_string(),
+            job_id,
             traceparent,
         },
-        Record::Message { chat, number, body } => Out::Message {
-            token: &job.token,
+        Record::Message { chat, number, body } => BulkRecord::Message {
+            token,
             chat: *chat,
             number: *number,
             body,
-            job_id: job.id.to_string(),
+            job_id,
             traceparent,
         },
         Record::Edit {
@@ -413,13 +337,13 @@ fn record(job: &Job, trace: Option<TraceParent>) -> Vec<u8> {
             message,
             revision,
             body,
-        } => Out::Edit {
-            token: &job.token,
+        } => BulkRecord::Edit {
+            token,
             chat: *chat,
             message: *message,
             revision: *revision,
             body,
-            job_id: job.id.to_string(),
+            job_id,
             traceparent,
         },
     };

@@ -13,8 +13,8 @@
 mod helpers;
 
 use lapin::options::{BasicGetOptions, BasicNackOptions};
+use shared::amqp::headers;
 use shared::config::LogFormat;
-use shared::publish;
 use testkit::logs::Captured;
 
 use crate::helpers::TestStack;
@@ -97,9 +97,9 @@ async fn follow_one_create(trace_id: &str) {
         .await
         .expect("basic.get")
         .expect("the job is queued");
-    let header = publish::header(
+    let header = headers::get(
         queued.delivery.properties.headers().as_ref(),
-        publish::TRACEPARENT,
+        headers::TRACEPARENT,
     )
     .expect("a traceparent header");
     assert!(header.starts_with(&format!("00-{trace_id}-")), "{header}");

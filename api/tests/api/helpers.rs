@@ -302,8 +302,8 @@ impl TestApp {
             publish_timeout_ms: 2000,
         };
         let (_connection, channel) = self.broker.channel().await;
-        shared::topology::Topology::new(&broker)
-            .declare(&channel)
+        shared::amqp::topology::Topology::new(&broker)
+            .declare(&channel, &[])
             .await
             .expect("declaring the topology");
     }

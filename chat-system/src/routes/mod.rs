@@ -196,7 +196,7 @@ fn write_span() -> impl Filter<Extract = (Span,), Error = Infallible> + Clone {
             .or(warp::any().map(|| None))
             .unify()
     };
-    header(shared::publish::TRACEPARENT)
+    header(shared::amqp::headers::TRACEPARENT)
         .and(header("x-job-id"))
         .map(|traceparent: Option<String>, job_id: Option<String>| {
             let span = tracing::info_span!(

@@ -73,9 +73,14 @@ async fn a_job_that_is_not_one_inside_a_batch_is_dead_lettered_alone_byte_for_by
     let token = stack.application().await;
     let good = [Job::chat(token.clone(), 1), Job::chat(token.clone(), 2)];
     let garbage = br#"{"v":1,"kind":"thread","token":"x"}"#;
-    let encoded = [good[0].encode(), garbage.to_vec(), good[1].encode()];
-    let payload = shared::job::batch_of(encoded.iter().map(Vec::as_slice));
-    stack.publish_batch_payload(payload, 3).await;
+    let properties = shared::amqp::publish::job_properties;
+    stack
+        .publish_batch(&[
+            (good[0].encode(), properties(&good[0])),
+            (garbage.to_vec(), shared::amqp::publish::json_properties()),
+            (good[1].encode(), properties(&good[1])),
+        ])
+        .await;
     let worker = stack.worker(&[]).await;
 
     let outcomes = worker.process_next().await.unwrap();

@@ -5,9 +5,11 @@ use clap::Parser;
 use lapin::BasicProperties;
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use shared::job::{self, Job};
-use shared::publish::{self, Message};
-use shared::topology::{ROUTING_KEY, Topology};
+use shared::amqp::batch::jobs_message;
+use shared::amqp::headers;
+use shared::amqp::publish::{self, Message};
+use shared::amqp::topology::{ROUTING_KEY, Topology};
+use shared::job::Job;
 use testkit::{HttpProxy, Running, TcpProxy, TestBroker, TestChatSystem, TestRedis, eventually};
 use worker::retry::Policy;
 use worker::{Status, Worker};
@@ -212,26 +214,15 @@ impl TestStack {
     /// Publishes messages to the jobs exchange, confirmed, declaring the
     /// topology first (as the api does).
     async fn publish_messages(&self, messages: Vec<(Vec<u8>, BasicProperties)>) {
-        let (_connection, channel) = self.broker.channel().await;
-        let topology = Topology::new(&self.worker_config(&[]).broker);
-        topology
-            .declare(&channel)
-            .await
-            .expect("declaring the topology");
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirm mode");
+        let exchange = Topology::new(&self.worker_config(&[]).broker).jobs_exchange();
         for (payload, properties) in messages {
-            let message = Message {
-                exchange: topology.jobs_exchange(),
+            self.publish_message(Message {
+                exchange: exchange.clone(),
                 routing_key: ROUTING_KEY.into(),
                 payload,
                 properties,
-            };
-            publish::publish(&channel, message, Duration::from_secs(10))
-                .await
-                .expect("a confirmed publish");
+            })
+            .await;
         }
     }
 
@@ -240,7 +231,7 @@ impl TestStack {
         let (_connection, channel) = self.broker.channel().await;
         let topology = Topology::new(&self.worker_config(&[]).broker);
         topology
-            .declare(&channel)
+            .declare(&channel, &[])
             .await
             .expect("declaring the topology");
         channel
@@ -274,19 +265,23 @@ impl TestStack {
     /// `per_message` jobs each.
     pub(crate) async fn publish_batches(&self, jobs: &[Job], per_message: usize) {
         for chunk in jobs.chunks(per_message) {
-            let encoded: Vec<Vec<u8>> = chunk.iter().map(Job::encode).collect();
-            let payload = job::batch_of(encoded.iter().map(Vec::as_slice));
-            self.publish_batch_payload(payload, chunk.len()).await;
+            let payloads: Vec<(Vec<u8>, BasicProperties)> = chunk
+                .iter()
+                .map(|job| (job.encode(), publish::job_properties(job)))
+                .collect();
+            self.publish_batch(&payloads).await;
         }
     }
 
-    /// Publishes `payload` as a batch message of `jobs` jobs.
-    pub(crate) async fn publish_batch_payload(&self, payload: Vec<u8>, jobs: usize) {
-        let properties = publish::with_headers(
-            publish::json_properties().with_type(job::BATCH_TYPE.into()),
-            &[(job::JOBS_HEADER, &jobs.to_string())],
-        );
-        self.publish_messages(vec![(payload, properties)]).await;
+    /// Publishes `payloads` (each with its properties; one may be no job
+    /// at all) as one message, built as the api builds it.
+    pub(crate) async fn publish_batch(&self, payloads: &[(Vec<u8>, BasicProperties)]) {
+        let pairs: Vec<(&[u8], &BasicProperties)> = payloads
+            .iter()
+            .map(|(payload, properties)| (payload.as_slice(), properties))
+            .collect();
+        let exchange = Topology::new(&self.worker_config(&[]).broker).jobs_exchange();
+        self.publish_message(jobs_message(exchange, &pairs)).await;
     }
 
     /// Messages waiting in `queue`.
@@ -478,7 +473,7 @@ impl Taken {
 
 /// A header of a dead letter, as text.
 pub(crate) fn header(headers: &FieldTable, name: &str) -> String {
-    publish::header(Some(headers), name).unwrap_or_else(|| panic!("no header {name}"))
+    headers::get(Some(headers), name).unwrap_or_else(|| panic!("no header {name}"))
 }
 
 /// Jobs for chat 1 of `token` and `count` messages in it.

@@ -126,7 +126,7 @@ async fn dead_letters_can_be_listed_again_and_again_and_stay() {
     let jobs: Vec<Job> = (1..=3).map(|chat| Job::chat(token.clone(), chat)).collect();
     dead_lettered(&stack, &jobs).await;
     let config = stack.worker_config(&[]);
-    let version = shared::topology::broker_version(&config.broker.amqp_url)
+    let version = shared::amqp::connection::broker_version(&config.broker.amqp_url)
         .await
         .expect("the broker announces its version");
     assert!(
@@ -233,15 +233,15 @@ async fn a_batch_letter_is_taken_apart_each_job_replayed_or_kept_on_its_own() {
         unreadable.clone(),
         replayed[1].encode(),
     ];
-    let properties = shared::publish::json_properties();
+    let properties = shared::amqp::publish::json_properties();
     let jobs: Vec<(&[u8], &lapin::BasicProperties)> = encoded
         .iter()
         .map(|payload| (payload.as_slice(), &properties))
         .collect();
     let config = stack.worker_config(&[]);
-    let topology = shared::topology::Topology::new(&config.broker);
-    let mut letter = shared::publish::jobs_message(topology.dead_exchange(), &jobs);
-    letter.properties = shared::publish::with_headers(
+    let topology = shared::amqp::topology::Topology::new(&config.broker);
+    let mut letter = shared::amqp::batch::jobs_message(topology.dead_exchange(), &jobs);
+    letter.properties = shared::amqp::headers::with(
         letter.properties,
         &[("x-first-death-reason", "delivery_limit")],
     );
@@ -283,6 +283,6 @@ async fn a_batch_letter_is_taken_apart_each_job_replayed_or_kept_on_its_own() {
             crate::helpers::header(headers, "x-first-death-reason"),
             "delivery_limit"
         );
-        assert!(shared::publish::header(Some(headers), "x-jobs").is_none());
+        assert!(shared::amqp::headers::get(Some(headers), shared::amqp::headers::JOBS).is_none());
     }
 }

@@ -11,16 +11,13 @@
 use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 
+use super::headers::{self, TRACEPARENT};
 use crate::job::Job;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
-const PERSISTENT: u8 = 2;
-
-/// The header that carries a job's W3C trace context.
-pub const TRACEPARENT: &str = "traceparent";
+pub(crate) const PERSISTENT: u8 = 2;
 
 /// How a confirmed publish failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -120,35 +117,6 @@ pub async fn publish(
     }
 }
 
-/// One message carrying `jobs`, each its encoded payload and its own
-/// properties: a job alone goes as itself; several go as a batch message
-/// (`type` [`BATCH_TYPE`](crate::job::BATCH_TYPE), the count in
-/// [`JOBS_HEADER`](crate::job::JOBS_HEADER), a message id of its own),
-/// which the worker unpacks into the same jobs. The one place a batch
-/// message is built: the api's publishes, the worker's requeues and the
-/// tests' fixtures all come here.
-pub fn jobs_message(exchange: String, jobs: &[(&[u8], &BasicProperties)]) -> Message {
-    let (payload, properties) = match jobs {
-        [(payload, properties)] => (payload.to_vec(), (*properties).clone()),
-        _ => {
-            let properties = json_properties()
-                .with_message_id(uuid::Uuid::now_v7().to_string().into())
-                .with_type(crate::job::BATCH_TYPE.into());
-            let count = jobs.len().to_string();
-            (
-                crate::job::batch_of(jobs.iter().map(|(payload, _)| *payload)),
-                with_headers(properties, &[(crate::job::JOBS_HEADER, &count)]),
-            )
-        }
-    };
-    Message {
-        exchange,
-        routing_key: crate::topology::ROUTING_KEY.into(),
-        payload,
-        properties,
-    }
-}
-
 /// The properties of a job's message: JSON, its id as `message_id`, its
 /// kind as `type`, and its trace context as the `traceparent` header.
 pub fn job_properties(job: &Job) -> BasicProperties {
@@ -156,7 +124,7 @@ pub fn job_properties(job: &Job) -> BasicProperties {
         .with_message_id(job.id.to_string().into())
         .with_type(job.kind().as_str().into());
     match job.trace {
-        Some(trace) => with_headers(properties, &[(TRACEPARENT, &trace.to_string())]),
+        Some(trace) => headers::with(properties, &[(TRACEPARENT, &trace.to_string())]),
         None => properties,
     }
 }
@@ -166,31 +134,6 @@ pub fn json_properties() -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
         .with_content_type("application/json".into())
-}
-
-/// `properties` with `pairs` added to its headers (replacing any of the
-/// same name).
-pub fn with_headers(properties: BasicProperties, pairs: &[(&str, &str)]) -> BasicProperties {
-    let mut headers = properties.headers().clone().unwrap_or_default();
-    for (name, value) in pairs {
-        headers.insert(
-            ShortString::from(*name),
-            AMQPValue::LongString(LongString::from(*value)),
-        );
-    }
-    properties.with_headers(headers)
-}
-
-/// A header of a received message as text, whatever AMQP type it came as.
-pub fn header(headers: Option<&FieldTable>, name: &str) -> Option<String> {
-    match headers?.inner().get(name)? {
-        AMQPValue::LongString(value) => Some(value.to_string()),
-        AMQPValue::ShortString(value) => Some(value.to_string()),
-        AMQPValue::LongLongInt(value) => Some(value.to_string()),
-        AMQPValue::LongInt(value) => Some(value.to_string()),
-        AMQPValue::ShortInt(value) => Some(value.to_string()),
-        other => Some(format!("{other:?}")),
-    }
 }
 
 #[cfg(test)]
@@ -216,19 +159,9 @@ mod tests {
             Some("message")
         );
         assert_eq!(
-            header(properties.headers().as_ref(), TRACEPARENT),
+            headers::get(properties.headers().as_ref(), TRACEPARENT),
             Some(trace.to_string())
         );
-    }
-
-    #[test]
-    fn added_headers_keep_the_ones_there() {
-        let properties = with_headers(json_properties(), &[("a", "1"), ("b", "2")]);
-        let properties = with_headers(properties, &[("b", "3")]);
-        let headers = properties.headers().as_ref();
-        assert_eq!(header(headers, "a").as_deref(), Some("1"));
-        assert_eq!(header(headers, "b").as_deref(), Some("3"));
-        assert_eq!(header(headers, "c"), None);
     }
 
     #[test]
