@@ -78,6 +78,44 @@ pub(crate) async fn application(
     .ok_or(StoreError::NotFound(Missing::Application))
 }
 
+/// An application as listed: its row id, the cursor of the list (never
+/// shown otherwise).
+#[derive(sqlx::FromRow)]
+struct Listed {
+    id: i64,
+    #[sqlx(flatten)]
+    application: Application,
+}
+
+/// One page of every application, in the order they were created (by
+/// their row id): ids above `after`, at most `limit`. `next_after` is the
+/// last one's id when the page is full.
+pub(crate) async fn applications(
+    database: &Database,
+    after: i64,
+    limit: i64,
+) -> Result<Page<Application>, StoreError> {
+    let listed: Vec<Listed> = sqlx::query_as(
+        "SELECT id, token, name, chats_count, last_chat_number FROM applications
+         WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(database.pool()?)
+    .await?;
+    let next_after = match listed.last() {
+        Some(last) if listed.len() as i64 == limit => Some(last.id),
+        _ => None,
+    };
+    Ok(Page {
+        items: listed
+            .into_iter()
+            .map(|listed| listed.application)
+            .collect(),
+        next_after,
+    })
+}
+
 async fn application_id(database: &Database, token: &str) -> Result<i64, StoreError> {
     sqlx::query_scalar("SELECT id FROM applications WHERE token = $1")
         .bind(token)

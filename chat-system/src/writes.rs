@@ -1,6 +1,8 @@
 //! The writes: the one write path of records ([`transact`]), and the
 //! applications' own writes (create, rename), which the admin makes one at
-//! a time and which need no group commit.
+//! a time and which need no group commit. A rename locks its one
+//! application row, as a batch with chats of it does: it waits for such a
+//! batch, or the batch for it.
 //!
 //! [`transact`] stores a batch of chats, messages and edits of messages,
 //! of any applications, in one transaction with a few set-based
@@ -90,6 +92,24 @@ pub(crate) async fn create_application(
     .fetch_one(database.pool()?)
     .await?;
     Ok(application)
+}
+
+/// Names the application of `token` `name` (checked by the route): the
+/// application renamed, or `NotFound`.
+pub(crate) async fn rename_application(
+    database: &Database,
+    token: &str,
+    name: &str,
+) -> Result<Application, StoreError> {
+    sqlx::query_as(
+        "UPDATE applications SET name = $2 WHERE token = $1
+         RETURNING token, name, chats_count, last_chat_number",
+    )
+    .bind(token)
+    .bind(name)
+    .fetch_optional(database.pool()?)
+    .await?
+    .ok_or(StoreError::NotFound(Missing::Application))
 }
 
 /// Index of each record, by a key: the first record of the key, and the

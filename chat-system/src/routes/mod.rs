@@ -67,6 +67,25 @@ pub(crate) fn routes(
         .then(|allowed, body, store| {
             guarded(allowed, applications::create_application(body, store))
         });
+    let list_applications = warp::path!("applications")
+        .and(warp::get())
+        .and(needs(Access::Admin))
+        .and(query)
+        .and(store.clone())
+        .then(|allowed, query, store| {
+            guarded(allowed, applications::list_applications(query, store))
+        });
+    let rename_application = warp::path!("applications" / String)
+        .and(warp::patch())
+        .and(needs(Access::Admin))
+        .and(json_body::<applications::NewApplication>(max_body_bytes))
+        .and(store.clone())
+        .then(|token, allowed, body, store| {
+            guarded(
+                allowed,
+                applications::rename_application(token, body, store),
+            )
+        });
     let get_application = warp::path!("applications" / String)
         .and(warp::get())
         .and(store.clone())
@@ -142,7 +161,11 @@ pub(crate) fn routes(
         .unify()
         .or(create_application)
         .unify()
+        .or(list_applications)
+        .unify()
         .or(get_application)
+        .unify()
+        .or(rename_application)
         .unify()
         .or(list_chats)
         .unify()
@@ -169,9 +192,10 @@ pub(crate) fn routes(
 /// The methods of each path of the contract, for 405's `Allow`.
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     match segments {
-        ["applications"] | ["records"] => Some("POST"),
-        ["applications", _]
-        | ["applications", _, "chats"]
+        ["applications"] => Some("GET, POST"),
+        ["records"] => Some("POST"),
+        ["applications", _] => Some("GET, PATCH"),
+        ["applications", _, "chats"]
         | ["applications", _, "chats", _, "messages"]
         | ["applications", _, "chats", _, "messages", "search"]
         | ["healthz" | "readyz"] => Some("GET"),
