@@ -1,5 +1,7 @@
-//! Getting PostgreSQL ready: the pool, the database itself when it does not
-//! exist yet, and the embedded migrations.
+//! The database: its pools, getting PostgreSQL ready (the database itself
+//! when it does not exist yet, and the embedded migrations), and
+//! [`Database`], the handle `reads` and `writes` run their SQL on, with
+//! what a write of a record can come to ([`Outcome`], [`Stored`]).
 //!
 //! The service starts listening before any of this has succeeded, so it
 //! comes up while PostgreSQL is still starting; requests answer 503 and
@@ -15,6 +17,7 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::config::Config;
+use crate::error::StoreError;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -101,3 +104,52 @@ async fn prepare(database_url: &str, pool: &PgPool) -> Result<(), sqlx::Error> {
         .await
         .map_err(|error| sqlx::Error::Migrate(Box::new(error)))
 }
+
+/// The database, usable once its migrations have run; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Database {
+    pool: PgPool,
+    /// Searches only ([`search_pool`]).
+    search_pool: PgPool,
+    readiness: Readiness,
+}
+
+impl Database {
+    pub(crate) fn new(pool: PgPool, search_pool: PgPool, readiness: Readiness) -> Self {
+        Self {
+            pool,
+            search_pool,
+            readiness,
+        }
+    }
+
+    /// The pool, once migrations have run; 503 before.
+    pub(crate) fn pool(&self) -> Result<&PgPool, StoreError> {
+        if self.readiness.is_ready() {
+            Ok(&self.pool)
+        } else {
+            Err(StoreError::Starting)
+        }
+    }
+
+    /// The searches' pool, once migrations have run.
+    pub(crate) fn search_pool(&self) -> Result<&PgPool, StoreError> {
+        self.pool()?;
+        Ok(&self.search_pool)
+    }
+}
+
+/// Whether a write stored a new row or found the same one already there;
+/// for an edit, whether its body is now the stored one, was already, or
+/// has been superseded by a higher revision (stored all the same: each
+/// revision's body is current once, in revision order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Created,
+    AlreadyThere,
+    Superseded,
+}
+
+/// What became of one record: stored now or already there, or why not
+/// (`NotFound`, `Conflict`).
+pub(crate) type Stored = Result<Outcome, StoreError>;

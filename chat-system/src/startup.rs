@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use crate::auth::Auth;
 use crate::config::Config;
-use crate::database::{self, Readiness};
+use crate::database::{self, Database, Readiness};
 use crate::routes::{Limits, routes};
-use crate::store::{Database, Store};
+use crate::store::Store;
 
 pub struct Application {
     listener: TcpListener,

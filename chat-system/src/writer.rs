@@ -4,7 +4,7 @@
 //! Every write (a bulk request of the workers, a single `PUT`) is handed to
 //! a queue. `DATABASE_WRITE_LANES` lanes take turns at it: a lane takes
 //! every write waiting there, stores their records in one transaction
-//! (`Database::transact`), and answers each write with its own records'
+//! (`writes::transact`), and answers each write with its own records'
 //! results, while the next writes gather for the next free lane. No lane
 //! waits to fill a transaction: a lone write goes at once. Under load,
 //! the workers' concurrent bulk requests become one transaction instead of
@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::database::{Database, Stored};
 use crate::error::StoreError;
-use crate::records::{NewRecord, Stored};
-use crate::store::Database;
+use crate::writes::{NewRecord, transact};
 
 /// At most this many records go in one transaction; writes beyond wait for
 /// the next.
@@ -124,7 +124,7 @@ async fn commit(database: &Database, mut writes: Vec<Write>) {
 /// them, stores the halves apart, down to the record it refuses, which
 /// alone gets the refusal.
 async fn isolating(database: &Database, records: &[NewRecord]) -> Result<Vec<Stored>, StoreError> {
-    match database.transact(records).await {
+    match transact(database, records).await {
         Err(error @ StoreError::Refused(_)) if records.len() == 1 => Ok(vec![Err(error)]),
         Err(StoreError::Refused(_)) => {
             let (first, second) = records.split_at(records.len() / 2);

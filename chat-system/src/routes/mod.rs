@@ -1,48 +1,39 @@
-//! The HTTP contract (`docs/chat-system.openapi.yaml`): parses and checks
-//! every input, calls `store`, and shapes the answer. `records` holds the
-//! bulk write, `POST /records`.
+//! The HTTP contract (`docs/chat-system.openapi.yaml`): the filter tree
+//! of every route, the methods of each path (405's `Allow`), and the
+//! credential check in front of the write and admin routes. The handlers
+//! live by resource: `applications`, `chats`, `messages`, and `records`
+//! (the bulk write, `POST /records`); `input` parses and checks what a
+//! request brings, `reply` shapes what it gets back. The children import
+//! each other and the crate's modules, never this one.
 //!
-//! Handlers never reject: bad input is answered here with a 4xx, so warp
+//! Handlers never reject: bad input is answered there with a 4xx, so warp
 //! does not go on to try other routes and report a misleading 405. Only
 //! warp's own rejections (no such route, wrong method, oversized body) reach
 //! `shared::http::recover`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 
-use serde::Deserialize;
-use warp::http::StatusCode;
+use shared::http::json_body;
+use shared::trace::TraceParent;
+use tracing::{Instrument, Span};
+use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use shared::http::{BodyError, decode_segment, json_body, json_with_status, positive_number};
-use shared::trace::TraceParent;
-use tracing::{Instrument, Span};
-
-use std::sync::Arc;
-
-use warp::http::HeaderValue;
-
 use crate::auth::{Access, Auth};
-use crate::error::{HttpError, Missing, StoreError};
-use crate::records::NewRecord;
-use crate::store::{Outcome, Store};
+use crate::error::HttpError;
+use crate::store::Store;
 
+mod applications;
+mod chats;
+mod input;
+mod messages;
 mod records;
+mod reply;
 
-const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1000;
-const MAX_NAME_CHARS: usize = 255;
-
-/// The limits the routes enforce, from the configuration.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    /// Largest request body; `/readyz` tells it, so callers can check that
-    /// what they send fits.
-    pub(crate) max_body_bytes: u64,
-    /// Most words in a search query.
-    pub(crate) search_max_terms: usize,
-}
+pub(crate) use input::Limits;
 
 /// Every route of the service, errors included.
 pub(crate) fn routes(
@@ -71,46 +62,67 @@ pub(crate) fn routes(
     let create_application = warp::path!("applications")
         .and(warp::post())
         .and(needs(Access::Admin))
-        .and(json_body::<NewApplication>(max_body_bytes))
+        .and(json_body::<applications::NewApplication>(max_body_bytes))
         .and(store.clone())
-        .then(|allowed, body, store| guarded(allowed, create_application(body, store)));
+        .then(|allowed, body, store| {
+            guarded(allowed, applications::create_application(body, store))
+        });
+    let list_applications = warp::path!("applications")
+        .and(warp::get())
+        .and(needs(Access::Admin))
+        .and(query)
+        .and(store.clone())
+        .then(|allowed, query, store| {
+            guarded(allowed, applications::list_applications(query, store))
+        });
+    let rename_application = warp::path!("applications" / String)
+        .and(warp::patch())
+        .and(needs(Access::Admin))
+        .and(json_body::<applications::NewApplication>(max_body_bytes))
+        .and(store.clone())
+        .then(|token, allowed, body, store| {
+            guarded(
+                allowed,
+                applications::rename_application(token, body, store),
+            )
+        });
     let get_application = warp::path!("applications" / String)
         .and(warp::get())
         .and(store.clone())
-        .then(get_application);
+        .then(applications::get_application);
     let list_chats = warp::path!("applications" / String / "chats")
         .and(warp::get())
         .and(query)
         .and(store.clone())
-        .then(list_chats);
+        .then(chats::list_chats);
     let put_chat = warp::path!("applications" / String / "chats" / String)
         .and(warp::put())
         .and(needs(Access::Write))
         .and(store.clone())
         .and(write_span())
         .then(|token, chat, allowed, store, span: Span| {
-            guarded(allowed, put_chat(token, chat, store)).instrument(span)
+            guarded(allowed, chats::put_chat(token, chat, store)).instrument(span)
         });
     let get_chat = warp::path!("applications" / String / "chats" / String)
         .and(warp::get())
         .and(store.clone())
-        .then(get_chat);
+        .then(chats::get_chat);
     let list_messages = warp::path!("applications" / String / "chats" / String / "messages")
         .and(warp::get())
         .and(query)
         .and(store.clone())
-        .then(list_messages);
+        .then(messages::list_messages);
     // Before `get_message`, whose `{m}` segment would otherwise take "search".
     let search = warp::path!("applications" / String / "chats" / String / "messages" / "search")
         .and(warp::get())
         .and(query)
         .and(store.clone())
         .and(limits)
-        .then(search_messages);
+        .then(messages::search_messages);
     let put_message = warp::path!("applications" / String / "chats" / String / "messages" / String)
         .and(warp::put())
         .and(needs(Access::Write))
-        .and(json_body::<NewMessage>(max_body_bytes))
+        .and(json_body::<messages::NewMessage>(max_body_bytes))
         .and(store.clone())
         .and(write_span())
         .then(
@@ -120,9 +132,12 @@ pub(crate) fn routes(
                     // credential is asked for.
                     return shared::http::not_allowed("GET");
                 }
-                guarded(allowed, put_message(token, chat, message, body, store))
-                    .instrument(span)
-                    .await
+                guarded(
+                    allowed,
+                    messages::put_message(token, chat, message, body, store),
+                )
+                .instrument(span)
+                .await
             },
         );
     let store_records = warp::path!("records")
@@ -134,7 +149,7 @@ pub(crate) fn routes(
     let get_message = warp::path!("applications" / String / "chats" / String / "messages" / String)
         .and(warp::get())
         .and(store.clone())
-        .then(get_message);
+        .then(messages::get_message);
     let readyz = warp::path!("readyz")
         .and(warp::get())
         .and(store)
@@ -146,7 +161,11 @@ pub(crate) fn routes(
         .unify()
         .or(create_application)
         .unify()
+        .or(list_applications)
+        .unify()
         .or(get_application)
+        .unify()
+        .or(rename_application)
         .unify()
         .or(list_chats)
         .unify()
@@ -173,9 +192,10 @@ pub(crate) fn routes(
 /// The methods of each path of the contract, for 405's `Allow`.
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     match segments {
-        ["applications"] | ["records"] => Some("POST"),
-        ["applications", _]
-        | ["applications", _, "chats"]
+        ["applications"] => Some("GET, POST"),
+        ["records"] => Some("POST"),
+        ["applications", _] => Some("GET, PATCH"),
+        ["applications", _, "chats"]
         | ["applications", _, "chats", _, "messages"]
         | ["applications", _, "chats", _, "messages", "search"]
         | ["healthz" | "readyz"] => Some("GET"),
@@ -214,22 +234,6 @@ fn write_span() -> impl Filter<Extract = (Span,), Error = Infallible> + Clone {
         })
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewApplication {
-    name: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewMessage {
-    body: String,
-}
-
-fn answer(result: Result<Response, HttpError>) -> Response {
-    result.unwrap_or_else(HttpError::into_response)
-}
-
 /// `handler`'s answer if the request carried the credential its route
 /// needs; 401 otherwise, and the handler never runs.
 async fn guarded(
@@ -240,259 +244,6 @@ async fn guarded(
         Ok(()) => handler.await,
         Err(error) => error.into_response(),
     }
-}
-
-/// A token that cannot exist (not UTF-8, or holding a NUL, which
-/// PostgreSQL text cannot store) is simply unknown.
-fn token(raw: &str) -> Result<String, HttpError> {
-    decode_segment(raw)
-        .filter(|token| !token.contains('\0'))
-        .ok_or(HttpError::Store(StoreError::NotFound(Missing::Application)))
-}
-
-/// A message body PostgreSQL can store and a reader can see: not empty,
-/// and no U+0000 (which PostgreSQL text cannot hold: refused here as bad
-/// input rather than failing in the database).
-fn check_body(body: &str) -> Result<(), String> {
-    if body.is_empty() {
-        return Err("body must not be empty".into());
-    }
-    if body.contains('\0') {
-        return Err("body must not contain NUL characters".into());
-    }
-    Ok(())
-}
-
-fn number(raw: &str, what: &str) -> Result<i64, HttpError> {
-    positive_number(raw)
-        .ok_or_else(|| HttpError::BadRequest(format!("{what} must be a positive integer")))
-}
-
-/// `?after=N&limit=M`: numbers above `after` (default 0), at most `limit`
-/// of them (default 100, at most 1000).
-fn page(query: &HashMap<String, String>) -> Result<(i64, i64), HttpError> {
-    let after = match query.get("after") {
-        None => 0,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|after| *after >= 0)
-            .ok_or_else(|| HttpError::BadRequest("after must be a non-negative integer".into()))?,
-    };
-    Ok((after, limit(query)?))
-}
-
-fn limit(query: &HashMap<String, String>) -> Result<i64, HttpError> {
-    match query.get("limit") {
-        None => Ok(DEFAULT_PAGE),
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|limit| (1..=MAX_PAGE).contains(limit))
-            .ok_or_else(|| {
-                HttpError::BadRequest(format!("limit must be an integer from 1 to {MAX_PAGE}"))
-            }),
-    }
-}
-
-fn body_error(error: BodyError) -> HttpError {
-    match error {
-        BodyError::UnsupportedMediaType => HttpError::UnsupportedMediaType,
-        BodyError::Malformed(reason) => {
-            HttpError::BadRequest(format!("request body is not valid JSON: {reason}"))
-        }
-    }
-}
-
-fn status(outcome: Outcome) -> StatusCode {
-    match outcome {
-        Outcome::Created => StatusCode::CREATED,
-        Outcome::AlreadyThere | Outcome::Superseded => StatusCode::OK,
-    }
-}
-
-async fn create_application(body: Result<NewApplication, BodyError>, store: Store) -> Response {
-    answer(
-        async {
-            let name = body.map_err(body_error)?.name;
-            let name = name.trim();
-            if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
-                return Err(HttpError::BadRequest(format!(
-                    "name must be 1 to {MAX_NAME_CHARS} characters"
-                )));
-            }
-            let application = store.create_application(name).await?;
-            Ok(json_with_status(&application, StatusCode::CREATED))
-        }
-        .await,
-    )
-}
-
-async fn get_application(token_raw: String, store: Store) -> Response {
-    answer(
-        async {
-            let application = store.application(&token(&token_raw)?).await?;
-            Ok(warp::reply::json(&application).into_response())
-        }
-        .await,
-    )
-}
-
-async fn list_chats(token_raw: String, query: HashMap<String, String>, store: Store) -> Response {
-    answer(
-        async {
-            let (after, limit) = page(&query)?;
-            let page = store.chats(&token(&token_raw)?, after, limit).await?;
-            Ok(warp::reply::json(&page).into_response())
-        }
-        .await,
-    )
-}
-
-async fn put_chat(token_raw: String, chat_raw: String, store: Store) -> Response {
-    answer(
-        async {
-            let number = number(&chat_raw, "chat number")?;
-            let token = token(&token_raw)?;
-            let record = NewRecord::Chat {
-                token: token.clone(),
-                number,
-            };
-            let outcome = store_one(&store, record).await?;
-            tracing::debug!(chat = number, ?outcome, "chat stored");
-            let chat = store.chat(&token, number).await?;
-            Ok(json_with_status(&chat, status(outcome)))
-        }
-        .await,
-    )
-}
-
-/// Stores one record through the batch path: its result, or the batch's
-/// error.
-async fn store_one(store: &Store, record: NewRecord) -> Result<Outcome, HttpError> {
-    let mut results = store.store(vec![record]).await?;
-    Ok(results.pop().expect("one result per record")?)
-}
-
-async fn get_chat(token_raw: String, chat_raw: String, store: Store) -> Response {
-    answer(
-        async {
-            let chat = number(&chat_raw, "chat number")?;
-            let chat = store.chat(&token(&token_raw)?, chat).await?;
-            Ok(warp::reply::json(&chat).into_response())
-        }
-        .await,
-    )
-}
-
-async fn list_messages(
-    token_raw: String,
-    chat_raw: String,
-    query: HashMap<String, String>,
-    store: Store,
-) -> Response {
-    answer(
-        async {
-            let chat = number(&chat_raw, "chat number")?;
-            let (after, limit) = page(&query)?;
-            let page = store
-                .messages(&token(&token_raw)?, chat, after, limit)
-                .await?;
-            Ok(warp::reply::json(&page).into_response())
-        }
-        .await,
-    )
-}
-
-async fn search_messages(
-    token_raw: String,
-    chat_raw: String,
-    query: HashMap<String, String>,
-    store: Store,
-    limits: Limits,
-) -> Response {
-    answer(
-        async {
-            let chat = number(&chat_raw, "chat number")?;
-            let text = query.get("q").map(|q| q.trim()).unwrap_or_default();
-            if text.is_empty() {
-                return Err(HttpError::BadRequest(
-                    "q must be a non-empty search query".into(),
-                ));
-            }
-            if text.contains('\0') {
-                return Err(HttpError::BadRequest(
-                    "q must not contain NUL characters".into(),
-                ));
-            }
-            if text.split_whitespace().count() > limits.search_max_terms {
-                return Err(HttpError::BadRequest(format!(
-                    "q must have at most {} words",
-                    limits.search_max_terms
-                )));
-            }
-            let hits = store
-                .search(&token(&token_raw)?, chat, text, limit(&query)?)
-                .await?;
-            Ok(warp::reply::json(&serde_json::json!({ "items": hits })).into_response())
-        }
-        .await,
-    )
-}
-
-async fn put_message(
-    token_raw: String,
-    chat_raw: String,
-    message_raw: String,
-    body: Result<NewMessage, BodyError>,
-    store: Store,
-) -> Response {
-    answer(
-        async {
-            let chat = number(&chat_raw, "chat number")?;
-            let message = number(&message_raw, "message number")?;
-            let body = body.map_err(body_error)?.body;
-            check_body(&body).map_err(HttpError::BadRequest)?;
-            let record = NewRecord::Message {
-                token: token(&token_raw)?,
-                chat,
-                number: message,
-                body: body.clone(),
-            };
-            let outcome = store_one(&store, record).await?;
-            tracing::debug!(chat, message, ?outcome, "message stored");
-            /// What was written: the message as created (its reads show
-            /// its current revision).
-            #[derive(serde::Serialize)]
-            struct Written {
-                number: i64,
-                body: String,
-            }
-            let written = Written {
-                number: message,
-                body,
-            };
-            Ok(json_with_status(&written, status(outcome)))
-        }
-        .await,
-    )
-}
-
-async fn get_message(
-    token_raw: String,
-    chat_raw: String,
-    message_raw: String,
-    store: Store,
-) -> Response {
-    answer(
-        async {
-            let chat = number(&chat_raw, "chat number")?;
-            let message = number(&message_raw, "message number")?;
-            let message = store.message(&token(&token_raw)?, chat, message).await?;
-            Ok(warp::reply::json(&message).into_response())
-        }
-        .await,
-    )
 }
 
 async fn readyz(store: Store, limits: Limits) -> Response {

@@ -12,10 +12,12 @@ use tracing::Span;
 use warp::Reply;
 use warp::reply::Response;
 
-use super::{body_error, check_body};
+use super::input::{body_error, check_body};
+use super::reply::answer;
+use crate::database::Outcome;
 use crate::error::{HttpError, Missing, StoreError};
-use crate::records::NewRecord;
-use crate::store::{Outcome, Store};
+use crate::store::Store;
+use crate::writes::NewRecord;
 
 /// More records than this in one request is refused (413): the worker
 /// sends far fewer, and one transaction should stay short.
@@ -246,7 +248,7 @@ pub(crate) async fn store_records(
     body: Result<Request, shared::http::BodyError>,
     store: Store,
 ) -> Response {
-    super::answer(
+    answer(
         async {
             let records = body.map_err(body_error)?.records;
             if records.len() > MAX_RECORDS {

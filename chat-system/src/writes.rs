@@ -1,5 +1,11 @@
-//! The one write path: storing a batch of chats, messages and edits of
-//! messages, of any applications, in one transaction with a few set-based
+//! The writes: the one write path of records ([`transact`]), and the
+//! applications' own writes (create, rename), which the admin makes one at
+//! a time and which need no group commit. A rename locks its one
+//! application row, as a batch with chats of it does: it waits for such a
+//! batch, or the batch for it.
+//!
+//! [`transact`] stores a batch of chats, messages and edits of messages,
+//! of any applications, in one transaction with a few set-based
 //! statements. The single `PUT`s are batches of one.
 //!
 //! Per batch: lock the applications that get chats, insert the chats and
@@ -24,8 +30,9 @@ use std::collections::HashMap;
 
 use sqlx::{Postgres, Transaction};
 
+use crate::database::{Database, Outcome, Stored};
 use crate::error::{Missing, StoreError};
-use crate::store::{Database, Outcome};
+use crate::reads::Application;
 
 /// A record to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,26 +57,59 @@ pub(crate) enum NewRecord {
     },
 }
 
-/// What became of one record: stored now or already there, or why not
-/// (`NotFound`, `Conflict`).
-pub(crate) type Stored = Result<Outcome, StoreError>;
+/// Stores `records` in one transaction and answers a result per record,
+/// in order. An error of the whole batch (the database is unreachable)
+/// stores nothing.
+pub(crate) async fn transact(
+    database: &Database,
+    records: &[NewRecord],
+) -> Result<Vec<Stored>, StoreError> {
+    let mut results: Vec<Option<Stored>> = records.iter().map(|_| None).collect();
+    let mut transaction = database.pool()?.begin().await?;
+    store_chats(&mut transaction, records, &mut results).await?;
+    store_messages(&mut transaction, records, &mut results).await?;
+    store_edits(&mut transaction, records, &mut results).await?;
+    transaction.commit().await?;
+    Ok(results
+        .into_iter()
+        .map(|result| result.expect("every record got a result"))
+        .collect())
+}
 
-impl Database {
-    /// Stores `records` in one transaction and answers a result per record,
-    /// in order. An error of the whole batch (the database is unreachable)
-    /// stores nothing.
-    pub(crate) async fn transact(&self, records: &[NewRecord]) -> Result<Vec<Stored>, StoreError> {
-        let mut results: Vec<Option<Stored>> = records.iter().map(|_| None).collect();
-        let mut transaction = self.pool()?.begin().await?;
-        store_chats(&mut transaction, records, &mut results).await?;
-        store_messages(&mut transaction, records, &mut results).await?;
-        store_edits(&mut transaction, records, &mut results).await?;
-        transaction.commit().await?;
-        Ok(results
-            .into_iter()
-            .map(|result| result.expect("every record got a result"))
-            .collect())
-    }
+/// A new application named `name` (checked by the route), with a new
+/// random token.
+pub(crate) async fn create_application(
+    database: &Database,
+    name: &str,
+) -> Result<Application, StoreError> {
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let application = sqlx::query_as(
+        "INSERT INTO applications (token, name) VALUES ($1, $2)
+         RETURNING token, name, chats_count, last_chat_number",
+    )
+    .bind(token)
+    .bind(name)
+    .fetch_one(database.pool()?)
+    .await?;
+    Ok(application)
+}
+
+/// Names the application of `token` `name` (checked by the route): the
+/// application renamed, or `NotFound`.
+pub(crate) async fn rename_application(
+    database: &Database,
+    token: &str,
+    name: &str,
+) -> Result<Application, StoreError> {
+    sqlx::query_as(
+        "UPDATE applications SET name = $2 WHERE token = $1
+         RETURNING token, name, chats_count, last_chat_number",
+    )
+    .bind(token)
+    .bind(name)
+    .fetch_optional(database.pool()?)
+    .await?
+    .ok_or(StoreError::NotFound(Missing::Application))
 }
 
 /// Index of each record, by a key: the first record of the key, and the
