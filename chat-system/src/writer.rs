@@ -19,6 +19,7 @@
 
 use std::sync::Arc;
 
+use shared::group_commit::{self, Limits, Weight};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::database::{Database, Stored};
@@ -68,23 +69,24 @@ impl Writer {
 async fn lane(database: Database, receiver: Arc<Mutex<mpsc::Receiver<Write>>>, writes: usize) {
     let mut taken = Vec::new();
     loop {
-        {
-            let mut receiver = receiver.lock().await;
-            if receiver.recv_many(&mut taken, 1).await == 0 {
-                return;
-            }
-            // Whatever else is waiting, as long as the transaction stays
-            // within bounds.
-            let mut records: usize = taken.iter().map(|write| write.records.len()).sum();
-            while records < MAX_RECORDS && taken.len() < writes {
-                match receiver.try_recv() {
-                    Ok(write) => {
-                        records += write.records.len();
-                        taken.push(write);
-                    }
-                    Err(_) => break,
-                }
-            }
+        // Whatever is waiting, as long as the transaction stays within
+        // bounds: `writes` writes, `MAX_RECORDS` records.
+        let limits = Limits {
+            count: writes,
+            size: MAX_RECORDS,
+        };
+        let taken_now = group_commit::take_waiting(
+            &mut *receiver.lock().await,
+            &mut taken,
+            limits,
+            |write: &Write| Weight {
+                count: 1,
+                size: write.records.len(),
+            },
+        )
+        .await;
+        if taken_now == 0 {
+            return;
         }
         commit(&database, std::mem::take(&mut taken)).await;
     }

@@ -152,6 +152,21 @@ pub enum Written {
 }
 
 impl Written {
+    /// The word, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Exists => "exists",
+            Self::Superseded => "superseded",
+            Self::Conflict => "conflict",
+            Self::UnknownApplication => "unknown_application",
+            Self::UnknownChat => "unknown_chat",
+            Self::UnknownMessage => "unknown_message",
+            Self::Invalid => "invalid",
+            Self::Other => "other",
+        }
+    }
+
     /// Whether the record is stored.
     pub fn is_stored(self) -> bool {
         matches!(self, Self::Created | Self::Exists | Self::Superseded)
@@ -375,6 +390,10 @@ mod tests {
         .unwrap();
         assert_eq!(answer.results[0].result, Written::Created);
         assert_eq!(answer.results[1].result, Written::Other);
+        for word in [Written::Created, Written::UnknownMessage, Written::Invalid] {
+            let json = serde_json::to_string(&word).unwrap();
+            assert_eq!(json, format!("\"{}\"", word.as_str()));
+        }
     }
 
     #[test]
