@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::ensure;
 use futures::StreamExt;
 use lapin::Channel;
-use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::ConfirmSelectOptions;
 use shared::amqp::connection::connect;
 use shared::amqp::publish::{self, Message};
 use shared::amqp::topology::{self, Topology};
@@ -140,19 +139,12 @@ async fn wait_until_stored(
     args: &Args,
 ) -> anyhow::Result<()> {
     let give_up = Instant::now() + Duration::from_secs(600);
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
     loop {
         ensure!(
             Instant::now() < give_up,
             "the backlog was not drained in ten minutes"
         );
-        let queue = channel
-            .queue_declare(topology.jobs_queue().into(), passive, FieldTable::default())
-            .await?;
-        if queue.message_count() == 0 {
+        if topology::depth(channel, &topology.jobs_queue()).await?.0 == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -6,10 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use shared::amqp::connection::connect;
-use shared::amqp::topology::Topology;
+use shared::amqp::topology::{Topology, depth};
 
 use crate::servers::Servers;
 
@@ -80,17 +78,12 @@ async fn retry_copies(servers: &Servers, prefix: &str) -> anyhow::Result<usize> 
     let topology = Topology::new(&servers.broker(prefix));
     let connection = connect(&servers.amqp_url, "bench-leftovers").await?;
     let channel = connection.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
     let mut total = 0;
     for queue in crate::servers::retry_queues(&topology) {
-        let declared = channel
-            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+        let (waiting, _) = depth(&channel, &queue)
             .await
             .map_err(|error| anyhow::anyhow!("reading the length of {queue}: {error}"))?;
-        total += declared.message_count() as usize;
+        total += waiting as usize;
     }
     let _ = connection.close(200, "counted".into()).await;
     Ok(total)

@@ -5,11 +5,9 @@
 
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use shared::amqp::connection::connect;
-use shared::amqp::topology::Topology;
+use shared::amqp::topology::{Topology, depth};
 use tokio::sync::Mutex;
 
 /// A scrape waits at most this long for the broker.
@@ -69,20 +67,14 @@ impl Depths {
                 link.insert((connection, channel)).1.clone()
             }
         };
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
         for (label, queues) in &self.queues {
             let mut messages = 0;
             for queue in queues {
-                let declared = channel
-                    .queue_declare(queue.as_str().into(), passive, FieldTable::default())
-                    .await?;
-                messages += declared.message_count();
+                let (waiting, consumers) = depth(&channel, queue).await?;
+                messages += waiting;
                 if *label == "jobs" {
                     metrics::gauge!("worker_queue_consumers", "queue" => "jobs")
-                        .set(f64::from(declared.consumer_count()));
+                        .set(f64::from(consumers));
                 }
             }
             metrics::gauge!("worker_queue_messages", "queue" => *label).set(f64::from(messages));

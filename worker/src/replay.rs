@@ -18,15 +18,13 @@
 use std::io::Write;
 
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use shared::amqp::batch;
 use shared::amqp::connection::connect;
 use shared::amqp::headers::{self, ATTEMPTS, FIRST_DEATH_REASON, JOBS, LAST_ERROR, REASON};
 use shared::amqp::publish::{self, Message};
-use shared::amqp::topology::{ROUTING_KEY, Topology};
+use shared::amqp::topology::{ROUTING_KEY, Topology, depth};
 use shared::job::{Job, Record};
 use shared::telemetry::short_token;
 
@@ -97,14 +95,7 @@ pub async fn replay(
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let found = channel
-        .queue_declare(topology.dead_queue().into(), passive, FieldTable::default())
-        .await?
-        .message_count() as usize;
+    let found = depth(&channel, &topology.dead_queue()).await?.0 as usize;
 
     let run = Run {
         config,
@@ -173,16 +164,9 @@ async fn counted_again(
     queue: &str,
     returned: usize,
 ) -> anyhow::Result<()> {
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let ready = channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await?
-            .message_count() as usize;
+        let ready = depth(channel, queue).await?.0 as usize;
         if ready >= returned {
             return Ok(());
         }

@@ -255,6 +255,20 @@ pub struct Queue {
     pub delay: Option<Duration>,
 }
 
+/// How many messages wait in `queue` and how many consumers it has, read
+/// with a passive declaration (an error, never a 0, for a queue that
+/// cannot be read: a wrong name is not an empty queue).
+pub async fn depth(channel: &Channel, queue: &str) -> lapin::Result<(u32, u32)> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await?;
+    Ok((declared.message_count(), declared.consumer_count()))
+}
+
 fn durable_queue() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
