@@ -40,13 +40,6 @@ macro_rules! message_columns {
     };
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
-pub(crate) struct SearchHit {
-    pub(crate) number: i64,
-    pub(crate) body: String,
-    pub(crate) rank: f32,
-}
-
 /// One page of a list ordered by number; `next_after` is the cursor for the
 /// following page, absent on the last one.
 #[derive(Debug, Serialize)]
@@ -229,34 +222,182 @@ pub(crate) async fn messages(
     }))
 }
 
-/// Full-text search of one chat's messages, best match first. The query
-/// is bound as a parameter and parsed by `websearch_to_tsquery`, which
-/// accepts any text (quotes, `or`, `-word`) without a syntax error.
+/// One message found by a search. `snippet` is HTML: the body's text
+/// around the matches (PostgreSQL's `ts_headline`), escaped, with each
+/// match in `<mark>…</mark>`.
+#[derive(Debug, Serialize)]
+pub(crate) struct SearchHit {
+    pub(crate) number: i64,
+    pub(crate) body: String,
+    pub(crate) rank: f32,
+    pub(crate) snippet: String,
+}
+
+/// One page of a search; `next_offset` is the `offset` of the next page,
+/// absent (null) on the last one.
+#[derive(Debug, Serialize)]
+pub(crate) struct SearchPage {
+    pub(crate) items: Vec<SearchHit>,
+    pub(crate) next_offset: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SearchRow {
+    number: i64,
+    body: String,
+    rank: f32,
+    headline: String,
+}
+
+/// A near miss: a message in which every word of the query is at least
+/// this close to a word (pg_trgm's `strict_word_similarity`, 0 to 1):
+/// `helo` is 0.57 from `hello`, `rain` 0.38 from `brain`.
+const NEAR_MISS: f32 = 0.5;
+
+/// Where `ts_headline` starts and ends a match: private-use characters,
+/// taken out of the body first, turned into `<mark>` once the rest is
+/// escaped.
+const MARK_START: char = '\u{E000}';
+const MARK_END: char = '\u{E001}';
+
+/// The search of one chat, in one statement on the search pool:
+///
+/// - `query`: `q` parsed by `websearch_to_tsquery` (bound, never spliced
+///   into SQL: any text is a query, operators included), then each of its
+///   lexemes made a prefix (`'hel':*`) by rewriting the query's own text
+///   form, in which PostgreSQL quotes every lexeme; and the words a near
+///   miss must have (the query's lexemes, negated ones aside: `querytree`).
+/// - `matched`: the word matches (the GIN index on `search` serves prefix
+///   terms), best `ts_rank` first, as many as the page needs.
+/// - `near`: only when the word matches do not fill the page, the chat's
+///   other messages in which every word is a near miss, closest first.
+/// - the page of both, word matches first, and only for its rows the
+///   snippet: the query's lexemes, or a near miss's words close to the
+///   query's, highlighted; a body of up to 300 characters whole, a longer
+///   one in up to two fragments of at most 20 words around the matches.
+const SEARCH: &str = r#"
+WITH query AS (
+    SELECT regexp_replace(w::text, '''((?:[^'']|'''')*)''', '''\1'':*', 'g')::tsquery AS prefixed,
+           ARRAY(SELECT replace(t[1], '''''', '''')
+                 FROM regexp_matches(querytree(w), '''((?:[^'']|'''')*)''', 'g') AS t) AS words
+    FROM websearch_to_tsquery('simple', $2) AS w
+),
+matched AS MATERIALIZED (
+    SELECT m.id, m.number, ts_rank(m.search, query.prefixed) AS rank, 1::real AS likeness
+    FROM messages m, query
+    WHERE m.chat_id = $1 AND m.search @@ query.prefixed
+    ORDER BY rank DESC, m.number
+    LIMIT $3
+),
+near AS (
+    SELECT m.id, m.number, 0::real AS rank, n.likeness
+    FROM messages m, query,
+         LATERAL (SELECT min(strict_word_similarity(word, left(m.body, 100000))) AS likeness
+                  FROM unnest(query.words) AS word) n
+    WHERE m.chat_id = $1
+      AND (SELECT count(*) FROM matched) < $3
+      AND cardinality(query.words) > 0
+      AND NOT m.search @@ query.prefixed
+      AND n.likeness >= $6
+    ORDER BY n.likeness DESC, m.number
+    LIMIT $3
+),
+page AS (
+    SELECT id, number, rank, likeness, false AS near FROM matched
+    UNION ALL
+    SELECT id, number, rank, likeness, true FROM near
+    ORDER BY near, rank DESC, likeness DESC, number
+    OFFSET $4 LIMIT $5
+)
+SELECT page.number, m.body, page.rank,
+       ts_headline('simple',
+           translate(left(m.body, 100000), chr(57344) || chr(57345), ''),
+           CASE WHEN page.near THEN COALESCE(
+               (SELECT string_agg('''' || replace(replace(l, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery
+                FROM unnest(tsvector_to_array(m.search)) AS l
+                WHERE EXISTS (SELECT 1 FROM unnest(query.words) AS word
+                              WHERE strict_word_similarity(word, l) >= $6)),
+               query.prefixed)
+           ELSE query.prefixed END,
+           'StartSel=' || chr(57344) || ', StopSel=' || chr(57345) || CASE
+               WHEN length(m.body) <= 300 THEN ', MaxWords=60, MinWords=30'
+               ELSE ', MaxFragments=2, MaxWords=20, MinWords=8, FragmentDelimiter=" … "' END
+       ) AS headline
+FROM page JOIN messages m ON m.id = page.id, query
+ORDER BY page.near, page.rank DESC, page.likeness DESC, page.number
+"#;
+
+/// Searches one chat's messages for `query`: word matches (whole words
+/// and words that start with a word of the query), best `ts_rank` first,
+/// then near misses (a typo), closest first; `limit` of them from
+/// `offset` on.
 pub(crate) async fn search(
     database: &Database,
     token: &str,
     chat: i64,
     query: &str,
+    offset: i64,
     limit: i64,
-) -> Result<Vec<SearchHit>, StoreError> {
+) -> Result<SearchPage, StoreError> {
     let chat_id = chat_id(database, token, chat).await?;
-    let hits = sqlx::query_as(
-        "SELECT m.number, m.body, ts_rank(m.search, q) AS rank
-         FROM messages m, websearch_to_tsquery('simple', $2) q
-         WHERE m.chat_id = $1 AND m.search @@ q
-         ORDER BY rank DESC, m.number LIMIT $3",
-    )
-    .bind(chat_id)
-    .bind(query)
-    .bind(limit)
-    .fetch_all(database.search_pool()?)
-    .await
-    .map_err(|error| match &error {
-        // query_canceled: the statement timeout of the search pool.
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
-            StoreError::SearchTimedOut
+    let mut rows: Vec<SearchRow> = sqlx::query_as(SEARCH)
+        .bind(chat_id)
+        .bind(query)
+        .bind(offset + limit + 1)
+        .bind(offset)
+        .bind(limit + 1)
+        .bind(NEAR_MISS)
+        .fetch_all(database.search_pool()?)
+        .await
+        .map_err(|error| match &error {
+            // query_canceled: the statement timeout of the search pool.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => {
+                StoreError::SearchTimedOut
+            }
+            _ => StoreError::from(error),
+        })?;
+    let next_offset = (rows.len() as i64 > limit).then_some(offset + limit);
+    rows.truncate(limit as usize);
+    let items = rows
+        .into_iter()
+        .map(|row| SearchHit {
+            snippet: snippet(&row.headline),
+            number: row.number,
+            body: row.body,
+            rank: row.rank,
+        })
+        .collect();
+    Ok(SearchPage { items, next_offset })
+}
+
+/// `headline` as HTML: its text escaped, its marks `<mark>…</mark>`.
+fn snippet(headline: &str) -> String {
+    let mut html = String::with_capacity(headline.len() + 32);
+    for character in headline.chars() {
+        match character {
+            MARK_START => html.push_str("<mark>"),
+            MARK_END => html.push_str("</mark>"),
+            '&' => html.push_str("&amp;"),
+            '<' => html.push_str("&lt;"),
+            '>' => html.push_str("&gt;"),
+            '"' => html.push_str("&quot;"),
+            '\'' => html.push_str("&#39;"),
+            other => html.push(other),
         }
-        _ => StoreError::from(error),
-    })?;
-    Ok(hits)
+    }
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snippet_is_escaped_html_with_its_marks() {
+        let headline = format!("a <b> & \"c\" {MARK_START}it's{MARK_END}");
+        assert_eq!(
+            snippet(&headline),
+            "a &lt;b&gt; &amp; &quot;c&quot; <mark>it&#39;s</mark>"
+        );
+    }
 }

@@ -48,6 +48,36 @@ async fn a_stored_message_a_chat_and_a_search_are_read_through_the_api() {
 }
 
 #[tokio::test]
+async fn a_search_for_the_start_of_a_word_pages_through_the_api_with_snippets() {
+    let app = spawn_app().await;
+    let token = app.application(1).await;
+    app.store_message(&token, 1, 1).await;
+    app.store_message(&token, 1, 2).await;
+
+    let first = app
+        .get(&format!(
+            "/applications/{token}/chats/1/messages/search?q=sto&limit=1"
+        ))
+        .await;
+    let second = app
+        .get(&format!(
+            "/applications/{token}/chats/1/messages/search?q=sto&limit=1&offset=1"
+        ))
+        .await;
+
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["items"][0]["body"], "stored", "{}", first.body);
+    assert_eq!(first.body["items"][0]["snippet"], "<mark>stored</mark>");
+    assert_eq!(first.body["next_offset"], 1, "the query string passed on");
+    assert_eq!(second.body["items"].as_array().map(Vec::len), Some(1));
+    assert_ne!(
+        first.body["items"][0]["number"],
+        second.body["items"][0]["number"]
+    );
+    assert!(second.body["next_offset"].is_null(), "{}", second.body);
+}
+
+#[tokio::test]
 async fn the_chat_systems_answers_pass_as_they_are_and_its_absence_is_a_503() {
     let app = spawn_app().await;
     let token = app.application(1).await;

@@ -10,6 +10,8 @@ use crate::error::{HttpError, Missing, StoreError};
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
+/// Deepest a search may page: past it, refine the query.
+const MAX_OFFSET: i64 = 10_000;
 
 /// The limits the routes enforce, from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +72,20 @@ pub(crate) fn limit(query: &HashMap<String, String>) -> Result<i64, HttpError> {
             .filter(|limit| (1..=MAX_PAGE).contains(limit))
             .ok_or_else(|| {
                 HttpError::BadRequest(format!("limit must be an integer from 1 to {MAX_PAGE}"))
+            }),
+    }
+}
+
+/// `?offset=N` of a search: the hits to skip (default 0, at most 10,000).
+pub(crate) fn offset(query: &HashMap<String, String>) -> Result<i64, HttpError> {
+    match query.get("offset") {
+        None => Ok(0),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|offset| (0..=MAX_OFFSET).contains(offset))
+            .ok_or_else(|| {
+                HttpError::BadRequest(format!("offset must be an integer from 0 to {MAX_OFFSET}"))
             }),
     }
 }

@@ -7,7 +7,7 @@ use shared::http::{BodyError, json_with_status};
 use warp::Reply;
 use warp::reply::Response;
 
-use super::input::{Limits, body_error, check_body, limit, number, page, token};
+use super::input::{Limits, body_error, check_body, limit, number, offset, page, token};
 use super::reply::{answer, status};
 use crate::error::HttpError;
 use crate::reads;
@@ -65,15 +65,17 @@ pub(crate) async fn search_messages(
                     limits.search_max_terms
                 )));
             }
-            let hits = reads::search(
+            let (limit, offset) = (limit(&query)?, offset(&query)?);
+            let page = reads::search(
                 store.database(),
                 &token(&token_raw)?,
                 chat,
                 text,
-                limit(&query)?,
+                offset,
+                limit,
             )
             .await?;
-            Ok(warp::reply::json(&serde_json::json!({ "items": hits })).into_response())
+            Ok(warp::reply::json(&page).into_response())
         }
         .await,
     )

@@ -194,3 +194,167 @@ async fn a_search_that_runs_too_long_is_cancelled_and_one_too_wide_refused() {
     assert_eq!(wide.status, 400, "{}", wide.body);
     assert_eq!(wide.error(), "q must have at most 16 words");
 }
+
+/// The answer to `q` (and `extra` query parameters) in chat 1 of `token`.
+async fn search(
+    app: &testkit::TestChatSystem,
+    token: &str,
+    q: &str,
+    extra: &[(&str, &str)],
+) -> http::Answer {
+    let request = app
+        .client
+        .get(app.url(&format!("/applications/{token}/chats/1/messages/search")))
+        .query(&[("q", q)])
+        .query(extra);
+    http::send(request).await
+}
+
+#[tokio::test]
+async fn the_start_of_a_word_finds_the_word() {
+    let app = spawn_app().await;
+    let token = app.application_with_chats(1).await;
+    app.put_message(&token, 1, 1, "hello there").await;
+    app.put_message(&token, 1, 2, "goodbye").await;
+
+    let hits = search(&app, &token, "hel", &[]).await;
+
+    assert_eq!(hits.status, 200, "{}", hits.body);
+    assert_eq!(numbers(&hits.body), [1], "{}", hits.body);
+    assert_eq!(hits.body["items"][0]["body"], "hello there");
+    assert!(hits.body["items"][0]["rank"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn a_near_miss_is_found_after_every_word_match() {
+    let app = spawn_app().await;
+    let token = app.application_with_chats(1).await;
+    app.put_message(&token, 1, 1, "say hello to everyone").await;
+    app.put_message(&token, 1, 2, "help is on its way").await;
+    app.put_message(&token, 1, 3, "helo, I typed it wrong")
+        .await;
+
+    let typo = search(&app, &token, "helo", &[]).await;
+    let unrelated = search(&app, &token, "xylophone", &[]).await;
+
+    assert_eq!(typo.status, 200, "{}", typo.body);
+    assert_eq!(
+        numbers(&typo.body),
+        [3, 1],
+        "the word match first, then the near miss; `help` is not near: {}",
+        typo.body
+    );
+    assert_eq!(typo.body["items"][1]["rank"], 0.0, "a near miss has rank 0");
+    assert_eq!(
+        typo.body["items"][1]["snippet"], "say <mark>hello</mark> to everyone",
+        "the near word marked, a short body whole"
+    );
+    assert_eq!(numbers(&unrelated.body), Vec::<i64>::new());
+}
+
+#[tokio::test]
+async fn a_hit_comes_with_a_snippet_of_escaped_html_with_its_matches_marked() {
+    let app = spawn_app().await;
+    let token = app.application_with_chats(1).await;
+    let long = format!(
+        "{} the weather changed {}",
+        "filler words before ".repeat(20),
+        "and many words after it ".repeat(20)
+    );
+    app.put_message(&token, 1, 1, &long).await;
+    app.put_message(&token, 1, 2, "weathering a & b \"quoted\" 5 > 3")
+        .await;
+
+    let hits = search(&app, &token, "weath", &[]).await;
+
+    assert_eq!(hits.status, 200, "{}", hits.body);
+    let snippets: Vec<&str> = hits.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|hit| hit["snippet"].as_str().expect("a snippet"))
+        .collect();
+    assert_eq!(snippets.len(), 2, "{}", hits.body);
+    for snippet in &snippets {
+        assert!(snippet.contains("<mark>weath"), "{snippet}");
+        assert!(snippet.contains("</mark>"), "{snippet}");
+    }
+    let long_snippet = snippets
+        .iter()
+        .find(|snippet| snippet.contains("changed"))
+        .expect("the long message's snippet");
+    assert!(
+        long_snippet.len() < long.len() / 2,
+        "a part of the body around the match: {long_snippet}"
+    );
+    let escaped = snippets
+        .iter()
+        .find(|snippet| snippet.contains("quoted"))
+        .expect("the short message's snippet");
+    assert!(
+        escaped.contains("&amp;")
+            && escaped.contains("&quot;quoted&quot;")
+            && escaped.contains("&gt;"),
+        "the body's text is escaped: {escaped}"
+    );
+}
+
+#[tokio::test]
+async fn a_search_pages_by_offset_without_overlap() {
+    let app = spawn_app().await;
+    let token = app.application_with_chats(1).await;
+    for number in 1..=5 {
+        app.put_message(&token, 1, number, &format!("rain report {number}"))
+            .await;
+    }
+
+    let first = search(&app, &token, "rain", &[("limit", "3")]).await;
+    let next = first.body["next_offset"].as_i64().expect("a next page");
+    let second = search(
+        &app,
+        &token,
+        "rain",
+        &[("limit", "3"), ("offset", &next.to_string())],
+    )
+    .await;
+    let bad = search(&app, &token, "rain", &[("offset", "-1")]).await;
+
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(next, 3);
+    assert_eq!(numbers(&first.body).len(), 3);
+    assert_eq!(numbers(&second.body).len(), 2, "{}", second.body);
+    assert!(
+        second.body["next_offset"].is_null(),
+        "the last page: {}",
+        second.body
+    );
+    let mut all = numbers(&first.body);
+    all.extend(numbers(&second.body));
+    all.sort();
+    assert_eq!(all, [1, 2, 3, 4, 5], "every hit once");
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.error(), "offset must be an integer from 0 to 10000");
+}
+
+#[tokio::test]
+async fn tsquery_operators_in_the_query_are_taken_as_words() {
+    let app = spawn_app().await;
+    let token = app.application_with_chats(1).await;
+    app.put_message(&token, 1, 1, "a b c").await;
+    app.put_message(&token, 1, 2, "bee's knees").await;
+
+    for query in [
+        "a & b | !c :*",
+        "'bee''s",
+        "b:*",
+        "\\",
+        "!(",
+        "a <-> b",
+        "':*'",
+    ] {
+        let answer = search(&app, &token, query, &[]).await;
+        assert_eq!(answer.status, 200, "{query:?}: {}", answer.body);
+    }
+    let words = search(&app, &token, "a & b | !c :*", &[]).await;
+    assert_eq!(numbers(&words.body), [1], "{}", words.body);
+}
