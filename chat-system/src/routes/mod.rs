@@ -156,30 +156,34 @@ pub(crate) fn routes(
         .and(limits)
         .then(readyz);
 
-    shared::http::healthz()
-        .or(readyz)
-        .unify()
-        .or(create_application)
-        .unify()
+    // Boxed by resource: one flat chain of sixteen `or`s makes a type the
+    // compiler's trait solver takes minutes over in release builds, and
+    // then gives up on (E0275, overflow evaluating `Unpin`).
+    let applications = create_application
         .or(list_applications)
         .unify()
         .or(get_application)
         .unify()
         .or(rename_application)
         .unify()
-        .or(list_chats)
-        .unify()
-        .or(put_chat)
-        .unify()
-        .or(get_chat)
-        .unify()
-        .or(list_messages)
-        .unify()
+        .boxed();
+    let chats = list_chats.or(put_chat).unify().or(get_chat).unify().boxed();
+    let messages = list_messages
         .or(search)
         .unify()
         .or(put_message)
         .unify()
         .or(get_message)
+        .unify()
+        .boxed();
+    shared::http::healthz()
+        .or(readyz)
+        .unify()
+        .or(applications)
+        .unify()
+        .or(chats)
+        .unify()
+        .or(messages)
         .unify()
         .or(store_records)
         .unify()
