@@ -29,10 +29,15 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
-    /// A fresh prefix; `{prefix}.jobs` and `{prefix}.dead` are cleaned up.
+    /// A fresh prefix; `{prefix}.jobs`, `{prefix}.dead` and
+    /// `{prefix}.discarded` are cleaned up.
     pub fn new() -> Self {
         let prefix = crate::unique("t");
-        let queues = vec![format!("{prefix}.jobs"), format!("{prefix}.dead")];
+        let queues = vec![
+            format!("{prefix}.jobs"),
+            format!("{prefix}.dead"),
+            format!("{prefix}.discarded"),
+        ];
         Self {
             prefix,
             queues: Mutex::new(queues),
@@ -50,6 +55,10 @@ impl TestBroker {
 
     pub fn dead_queue(&self) -> String {
         format!("{}.dead", self.prefix)
+    }
+
+    pub fn discarded_queue(&self) -> String {
+        format!("{}.discarded", self.prefix)
     }
 
     /// A channel on a connection of its own (closed when dropped).

@@ -2,6 +2,7 @@
 //! variable and a flag.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use shared::config::{Broker, ChatSystem, Counters, Telemetry};
@@ -31,6 +32,65 @@ pub enum Command {
     Replay(Selection),
     /// List the dead-lettered jobs with their reasons; changes nothing.
     DeadLetters(Selection),
+    /// Serve the dead-letter console: the queues at a glance, dead letters
+    /// searched, replayed and discarded from a browser.
+    Console(ConsoleArgs),
+}
+
+/// The console's settings. It refuses to start without a credential.
+#[derive(Debug, Clone, Args)]
+pub struct ConsoleArgs {
+    /// Where the console is served.
+    #[arg(long, env = "CONSOLE_ADDR", default_value = "127.0.0.1:3010")]
+    pub console_addr: SocketAddr,
+
+    /// The name the admin logs in with (replays and discards).
+    #[arg(long, env = "CONSOLE_ADMIN_USER", default_value = "admin")]
+    pub admin_user: String,
+
+    /// The admin's password (16 to 512 visible ASCII characters). A
+    /// secret: never logged.
+    #[arg(long, env = "CONSOLE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+
+    /// A file holding `CONSOLE_ADMIN_PASSWORD` instead.
+    #[arg(long, env = "CONSOLE_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
+
+    /// The name the read-only user logs in with (sees, cannot act).
+    #[arg(long, env = "CONSOLE_VIEWER_USER", default_value = "viewer")]
+    pub viewer_user: String,
+
+    /// The read-only user's password. A secret: never logged.
+    #[arg(long, env = "CONSOLE_VIEWER_PASSWORD", hide_env_values = true)]
+    pub viewer_password: Option<String>,
+
+    /// A file holding `CONSOLE_VIEWER_PASSWORD` instead.
+    #[arg(long, env = "CONSOLE_VIEWER_PASSWORD_FILE")]
+    pub viewer_password_file: Option<PathBuf>,
+
+    /// How long a discarded letter is kept in `{prefix}.discarded`.
+    #[arg(long, env = "CONSOLE_DISCARD_RETENTION_HOURS", default_value_t = 168)]
+    pub discard_retention_hours: u64,
+
+    /// Where the audit log's lines are appended (one JSON object each);
+    /// they go to the log too.
+    #[arg(long, env = "CONSOLE_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+
+    /// The workers' `/metrics` URLs, comma-separated: the overview's rates
+    /// are read from them every few seconds.
+    #[arg(long, env = "CONSOLE_WORKER_METRICS", value_delimiter = ',')]
+    pub worker_metrics: Vec<String>,
+
+    /// A session ends after this many hours without a request.
+    #[arg(long, env = "CONSOLE_SESSION_HOURS", default_value_t = 8)]
+    pub session_hours: u64,
+
+    /// Mark the session cookie `Secure` (set it when the console is served
+    /// behind TLS).
+    #[arg(long, env = "CONSOLE_SECURE_COOKIE")]
+    pub secure_cookie: bool,
 }
 
 /// Which dead letters a replay or a listing takes.

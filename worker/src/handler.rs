@@ -19,7 +19,7 @@
 //! Everything about one job is logged inside its span (`job_id`, `kind`,
 //! `token`, `number`, `attempt`, `trace_id`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::future::join_all;
 use lapin::message::Delivery;
@@ -257,10 +257,7 @@ impl Handler {
             Verdict::Dead { reason, error } => {
                 tracing::warn!(reason = reason.as_str(), error, "job dead-lettered");
                 let attempts = job.map_or(1, |job| job.attempt + 1).to_string();
-                let dead_at = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |since| since.as_millis())
-                    .to_string();
+                let dead_at = headers::now_ms().to_string();
                 let properties = match job {
                     Some(job) => publish::job_properties(job),
                     None => publish::json_properties()

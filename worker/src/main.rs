@@ -20,5 +20,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Replay(filter) => worker::replay::run(&cli.config, &filter, false).await,
         Command::DeadLetters(filter) => worker::replay::run(&cli.config, &filter, true).await,
+        Command::Console(arguments) => {
+            worker::console::Console::build(cli.config, arguments)
+                .await?
+                .run_until_stopped(shared::shutdown::signal())
+                .await
+        }
     }
 }

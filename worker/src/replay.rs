@@ -22,7 +22,9 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, Confirm
 use lapin::types::FieldTable;
 use shared::amqp::batch;
 use shared::amqp::connection::connect;
-use shared::amqp::headers::{self, ATTEMPTS, FIRST_DEATH_REASON, JOBS, LAST_ERROR, REASON};
+use shared::amqp::headers::{
+    self, ATTEMPTS, DISCARDED_AT_MS, FIRST_DEATH_REASON, JOBS, LAST_ERROR, REASON,
+};
 use shared::amqp::publish::{self, Message};
 use shared::amqp::topology::{ROUTING_KEY, Topology, depth};
 use shared::job::{Job, Record};
@@ -102,6 +104,7 @@ pub async fn replay(
         topology: &topology,
         publisher: &publisher,
         dry_run,
+        destination: Destination::Jobs,
     };
     let mut report = Report {
         found,
@@ -159,7 +162,7 @@ pub async fn replay(
 /// sent: a command run right after this one would otherwise find fewer
 /// letters than this one left. Gives up after a few seconds (another
 /// reader may have taken them meanwhile).
-async fn counted_again(
+pub(crate) async fn counted_again(
     channel: &lapin::Channel,
     queue: &str,
     returned: usize,
@@ -178,22 +181,38 @@ async fn counted_again(
     }
 }
 
+/// Where the jobs a pass takes go.
+#[derive(Debug, Clone)]
+pub(crate) enum Destination {
+    /// Back to the jobs exchange, attempts reset: a replay.
+    Jobs,
+    /// To the discarded queue, each copy expiring after `retention`.
+    Discarded { retention: std::time::Duration },
+}
+
 /// What a run acts with.
-struct Run<'a> {
-    config: &'a Config,
-    topology: &'a Topology,
-    publisher: &'a lapin::Channel,
-    dry_run: bool,
+pub(crate) struct Run<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) topology: &'a Topology,
+    pub(crate) publisher: &'a lapin::Channel,
+    pub(crate) dry_run: bool,
+    pub(crate) destination: Destination,
+}
+
+/// What became of one letter: counts of its jobs, and the letter itself
+/// when it stays in the queue (for the caller to hold or return).
+#[derive(Debug, Default)]
+pub(crate) struct Settled {
+    pub(crate) matched: usize,
+    pub(crate) moved: usize,
+    pub(crate) skipped: usize,
+    pub(crate) unreadable: usize,
+    pub(crate) kept: Option<Delivery>,
 }
 
 impl Run<'_> {
-    /// One letter: each of its jobs (one, or those of a batch the broker
-    /// dead-lettered whole) listed, replayed or kept on its own. A batch
-    /// letter whose jobs part ways is taken apart: the replayed jobs go to
-    /// the jobs exchange, the kept ones (filtered out, past the limit,
-    /// undecodable) back to the dead-letter queue as letters of their own,
-    /// each with the batch's headers, all confirmed before the batch letter
-    /// is acknowledged.
+    /// One letter of the CLI's run: settled, then held back or moved to
+    /// the tail when it stays.
     async fn letter(
         &self,
         delivery: Delivery,
@@ -203,28 +222,55 @@ impl Run<'_> {
         held: &mut Vec<Delivery>,
         out: &mut impl Write,
     ) -> anyhow::Result<()> {
+        let settled = self
+            .settle(delivery, &|job| matches(filter, job), remaining, out)
+            .await?;
+        report.matched += settled.matched;
+        report.replayed += settled.moved;
+        report.skipped += settled.skipped;
+        report.unreadable += settled.unreadable;
+        match settled.kept {
+            Some(delivery) => self.pass_over(delivery, held).await,
+            None => Ok(()),
+        }
+    }
+
+    /// One letter: each of its jobs (one, or those of a batch the broker
+    /// dead-lettered whole) chosen or kept on its own, up to `remaining`
+    /// chosen. The chosen go to the run's destination; a batch letter
+    /// whose jobs part ways is taken apart, its kept jobs (not chosen,
+    /// undecodable) going back to the dead-letter queue as letters of
+    /// their own, each with the batch's headers, all confirmed before the
+    /// batch letter is acknowledged. A letter with nothing chosen (or a
+    /// dry run) is handed back in `kept`, untouched.
+    pub(crate) async fn settle(
+        &self,
+        delivery: Delivery,
+        choose: &(dyn Fn(&Job) -> bool + Sync),
+        remaining: Option<usize>,
+        out: &mut impl Write,
+    ) -> anyhow::Result<Settled> {
         let kind = delivery
             .properties
             .kind()
             .as_ref()
             .map(|kind| kind.as_str());
         let units = batch::unpack(kind, &delivery.data);
+        let mut settled = Settled::default();
         let mut chosen = Vec::new();
         let mut kept = Vec::new();
         for unpacked in &units {
             match &unpacked.job {
-                Ok(job)
-                    if matches(filter, job) && remaining.is_none_or(|left| chosen.len() < left) =>
-                {
+                Ok(job) if choose(job) && remaining.is_none_or(|left| chosen.len() < left) => {
                     writeln!(out, "{}", describe(job, &delivery))?;
                     chosen.push(job.clone());
                 }
                 Ok(_) => {
-                    report.skipped += 1;
+                    settled.skipped += 1;
                     kept.push(unpacked);
                 }
                 Err(_) => {
-                    report.unreadable += 1;
+                    settled.unreadable += 1;
                     writeln!(
                         out,
                         "unreadable job ({} bytes), reason {}",
@@ -235,39 +281,29 @@ impl Run<'_> {
                 }
             }
         }
-        report.matched += chosen.len();
+        settled.matched = chosen.len();
         if chosen.is_empty() || self.dry_run {
-            return self.pass_over(delivery, held).await;
+            drop(units);
+            settled.kept = Some(delivery);
+            return Ok(settled);
         }
         let timeout = self.config.broker.publish_timeout();
         let letter_headers = split_headers(&delivery);
         let mut messages: Vec<Message> = chosen
             .into_iter()
-            .map(|mut job| {
-                job.attempt = 0;
-                Message {
-                    exchange: self.topology.jobs_exchange(),
-                    routing_key: ROUTING_KEY.into(),
-                    payload: job.encode(),
-                    properties: publish::job_properties(&job),
-                }
-            })
+            .map(|job| self.moved(job, &letter_headers))
             .collect();
-        let replaying = messages.len();
+        let moving = messages.len();
         messages.extend(kept.iter().map(|unpacked| {
             let properties = match &unpacked.job {
                 Ok(job) => publish::job_properties(job),
                 Err(_) => publish::json_properties(),
             };
-            let mut headers = properties.headers().clone().unwrap_or_default();
-            for (name, value) in letter_headers.inner() {
-                headers.insert(name.clone(), value.clone());
-            }
             Message {
                 exchange: self.topology.dead_exchange(),
                 routing_key: ROUTING_KEY.into(),
                 payload: unpacked.bytes.to_vec(),
-                properties: properties.with_headers(headers),
+                properties: with_headers(properties, &letter_headers),
             }
         }));
         let published = futures::future::join_all(
@@ -282,8 +318,36 @@ impl Run<'_> {
             );
         }
         delivery.ack(BasicAckOptions::default()).await?;
-        report.replayed += replaying;
-        Ok(())
+        settled.moved = moving;
+        Ok(settled)
+    }
+
+    /// The copy of a chosen job its destination gets: a replay with its
+    /// attempts reset, a discarded letter with the letter's headers (why
+    /// it died) and an expiration.
+    fn moved(&self, mut job: Job, letter_headers: &FieldTable) -> Message {
+        match &self.destination {
+            Destination::Jobs => {
+                job.attempt = 0;
+                Message {
+                    exchange: self.topology.jobs_exchange(),
+                    routing_key: ROUTING_KEY.into(),
+                    payload: job.encode(),
+                    properties: publish::job_properties(&job),
+                }
+            }
+            Destination::Discarded { retention } => {
+                let discarded_at = headers::now_ms().to_string();
+                let properties = with_headers(publish::job_properties(&job), letter_headers);
+                Message {
+                    exchange: String::new(),
+                    routing_key: self.topology.discarded_queue(),
+                    payload: job.encode(),
+                    properties: headers::with(properties, &[(DISCARDED_AT_MS, &discarded_at)])
+                        .with_expiration(retention.as_millis().to_string().into()),
+                }
+            }
+        }
     }
 
     /// Leaves a letter in the queue: held back while there is room, else
@@ -312,10 +376,19 @@ impl Run<'_> {
     }
 }
 
+/// `properties` with the letter's headers added.
+fn with_headers(properties: lapin::BasicProperties, letter: &FieldTable) -> lapin::BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    for (name, value) in letter.inner() {
+        headers.insert(name.clone(), value.clone());
+    }
+    properties.with_headers(headers)
+}
+
 /// A letter's headers without those that described it as a batch: what
 /// each of its jobs keeps when the letter is taken apart (the worker's
 /// `x-reason` and `x-last-error`, the broker's `x-death`).
-fn split_headers(delivery: &Delivery) -> FieldTable {
+pub(crate) fn split_headers(delivery: &Delivery) -> FieldTable {
     let mut headers = FieldTable::default();
     if let Some(all) = delivery.properties.headers() {
         for (name, value) in all.inner() {
@@ -360,7 +433,7 @@ fn describe(job: &Job, delivery: &Delivery) -> String {
 
 /// The worker's `x-reason`, or the broker's own reason for a job it
 /// dead-lettered itself (the delivery limit).
-fn reason(delivery: &Delivery) -> String {
+pub(crate) fn reason(delivery: &Delivery) -> String {
     let headers = delivery.properties.headers().as_ref();
     headers::get(headers, REASON)
         .or_else(|| headers::get(headers, FIRST_DEATH_REASON))

@@ -22,6 +22,15 @@ pub const LAST_ERROR: &str = "x-last-error";
 pub const RELEASE_ATTEMPTS: &str = "x-release-attempts";
 /// When a job was dead-lettered, in ms since the epoch.
 pub const DEAD_AT_MS: &str = "x-dead-at-ms";
+/// When an operator discarded a dead letter, in ms since the epoch.
+pub const DISCARDED_AT_MS: &str = "x-discarded-at-ms";
+
+/// Now, in ms since the epoch: the unit of the `-at-ms` headers.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
 
 /// `properties` with `pairs` added to its headers (replacing any of the
 /// same name).

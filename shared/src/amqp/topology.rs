@@ -61,8 +61,8 @@ impl Dialect {
     /// the argument out.
     pub fn delivery_limit(self, role: Role) -> Option<i64> {
         match (role, self) {
-            (Role::Dead, Self::V4) => Some(-1),
-            (Role::Dead, Self::V3) => None,
+            (Role::Dead | Role::Discarded, Self::V4) => Some(-1),
+            (Role::Dead | Role::Discarded, Self::V3) => None,
             (Role::Jobs | Role::Retry, _) => Some(DELIVERY_LIMIT),
         }
     }
@@ -74,6 +74,9 @@ pub enum Role {
     Jobs,
     Retry,
     Dead,
+    /// Dead letters an operator discarded from the console, kept until
+    /// their per-message expiration (the console's retention) passes.
+    Discarded,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +113,12 @@ impl Topology {
     /// Jobs that will not succeed by being retried, kept until replayed.
     pub fn dead_queue(&self) -> String {
         format!("{}.dead", self.prefix)
+    }
+
+    /// Discarded dead letters, published to it by name (no exchange),
+    /// each expiring after the console's retention; never consumed.
+    pub fn discarded_queue(&self) -> String {
+        format!("{}.discarded", self.prefix)
     }
 
     /// The queue where a job waits `delay` before going back to the jobs
@@ -178,6 +187,11 @@ impl Topology {
                 name: self.dead_queue(),
                 delay: None,
             },
+            Queue {
+                role: Role::Discarded,
+                name: self.discarded_queue(),
+                delay: None,
+            },
         ];
         queues.extend(retry_delays.iter().map(|&delay| Queue {
             role: Role::Retry,
@@ -189,7 +203,8 @@ impl Topology {
 
     /// Declares the exchanges and every queue of [`Topology::queues`]:
     /// the jobs queue bound to the jobs exchange, dead-lettering to the
-    /// dead exchange; the dead-letter queue bound to that; each retry
+    /// dead exchange; the dead-letter queue bound to that; the discarded
+    /// queue unbound (the console publishes to it by name); each retry
     /// queue unbound (jobs are published to it by name), its messages
     /// going back to the jobs exchange after its delay.
     pub async fn declare(&self, channel: &Channel, retry_delays: &[Duration]) -> lapin::Result<()> {
@@ -216,6 +231,7 @@ impl Topology {
                     Some(self.jobs_exchange())
                 }
                 Role::Dead => Some(self.dead_exchange()),
+                Role::Discarded => None,
                 Role::Retry => {
                     let delay = queue.delay.expect("a retry queue has a delay");
                     insert(
@@ -338,6 +354,7 @@ mod tests {
         assert_eq!(topology.jobs_exchange(), "t1.jobs");
         assert_eq!(topology.jobs_queue(), "t1.jobs");
         assert_eq!(topology.dead_queue(), "t1.dead");
+        assert_eq!(topology.discarded_queue(), "t1.discarded");
         assert_eq!(
             topology.retry_queue(Duration::from_millis(1500)),
             "t1.retry.1500ms"

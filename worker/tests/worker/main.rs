@@ -3,7 +3,9 @@
 //! proxy in front of the chat-system and a TCP proxy in front of RabbitMQ.
 
 mod batches;
+mod browser;
 mod cluster;
+mod console;
 mod edits;
 mod end_to_end;
 mod helpers;
