@@ -8,6 +8,8 @@
 //! - `writes`: the chat-system's own write capacity for the requests the
 //!   workers make.
 //! - `drain`: how fast N worker processes empty a queued backlog.
+//! - `console`: the dead-letter console with a full dead-letter queue:
+//!   its first page, a filter over every letter, and replaying them all.
 //! - `e2e`: the whole system under one load (wrk, then a fixed rate):
 //!   intake and stored rates, backlog, answer-to-stored latency, CPU per
 //!   stored record by process.
@@ -27,6 +29,7 @@
 mod ceiling;
 mod chaos;
 mod client;
+mod console;
 mod cpu;
 mod drain;
 mod e2e;
@@ -51,6 +54,7 @@ struct Cli {
 enum Command {
     Ceiling(ceiling::Args),
     Writes(writes::Args),
+    Console(console::Args),
     Drain(drain::Args),
     E2e(e2e::Args),
     Steady(e2e::SteadyArgs),
@@ -67,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ceiling(args) => ceiling::run(args).await,
         Command::Writes(args) => writes::run(args).await,
+        Command::Console(args) => console::run(args).await,
         Command::Drain(args) => drain::run(args).await,
         Command::E2e(args) => e2e::run(args).await,
         Command::Steady(args) => e2e::steady(args).await,

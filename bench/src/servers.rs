@@ -75,7 +75,11 @@ impl Servers {
         let topology = Topology::new(&self.broker(prefix));
         let connection = connect(&self.amqp_url, "bench-cleanup").await?;
         let channel = connection.create_channel().await?;
-        let mut queues = vec![topology.jobs_queue(), topology.dead_queue()];
+        let mut queues = vec![
+            topology.jobs_queue(),
+            topology.dead_queue(),
+            topology.discarded_queue(),
+        ];
         queues.extend(retry_queues(&topology));
         for queue in queues {
             channel

@@ -26,7 +26,7 @@ use lapin::message::Delivery;
 use lapin::options::BasicNackOptions;
 use lapin::{BasicProperties, Channel};
 use shared::amqp::batch::{self, Unpacked, jobs_message};
-use shared::amqp::headers::{self, ATTEMPTS, DEAD_AT_MS, LAST_ERROR, REASON, RELEASE_ATTEMPTS};
+use shared::amqp::headers::{self, LAST_ERROR, RELEASE_ATTEMPTS};
 use shared::amqp::publish::{self, Message};
 use shared::amqp::topology::{ROUTING_KEY, Topology};
 use shared::job::Job;
@@ -256,25 +256,24 @@ impl Handler {
             }
             Verdict::Dead { reason, error } => {
                 tracing::warn!(reason = reason.as_str(), error, "job dead-lettered");
-                let attempts = job.map_or(1, |job| job.attempt + 1).to_string();
-                let dead_at = headers::now_ms().to_string();
+                let attempts = job.map_or(1, |job| job.attempt + 1);
                 let properties = match job {
                     Some(job) => publish::job_properties(job),
                     None => publish::json_properties()
                         .with_message_id(message_id(&delivery.properties).into()),
                 };
-                let headers = [
-                    (REASON, reason.as_str()),
-                    (ATTEMPTS, &attempts),
-                    (LAST_ERROR, truncate(&error, MAX_ERROR_BYTES)),
-                    (DEAD_AT_MS, &dead_at),
-                ];
                 let message = Message {
                     exchange: self.topology.dead_exchange(),
                     routing_key: ROUTING_KEY.into(),
                     // The job as it came: a malformed one byte for byte.
                     payload: unit.unpacked.bytes.to_vec(),
-                    properties: headers::with(properties, &headers),
+                    properties: headers::dead(
+                        properties,
+                        reason.as_str(),
+                        attempts,
+                        truncate(&error, MAX_ERROR_BYTES),
+                        headers::now_ms(),
+                    ),
                 };
                 (message, Outcome::DeadLettered(reason))
             }

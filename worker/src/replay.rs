@@ -160,14 +160,15 @@ pub async fn replay(
 /// Waits until the queue counts the `returned` letters as ready again. A
 /// quorum queue applies a return through its log, after the nack has been
 /// sent: a command run right after this one would otherwise find fewer
-/// letters than this one left. Gives up after a few seconds (another
-/// reader may have taken them meanwhile).
+/// letters than this one left. Gives up after 30 seconds (another
+/// reader may have taken them meanwhile); tens of thousands take a
+/// quorum queue seconds.
 pub(crate) async fn counted_again(
     channel: &lapin::Channel,
     queue: &str,
     returned: usize,
 ) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let ready = depth(channel, queue).await?.0 as usize;
         if ready >= returned {

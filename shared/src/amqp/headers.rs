@@ -13,6 +13,9 @@ pub const REASON: &str = "x-reason";
 /// Why the broker dead-lettered a message by itself (`delivery_limit`,
 /// `rejected`, ...), when it did.
 pub const FIRST_DEATH_REASON: &str = "x-first-death-reason";
+/// The broker's record of each time it dead-lettered a message (a table
+/// per death, newest first, with its `time`).
+pub const DEATHS: &str = "x-death";
 /// Failed attempts to store a dead letter's record.
 pub const ATTEMPTS: &str = "x-attempts";
 /// The error of a copy's last attempt.
@@ -24,6 +27,26 @@ pub const RELEASE_ATTEMPTS: &str = "x-release-attempts";
 pub const DEAD_AT_MS: &str = "x-dead-at-ms";
 /// When an operator discarded a dead letter, in ms since the epoch.
 pub const DISCARDED_AT_MS: &str = "x-discarded-at-ms";
+
+/// `properties` marked as a dead letter: why, after how many attempts,
+/// the last error, and when (ms since the epoch).
+pub fn dead(
+    properties: BasicProperties,
+    reason: &str,
+    attempts: u32,
+    error: &str,
+    at_ms: u64,
+) -> BasicProperties {
+    with(
+        properties,
+        &[
+            (REASON, reason),
+            (ATTEMPTS, &attempts.to_string()),
+            (LAST_ERROR, error),
+            (DEAD_AT_MS, &at_ms.to_string()),
+        ],
+    )
+}
 
 /// Now, in ms since the epoch: the unit of the `-at-ms` headers.
 pub fn now_ms() -> u64 {

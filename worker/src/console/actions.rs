@@ -25,12 +25,12 @@ use serde::{Deserialize, Serialize};
 use shared::amqp::connection::connect;
 use shared::amqp::topology::depth;
 
-use super::State;
-use super::letters::{Filter, IDLE, Letter, Row, prefetch_for};
+use super::letters::{Filter, Letter, Row, prefetch_for, wait_for};
+use super::state::State;
 use crate::replay::{Destination, Run, counted_again};
 
 /// Letters settled at once: their re-publishes awaited together.
-const IN_FLIGHT: usize = 256;
+const IN_FLIGHT: usize = 64;
 
 /// What an action takes.
 #[derive(Debug, Clone, Deserialize)]
@@ -139,7 +139,7 @@ pub(crate) async fn act(
                 break;
             }
             tokio::select! {
-                next = tokio::time::timeout(IDLE, consumer.next()), if reading && settling.len() < IN_FLIGHT => {
+                next = tokio::time::timeout(wait_for(read as usize), consumer.next()), if reading && settling.len() < IN_FLIGHT => {
                     let Ok(Some(delivery)) = next else {
                         // Idle: the rest is held by another reader.
                         read = found;

@@ -18,7 +18,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 use shared::amqp::batch;
 use shared::amqp::connection::connect;
-use shared::amqp::headers::{self, ATTEMPTS, DEAD_AT_MS, LAST_ERROR, TRACEPARENT};
+use shared::amqp::headers::{self, ATTEMPTS, DEAD_AT_MS, DEATHS, LAST_ERROR, TRACEPARENT};
 use shared::amqp::topology::depth;
 use shared::job::{Job, Record};
 use shared::telemetry::short_token;
@@ -30,7 +30,16 @@ use crate::replay::{counted_again, reason};
 const FRESH_FOR: Duration = Duration::from_secs(5);
 /// A read that gets nothing for this long has every letter it will get
 /// (others may hold the rest).
-pub(crate) const IDLE: Duration = Duration::from_millis(500);
+pub(crate) const IDLE: Duration = Duration::from_secs(2);
+/// How long a read waits for its first letter: a quorum queue that just
+/// took back tens of thousands of letters starts delivering only after
+/// applying them (seconds, measured with 50,000).
+pub(crate) const FIRST_WAIT: Duration = Duration::from_secs(30);
+
+/// How long to wait for the next letter, `read` of them read so far.
+pub(crate) fn wait_for(read: usize) -> Duration {
+    if read == 0 { FIRST_WAIT } else { IDLE }
+}
 /// Most rows one page shows.
 const MAX_PER_PAGE: usize = 500;
 /// Most groups of each kind listed.
@@ -139,7 +148,7 @@ impl Row {
 
 /// When the broker dead-lettered a letter by itself (`x-death`'s `time`).
 fn x_death_time_ms(headers: &FieldTable) -> Option<u64> {
-    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+    let AMQPValue::FieldArray(deaths) = headers.inner().get(DEATHS)? else {
         return None;
     };
     let AMQPValue::FieldTable(death) = deaths.as_slice().first()? else {
@@ -384,7 +393,9 @@ async fn read(amqp_url: &str, queue: &str) -> anyhow::Result<Snapshot> {
             .await?;
         let mut last_tag = None;
         while snapshot.letters < found as usize {
-            let Ok(Some(delivery)) = tokio::time::timeout(IDLE, consumer.next()).await else {
+            let Ok(Some(delivery)) =
+                tokio::time::timeout(wait_for(snapshot.letters), consumer.next()).await
+            else {
                 break;
             };
             let delivery = delivery?;
@@ -413,7 +424,7 @@ async fn read(amqp_url: &str, queue: &str) -> anyhow::Result<Snapshot> {
     connection.close(200, "read".into()).await?;
     snapshot
         .rows
-        .sort_by(|a, b| b.dead_at_ms.cmp(&a.dead_at_ms));
+        .sort_by_key(|row| std::cmp::Reverse(row.dead_at_ms));
     snapshot.read_ms = started.elapsed().as_millis() as u64;
     Ok(snapshot)
 }

@@ -20,6 +20,7 @@ mod auth;
 mod letters;
 mod overview;
 mod routes;
+mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,17 +33,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, ConsoleArgs};
 use crate::retry::Policy;
-
-/// Everything a request of the console may need.
-pub(crate) struct State {
-    pub(crate) config: Config,
-    pub(crate) topology: Topology,
-    pub(crate) auth: auth::Auth,
-    pub(crate) letters: letters::Letters,
-    pub(crate) overview: overview::Overview,
-    pub(crate) audit: audit::Audit,
-    pub(crate) retention: Duration,
-}
+use state::State;
 
 pub struct Console {
     state: Arc<State>,
@@ -102,7 +93,8 @@ impl Console {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let sampler = tokio::spawn(overview::sample_until_dropped(self.state.clone()));
+        let sampling = self.state.clone();
+        let sampler = tokio::spawn(async move { sampling.overview.sample_forever().await });
         let routes = routes::routes(self.state.clone());
         warp::serve(routes)
             .incoming(self.listener)

@@ -13,11 +13,11 @@ use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::State;
 use super::actions::{self, Selection};
 use super::audit::Line;
 use super::auth::{COOKIE, CSRF_HEADER, Role, Session};
 use super::letters::Filter as LetterFilter;
+use super::state::State;
 use crate::replay::Destination;
 
 const LOGIN_HTML: &str = include_str!("assets/login.html");

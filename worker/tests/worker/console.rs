@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use lapin::options::{BasicGetOptions, ConfirmSelectOptions};
 use serde_json::{Value, json};
-use shared::amqp::headers::{self, ATTEMPTS, DEAD_AT_MS, LAST_ERROR, REASON};
+use shared::amqp::headers::{self, REASON};
 use shared::amqp::publish::{self, Message};
 use shared::amqp::topology::{ROUTING_KEY, Topology};
 use shared::job::Job;
@@ -194,15 +194,12 @@ pub(crate) async fn dead_letter(stack: &TestStack, letters: &[Dead<'_>]) {
         .expect("confirm mode");
     for chunk in letters.chunks(1000) {
         let published = futures::future::join_all(chunk.iter().map(|letter| {
-            let at = letter.at_ms.to_string();
-            let properties = headers::with(
+            let properties = headers::dead(
                 publish::job_properties(&letter.job),
-                &[
-                    (REASON, letter.reason),
-                    (ATTEMPTS, "3"),
-                    (LAST_ERROR, letter.error),
-                    (DEAD_AT_MS, &at),
-                ],
+                letter.reason,
+                3,
+                letter.error,
+                letter.at_ms,
             );
             publish::publish(
                 &channel,
