@@ -192,9 +192,10 @@ async fn measure(
     );
     let _ = connection.close(200, "done".into()).await;
     Ok(format!(
-        "console letters={} first_page_ms={} filter_ms={} filter_matched={} replay_all_ms={} replayed={}",
+        "console letters={} first_page_ms={} first_consume_ms={} filter_ms={} filter_matched={} replay_all_ms={} replayed={}",
         args.letters,
         first_page.as_millis(),
+        first["consume_ms"],
         filter.as_millis(),
         filtered["total"],
         replay_all.as_millis(),

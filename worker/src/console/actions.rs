@@ -86,6 +86,8 @@ pub(crate) async fn act(
         (Some(filter), true) => Choice::Matching(filter.clone().normalized()),
         (None, true) => anyhow::bail!("nothing selected"),
     };
+    // The console's last read must be back in the queue first.
+    state.letters.returned().await;
     let queue = state.topology.dead_queue();
     let connection = connect(&state.config.broker.amqp_url, "worker-console-action").await?;
     let channel = connection.create_channel().await?;

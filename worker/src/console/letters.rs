@@ -242,7 +242,9 @@ impl Filter {
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     pub(crate) taken_at_ms: u64,
+    /// The whole read; of it, taking every letter.
     pub(crate) read_ms: u64,
+    pub(crate) consume_ms: u64,
     pub(crate) letters: usize,
     pub(crate) rows: Vec<Row>,
     /// Jobs that could not be decoded (left in the queue).
@@ -254,6 +256,7 @@ pub(crate) struct Snapshot {
 pub(crate) struct Page<'a> {
     pub(crate) taken_at_ms: u64,
     pub(crate) read_ms: u64,
+    pub(crate) consume_ms: u64,
     pub(crate) letters: usize,
     pub(crate) unreadable: usize,
     /// Rows the filter matched.
@@ -289,6 +292,7 @@ impl Snapshot {
         Page {
             taken_at_ms: self.taken_at_ms,
             read_ms: self.read_ms,
+            consume_ms: self.consume_ms,
             letters: self.letters,
             unreadable: self.unreadable,
             total: matched.len(),
@@ -329,6 +333,10 @@ pub(crate) struct Letters {
     amqp_url: String,
     queue: String,
     current: tokio::sync::Mutex<Option<(Instant, Arc<Snapshot>)>>,
+    /// The last read's letters on their way back (counted back into the
+    /// queue after the page was answered): the next read or action waits
+    /// for it.
+    returning: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Letters {
@@ -337,6 +345,14 @@ impl Letters {
             amqp_url: amqp_url.to_owned(),
             queue,
             current: tokio::sync::Mutex::default(),
+            returning: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Waits until the letters of the last read are back in the queue.
+    pub(crate) async fn returned(&self) {
+        if let Some(returning) = self.returning.lock().await.take() {
+            let _ = returning.await;
         }
     }
 
@@ -351,7 +367,10 @@ impl Letters {
         {
             return Ok(snapshot.clone());
         }
-        let snapshot = Arc::new(read(&self.amqp_url, &self.queue).await?);
+        self.returned().await;
+        let (snapshot, returning) = read(&self.amqp_url, &self.queue).await?;
+        let snapshot = Arc::new(snapshot);
+        *self.returning.lock().await = Some(returning);
         *current = Some((Instant::now(), snapshot.clone()));
         Ok(snapshot)
     }
@@ -369,8 +388,13 @@ pub(crate) fn prefetch_for(letters: u32) -> u16 {
 }
 
 /// Reads every letter now ready in `queue`: each taken unacknowledged,
-/// described, then all returned with one `nack` and counted back.
-async fn read(amqp_url: &str, queue: &str) -> anyhow::Result<Snapshot> {
+/// described, then all returned with one `nack`. Counting them back (a
+/// quorum queue takes seconds for tens of thousands) is left to the task
+/// it returns, so the page is answered meanwhile.
+async fn read(
+    amqp_url: &str,
+    queue: &str,
+) -> anyhow::Result<(Snapshot, tokio::task::JoinHandle<()>)> {
     let started = Instant::now();
     let connection = connect(amqp_url, "worker-console-read").await?;
     let channel = connection.create_channel().await?;
@@ -403,6 +427,7 @@ async fn read(amqp_url: &str, queue: &str) -> anyhow::Result<Snapshot> {
             snapshot.letters += 1;
             describe(&delivery, &mut snapshot);
         }
+        snapshot.consume_ms = started.elapsed().as_millis() as u64;
         // Cancelled first: a consumer still on the queue would be handed
         // the returned letters again at once.
         channel
@@ -418,15 +443,21 @@ async fn read(amqp_url: &str, queue: &str) -> anyhow::Result<Snapshot> {
                     },
                 )
                 .await?;
-            counted_again(&channel, queue, snapshot.letters).await?;
         }
     }
-    connection.close(200, "read".into()).await?;
+    let returned = snapshot.letters;
+    let queue = queue.to_owned();
+    let returning = tokio::spawn(async move {
+        if let Err(error) = counted_again(&channel, &queue, returned).await {
+            tracing::warn!(%error, "counting the letters read back into the queue");
+        }
+        let _ = connection.close(200, "read".into()).await;
+    });
     snapshot
         .rows
         .sort_by_key(|row| std::cmp::Reverse(row.dead_at_ms));
     snapshot.read_ms = started.elapsed().as_millis() as u64;
-    Ok(snapshot)
+    Ok((snapshot, returning))
 }
 
 fn describe(delivery: &Delivery, snapshot: &mut Snapshot) {

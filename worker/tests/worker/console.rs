@@ -491,7 +491,7 @@ fn urlencode(text: &str) -> String {
 }
 
 #[tokio::test]
-async fn a_replayed_letter_is_stored_and_the_others_stay() {
+async fn a_replayed_letter_is_stored_and_selected_ones_leave_together() {
     let stack = TestStack::start().await;
     let token = stack.application().await;
     dead_letter(&stack, &mixed(&token, "another-application-token")).await;
@@ -533,6 +533,28 @@ async fn a_replayed_letter_is_stored_and_the_others_stay() {
             &json!("1 ids"),
             &json!(1)
         )
+    );
+
+    // Replay selected: two of the four left, by id.
+    let left = ids(&admin.letters("").await);
+    assert_eq!(left.len(), 4);
+    let selected = json!({"ids": [left[0], left[2]]});
+    let replayed = admin.post("/api/replay", selected).await;
+    assert_eq!(replayed.body, json!({"found": 4, "matched": 2, "moved": 2}));
+    let mut queued: Vec<String> = stack
+        .broker
+        .take_jobs(&stack.broker.jobs_queue())
+        .await
+        .iter()
+        .map(|job| job.id.to_string())
+        .collect();
+    queued.sort();
+    let mut wanted = vec![left[0].clone(), left[2].clone()];
+    wanted.sort();
+    assert_eq!(queued, wanted, "the selected ones, and only they");
+    assert_eq!(
+        ids(&admin.letters("").await),
+        [left[1].clone(), left[3].clone()]
     );
 }
 
