@@ -757,3 +757,54 @@ async fn the_overview_shows_the_queues_and_the_workers_rates() {
     assert_eq!(depth("jobs")["consumers"], 1);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_console_and_worker_replay_at_once_move_each_letter_once() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    let letters: Vec<Dead> = (1..=600)
+        .map(|chat| Dead {
+            job: Job::chat(token.clone(), chat),
+            reason: "exhausted",
+            error: "chat-system answered 503",
+            at_ms: 1_700_000_000_000 + chat as u64,
+        })
+        .collect();
+    dead_letter(&stack, &letters).await;
+    let console = TestConsole::start(&stack).await;
+    let admin = User::login(&console, "admin", ADMIN_PASSWORD).await;
+    let config = stack.worker_config(&[]);
+
+    let mut output = Vec::new();
+    let everything = worker::Selection::default();
+    let (from_console, from_cli) = tokio::join!(
+        admin.post("/api/replay", json!({"filter": {}})),
+        worker::replay::replay(&config, &everything, false, &mut output)
+    );
+    assert_eq!(from_console.status, 200, "{}", from_console.body);
+    let from_cli = from_cli.expect("worker replay");
+    // Whatever one held while the other read, a second pass takes.
+    let again = admin.post("/api/replay", json!({"filter": {}})).await;
+    let moved = from_console.body["moved"].as_u64().unwrap()
+        + from_cli.replayed as u64
+        + again.body["moved"].as_u64().unwrap();
+    assert_eq!(
+        moved, 600,
+        "{} {from_cli:?} {}",
+        from_console.body, again.body
+    );
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 0, "all replayed")
+        .await;
+    let mut chats: Vec<i64> = stack
+        .broker
+        .take_jobs(&stack.broker.jobs_queue())
+        .await
+        .iter()
+        .map(Job::chat_number)
+        .collect();
+    assert_eq!(chats.len(), 600, "no letter replayed twice");
+    chats.sort();
+    chats.dedup();
+    assert_eq!(chats.len(), 600);
+}
