@@ -8,7 +8,8 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use lapin::Connection;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection};
 use serde::Serialize;
 use shared::amqp::connection::connect;
 use shared::amqp::headers::now_ms;
@@ -149,6 +150,21 @@ impl Overview {
         {
             let connection = connect(&self.amqp_url, "worker-console-overview").await?;
             let watched = watch(&connection);
+            // RabbitMQ tells only publishing connections that it blocks
+            // (https://www.rabbitmq.com/docs/connection-blocked): one
+            // empty message that routes nowhere (dropped, never queued)
+            // makes this one a publisher, so it hears of an alarm.
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_publish(
+                    "".into(),
+                    "worker-console-overview-probe".into(),
+                    BasicPublishOptions::default(),
+                    &[],
+                    BasicProperties::default(),
+                )
+                .await?;
+            let _ = channel.close(200, "probed".into()).await;
             *link = Some(Link {
                 connection,
                 blocked: watched.blocked,
