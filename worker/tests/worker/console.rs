@@ -808,3 +808,41 @@ async fn a_console_and_worker_replay_at_once_move_each_letter_once() {
     chats.dedup();
     assert_eq!(chats.len(), 600);
 }
+
+#[tokio::test]
+async fn an_unreachable_broker_is_a_banner_and_503s_not_empty_lists() {
+    let stack = TestStack::start().await;
+    let audit = std::env::temp_dir().join(format!("{}.audit", testkit::unique("console")));
+    // Nothing listens on port 9 of the loopback.
+    let config = stack.worker_config(&["--amqp-url", "amqp://guest:guest@127.0.0.1:9/%2f"]);
+    let console = worker::console::Console::build(
+        config,
+        console_arguments(&[
+            "--admin-password",
+            ADMIN_PASSWORD,
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ]),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", console.address());
+    let _running = Running::spawn("the console", |shutdown| {
+        console.run_until_stopped(shutdown)
+    });
+    let console = TestConsole {
+        url,
+        audit,
+        _running,
+    };
+    let admin = User::login(&console, "admin", ADMIN_PASSWORD).await;
+
+    let overview = admin.get("/api/overview").await;
+    assert_eq!(overview.status, 200);
+    assert_eq!(overview.body["broker"], "unreachable", "{}", overview.body);
+    assert!(overview.body["queues"].as_array().unwrap().is_empty());
+    let letters = admin.get("/api/letters").await;
+    assert_eq!(letters.status, 503, "not an empty list: {}", letters.body);
+    let replay = admin.post("/api/replay", json!({"filter": {}})).await;
+    assert_eq!(replay.status, 503, "{}", replay.body);
+}
