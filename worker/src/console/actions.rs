@@ -16,16 +16,13 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    ConfirmSelectOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
 use shared::amqp::connection::connect;
 use shared::amqp::topology::depth;
 
-use super::letters::{Filter, Letter, Row, prefetch_for, wait_for};
+use super::letters::{Filter, Letter, Row, give_back, prefetch_for, wait_for};
 use super::state::State;
 use crate::replay::{Destination, Run, counted_again};
 
@@ -176,27 +173,13 @@ pub(crate) async fn act(
     .await;
     // The letters not taken go back at once; after an error, closing the
     // connection returns whatever else is unacknowledged.
-    // The consumer is cancelled first: it would be handed them again.
-    if let Some(tag) = consumer_tag
+    if let Some(consumer) = consumer_tag
         && outcome.is_ok()
     {
-        channel
-            .basic_cancel(tag, BasicCancelOptions::default())
-            .await?;
-    }
-    if let Some(tag) = last_held
-        && outcome.is_ok()
-    {
-        channel
-            .basic_nack(
-                tag,
-                BasicNackOptions {
-                    multiple: true,
-                    requeue: true,
-                },
-            )
-            .await?;
-        counted_again(&channel, &queue, held).await?;
+        give_back(&channel, consumer, last_held).await?;
+        if last_held.is_some() {
+            counted_again(&channel, &queue, held).await?;
+        }
     }
     connection.close(200, "action done".into()).await?;
     outcome.map(|()| done)

@@ -428,22 +428,7 @@ async fn read(
             describe(&delivery, &mut snapshot);
         }
         snapshot.consume_ms = started.elapsed().as_millis() as u64;
-        // Cancelled first: a consumer still on the queue would be handed
-        // the returned letters again at once.
-        channel
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await?;
-        if let Some(tag) = last_tag {
-            channel
-                .basic_nack(
-                    tag,
-                    BasicNackOptions {
-                        multiple: true,
-                        requeue: true,
-                    },
-                )
-                .await?;
-        }
+        give_back(&channel, consumer.tag(), last_tag).await?;
     }
     let returned = snapshot.letters;
     let queue = queue.to_owned();
@@ -458,6 +443,31 @@ async fn read(
         .sort_by_key(|row| std::cmp::Reverse(row.dead_at_ms));
     snapshot.read_ms = started.elapsed().as_millis() as u64;
     Ok((snapshot, returning))
+}
+
+/// Stops `consumer` and returns every letter up to `last_tag` it holds
+/// unacknowledged with one `nack`. Cancelled first: a consumer still on
+/// the queue would be handed the returned letters again at once.
+pub(crate) async fn give_back(
+    channel: &lapin::Channel,
+    consumer: lapin::types::ShortString,
+    last_tag: Option<u64>,
+) -> lapin::Result<()> {
+    channel
+        .basic_cancel(consumer, BasicCancelOptions::default())
+        .await?;
+    if let Some(tag) = last_tag {
+        channel
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    multiple: true,
+                    requeue: true,
+                },
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 fn describe(delivery: &Delivery, snapshot: &mut Snapshot) {

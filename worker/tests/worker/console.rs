@@ -36,21 +36,25 @@ impl Drop for TestConsole {
 }
 
 impl TestConsole {
+    /// A console of `stack` with both users.
     pub(crate) async fn start(stack: &TestStack) -> Self {
+        let flags = [
+            "--admin-password",
+            ADMIN_PASSWORD,
+            "--viewer-password",
+            VIEWER_PASSWORD,
+        ];
+        Self::start_with(stack.worker_config(&[]), &flags).await
+    }
+
+    /// A console of the worker settings `config`, with `flags`.
+    pub(crate) async fn start_with(config: worker::Config, flags: &[&str]) -> Self {
         let audit = std::env::temp_dir().join(format!("{}.audit", testkit::unique("console")));
-        let console = worker::console::Console::build(
-            stack.worker_config(&[]),
-            console_arguments(&[
-                "--admin-password",
-                ADMIN_PASSWORD,
-                "--viewer-password",
-                VIEWER_PASSWORD,
-                "--audit-log",
-                audit.to_str().expect("a UTF-8 path"),
-            ]),
-        )
-        .await
-        .expect("building the console");
+        let mut arguments = flags.to_vec();
+        arguments.extend(["--audit-log", audit.to_str().expect("a UTF-8 path")]);
+        let console = worker::console::Console::build(config, console_arguments(&arguments))
+            .await
+            .expect("building the console");
         let url = format!("http://{}", console.address());
         let running = Running::spawn("the console", |shutdown| {
             console.run_until_stopped(shutdown)
@@ -649,19 +653,42 @@ async fn every_matching_letter_is_replayed_or_discarded_and_nothing_else() {
     );
 }
 
-#[tokio::test]
-async fn two_consoles_replaying_everything_at_once_move_each_letter_once() {
-    let stack = TestStack::start().await;
-    let token = stack.application().await;
-    let letters: Vec<Dead> = (1..=600)
+/// `count` dead chats 1..=count of `token`, exhausted.
+fn chats(token: &str, count: i64) -> Vec<Dead<'static>> {
+    (1..=count)
         .map(|chat| Dead {
-            job: Job::chat(token.clone(), chat),
+            job: Job::chat(token.to_owned(), chat),
             reason: "exhausted",
             error: "chat-system answered 503",
             at_ms: 1_700_000_000_000 + chat as u64,
         })
+        .collect()
+}
+
+/// Fails unless the dead-letter queue is empty and the jobs queue holds
+/// chats 1..=count, each once.
+async fn each_replayed_once(stack: &TestStack, count: usize) {
+    stack
+        .assert_queue_len(&stack.broker.dead_queue(), 0, "all replayed")
+        .await;
+    let mut chats: Vec<i64> = stack
+        .broker
+        .take_jobs(&stack.broker.jobs_queue())
+        .await
+        .iter()
+        .map(Job::chat_number)
         .collect();
-    dead_letter(&stack, &letters).await;
+    assert_eq!(chats.len(), count, "no letter replayed twice");
+    chats.sort();
+    chats.dedup();
+    assert_eq!(chats.len(), count);
+}
+
+#[tokio::test]
+async fn two_consoles_replaying_everything_at_once_move_each_letter_once() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    dead_letter(&stack, &chats(&token, 600)).await;
     let one = TestConsole::start(&stack).await;
     let two = TestConsole::start(&stack).await;
     let first = User::login(&one, "admin", ADMIN_PASSWORD).await;
@@ -679,20 +706,7 @@ async fn two_consoles_replaying_everything_at_once_move_each_letter_once() {
     let again = first.post("/api/replay", everything).await;
     let moved = moved + again.body["moved"].as_u64().unwrap();
     assert_eq!(moved, 600, "{} {} {}", a.body, b.body, again.body);
-    stack
-        .assert_queue_len(&stack.broker.dead_queue(), 0, "all replayed")
-        .await;
-    let mut chats: Vec<i64> = stack
-        .broker
-        .take_jobs(&stack.broker.jobs_queue())
-        .await
-        .iter()
-        .map(Job::chat_number)
-        .collect();
-    assert_eq!(chats.len(), 600, "no letter replayed twice");
-    chats.sort();
-    chats.dedup();
-    assert_eq!(chats.len(), 600);
+    each_replayed_once(&stack, 600).await;
 }
 
 #[tokio::test]
@@ -701,29 +715,17 @@ async fn the_overview_shows_the_queues_and_the_workers_rates() {
     let token = stack.application().await;
     dead_letter(&stack, &mixed(&token, "another-application-token")).await;
     let (metrics_url, worker) = stack.spawn_worker_served(&[]).await;
-    let audit = std::env::temp_dir().join(format!("{}.audit", testkit::unique("console")));
-    let console = worker::console::Console::build(
+    let metrics = format!("{metrics_url}/metrics");
+    let console = TestConsole::start_with(
         stack.worker_config(&[]),
-        console_arguments(&[
+        &[
             "--viewer-password",
             VIEWER_PASSWORD,
             "--worker-metrics",
-            &format!("{metrics_url}/metrics"),
-            "--audit-log",
-            audit.to_str().unwrap(),
-        ]),
+            &metrics,
+        ],
     )
-    .await
-    .unwrap();
-    let url = format!("http://{}", console.address());
-    let _running = Running::spawn("the console", |shutdown| {
-        console.run_until_stopped(shutdown)
-    });
-    let console = TestConsole {
-        url,
-        audit,
-        _running,
-    };
+    .await;
     let viewer = User::login(&console, "viewer", VIEWER_PASSWORD).await;
     assert_eq!(
         viewer.post_login("admin", ADMIN_PASSWORD).await.status(),
@@ -762,15 +764,7 @@ async fn the_overview_shows_the_queues_and_the_workers_rates() {
 async fn a_console_and_worker_replay_at_once_move_each_letter_once() {
     let stack = TestStack::start().await;
     let token = stack.application().await;
-    let letters: Vec<Dead> = (1..=600)
-        .map(|chat| Dead {
-            job: Job::chat(token.clone(), chat),
-            reason: "exhausted",
-            error: "chat-system answered 503",
-            at_ms: 1_700_000_000_000 + chat as u64,
-        })
-        .collect();
-    dead_letter(&stack, &letters).await;
+    dead_letter(&stack, &chats(&token, 600)).await;
     let console = TestConsole::start(&stack).await;
     let admin = User::login(&console, "admin", ADMIN_PASSWORD).await;
     let config = stack.worker_config(&[]);
@@ -793,48 +787,15 @@ async fn a_console_and_worker_replay_at_once_move_each_letter_once() {
         "{} {from_cli:?} {}",
         from_console.body, again.body
     );
-    stack
-        .assert_queue_len(&stack.broker.dead_queue(), 0, "all replayed")
-        .await;
-    let mut chats: Vec<i64> = stack
-        .broker
-        .take_jobs(&stack.broker.jobs_queue())
-        .await
-        .iter()
-        .map(Job::chat_number)
-        .collect();
-    assert_eq!(chats.len(), 600, "no letter replayed twice");
-    chats.sort();
-    chats.dedup();
-    assert_eq!(chats.len(), 600);
+    each_replayed_once(&stack, 600).await;
 }
 
 #[tokio::test]
 async fn an_unreachable_broker_is_a_banner_and_503s_not_empty_lists() {
     let stack = TestStack::start().await;
-    let audit = std::env::temp_dir().join(format!("{}.audit", testkit::unique("console")));
     // Nothing listens on port 9 of the loopback.
     let config = stack.worker_config(&["--amqp-url", "amqp://guest:guest@127.0.0.1:9/%2f"]);
-    let console = worker::console::Console::build(
-        config,
-        console_arguments(&[
-            "--admin-password",
-            ADMIN_PASSWORD,
-            "--audit-log",
-            audit.to_str().unwrap(),
-        ]),
-    )
-    .await
-    .unwrap();
-    let url = format!("http://{}", console.address());
-    let _running = Running::spawn("the console", |shutdown| {
-        console.run_until_stopped(shutdown)
-    });
-    let console = TestConsole {
-        url,
-        audit,
-        _running,
-    };
+    let console = TestConsole::start_with(config, &["--admin-password", ADMIN_PASSWORD]).await;
     let admin = User::login(&console, "admin", ADMIN_PASSWORD).await;
 
     let overview = admin.get("/api/overview").await;
