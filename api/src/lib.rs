@@ -15,7 +15,7 @@ mod numbers;
 mod publisher;
 mod rate_limit;
 mod reads;
-mod replicas;
+mod rounds;
 mod routes;
 mod startup;
 pub mod telemetry;

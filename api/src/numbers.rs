@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::durability::{Guard, Refusal};
 use crate::error::ApiError;
 use crate::negative_cache::NegativeCache;
-use crate::replicas::{Call, Replicated, Unreplicated};
+use crate::rounds::{Call, RoundError, Rounds};
 use shared::chat_system::{ChatSystem, ChatSystemError};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,12 @@ pub(crate) enum NumberError {
     ChatSystem(#[from] ChatSystemError),
     #[error("timed out waiting for another request to seed the counter")]
     SeedTimeout,
+    /// The lane of the draw's slot has too many draws waiting.
+    #[error("too many draws waiting for Redis")]
+    Crowded,
+    /// No answer in time (or the api is stopping): perhaps drawn.
+    #[error("Redis did not answer the draw in time")]
+    Unanswered,
     #[error("the draw script answered {0}, which it never does")]
     UnexpectedReply(i64),
     #[error(transparent)]
@@ -69,6 +75,8 @@ impl From<NumberError> for ApiError {
             NumberError::Redis(error) => ApiError::unavailable("redis", error),
             NumberError::ChatSystem(error) => ApiError::unavailable("chat-system", error),
             error @ (NumberError::SeedTimeout
+            | NumberError::Crowded
+            | NumberError::Unanswered
             | NumberError::UnexpectedReply(_)
             | NumberError::NotDurable(_)
             | NumberError::NotReplicated { .. }) => ApiError::unavailable("redis", error),
@@ -86,6 +94,9 @@ pub(crate) struct Timings {
     /// Replicas that must hold a draw before its number is answered.
     pub(crate) wait_replicas: u32,
     pub(crate) wait_timeout: Duration,
+    /// The longest a draw's answer takes (`REDIS_TIMEOUT_MS`, and
+    /// `REDIS_WAIT_TIMEOUT_MS` with replicas).
+    pub(crate) response_timeout: Duration,
     /// Seeds this process runs at once.
     pub(crate) seed_concurrency: usize,
 }
@@ -96,8 +107,8 @@ pub(crate) struct Numbers {
     keys: Keys,
     chat_system: ChatSystem,
     timings: Timings,
-    /// Set with `REDIS_WAIT_REPLICAS`: draws go through it.
-    replicated: Option<Replicated>,
+    /// Every draw goes through it; seeds too with `REDIS_WAIT_REPLICAS`.
+    rounds: Rounds,
     draw: Counted,
     seed: Counted,
     unlock: Script,
@@ -113,10 +124,12 @@ impl Numbers {
         chat_system: ChatSystem,
         timings: Timings,
     ) -> Self {
-        let replicated = (timings.wait_replicas > 0)
-            .then(|| Replicated::start(redis.clone(), timings.wait_replicas, timings.wait_timeout));
+        let wait = Wait {
+            replicas: timings.wait_replicas,
+            timeout: timings.wait_timeout,
+        };
         Self {
-            replicated,
+            rounds: Rounds::start(redis.clone(), wait, timings.response_timeout),
             redis,
             durability,
             keys,
@@ -277,7 +290,7 @@ impl Numbers {
                 ..
             } if *number > 0 => self.give_back_later(scope, *number),
             // Timed out or stopped while its round was out: perhaps drawn.
-            NumberError::NotReplicated { drawn: None, .. } => {
+            NumberError::NotReplicated { drawn: None, .. } | NumberError::Unanswered => {
                 self.resolve_later(scope, lock_value);
             }
             // Not an answer: the script may have run before the
@@ -372,20 +385,24 @@ impl Numbers {
     /// drawn by an earlier attempt perhaps never replicated, is about to
     /// be answered). A no-op without the setting.
     pub(crate) async fn settle(&self, key: &str) -> Result<(), NumberError> {
-        if self.replicated.is_none() {
+        if self.timings.wait_replicas == 0 {
             return Ok(());
         }
         let (wanted, timeout) = (self.timings.wait_replicas, self.timings.wait_timeout);
-        Replicated::settle(&self.redis, key, wanted, timeout)
+        Rounds::settle(&self.redis, key, wanted, timeout)
             .await
-            .map_err(|error| self.not_replicated(error))
+            .map_err(|error| self.round_failed(error))
     }
 
-    /// A failed replicated call as a draw error.
-    fn not_replicated(&self, error: Unreplicated) -> NumberError {
+    /// A failed call of a round as a draw error.
+    fn round_failed(&self, error: RoundError) -> NumberError {
         match error {
-            Unreplicated::Redis(error) => NumberError::Redis(error),
-            Unreplicated::TooFew {
+            RoundError::Redis(error) => NumberError::Redis(error),
+            RoundError::Busy if self.timings.wait_replicas == 0 => NumberError::Crowded,
+            RoundError::TimedOut | RoundError::Stopped if self.timings.wait_replicas == 0 => {
+                NumberError::Unanswered
+            }
+            RoundError::TooFew {
                 acked,
                 wanted,
                 drawn,
@@ -401,10 +418,10 @@ impl Numbers {
             // No replica confirmed the draw (if it was made): the lane is
             // full or slow (its shard's replica lags), or gone (the runtime
             // is stopping).
-            Unreplicated::Busy | Unreplicated::TimedOut | Unreplicated::Stopped => {
+            RoundError::Busy | RoundError::TimedOut | RoundError::Stopped => {
                 let why = match error {
-                    Unreplicated::Busy => "busy",
-                    Unreplicated::TimedOut => "timed_out",
+                    RoundError::Busy => "busy",
+                    RoundError::TimedOut => "timed_out",
                     _ => "stopped",
                 };
                 metrics::counter!("api_draws_not_replicated_total", "why" => why).increment(1);
@@ -418,28 +435,28 @@ impl Numbers {
     }
 
     /// Runs [`counters::DRAW`] or [`counters::SEED`] and parses the reply.
-    /// With `REDIS_WAIT_REPLICAS`, through [`Replicated`]: answered once
-    /// enough replicas hold the draw.
+    /// Draws go out in rounds ([`Rounds`]); a seed, rare, on its own,
+    /// unless `REDIS_WAIT_REPLICAS` asks for replicas to hold it too.
     async fn run(&self, script: &Counted, call: Invocation) -> Result<Drawn, NumberError> {
-        let reply = match &self.replicated {
-            None => script
+        let in_rounds = script.source == counters::DRAW || self.timings.wait_replicas > 0;
+        let reply = if in_rounds {
+            let call = Call {
+                source: script.source,
+                keys: call.keys,
+                args: call.args,
+            };
+            self.rounds
+                .run(call)
+                .await
+                .map_err(|error| self.round_failed(error))
+        } else {
+            script
                 .script
                 .key(call.keys)
                 .arg(call.args)
                 .invoke_async(&mut self.redis.clone())
                 .await
-                .map_err(NumberError::from),
-            Some(replicated) => {
-                let call = Call {
-                    source: script.source,
-                    keys: call.keys,
-                    args: call.args,
-                };
-                replicated
-                    .run(call)
-                    .await
-                    .map_err(|error| self.not_replicated(error))
-            }
+                .map_err(NumberError::from)
         };
         let reply = reply.inspect_err(|error| {
             if matches!(error, NumberError::Redis(_)) {

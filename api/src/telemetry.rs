@@ -74,6 +74,12 @@ pub const METRICS: &[Metric] = &[
         ],
     },
     Metric {
+        name: "api_draw_round_size",
+        kind: Histogram,
+        help: "Draws sent to Redis in one round (one script call, or one pipeline and WAIT).",
+        start: UNLABELLED,
+    },
+    Metric {
         name: "api_replicated_group_size",
         kind: Histogram,
         help: "Draws confirmed by one WAIT for replicas.",

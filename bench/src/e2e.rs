@@ -455,8 +455,9 @@ struct BatchSizes(BTreeMap<&'static str, (f64, f64)>);
 
 impl BatchSizes {
     /// Histogram, and the name of its mean in the `batches` line.
-    const HISTOGRAMS: [(&'static str, &'static str); 4] = [
+    const HISTOGRAMS: [(&'static str, &'static str); 5] = [
         ("api_publish_batch_jobs", "jobs_per_message"),
+        ("api_draw_round_size", "draws_per_round"),
         ("api_replicated_group_size", "draws_per_replica_wait"),
         ("worker_batch_deliveries", "deliveries_per_worker_batch"),
         ("worker_store_batch_records", "records_per_bulk_write"),

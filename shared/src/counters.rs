@@ -308,6 +308,28 @@ impl Drawn {
     }
 }
 
+/// The body of [`DRAW`], as a Lua function of one draw's KEYS and ARGV,
+/// so [`DRAW_MANY`] runs the same text.
+macro_rules! draw_function {
+    () => {
+        "local function draw(KEYS, ARGV)
+if KEYS[5] and redis.call('HGET', KEYS[5], 'owner') ~= ARGV[#ARGV] then return -3 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+  if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+  return -2
+end
+local n = redis.call('INCR', KEYS[1])
+redis.call('PERSIST', KEYS[1])
+redis.call('SADD', KEYS[2], n)
+if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
+if ARGV[5] ~= '' then redis.call('SET', ARGV[5], n, 'PX', 30000) end
+if KEYS[5] then redis.call('HSET', KEYS[5], 'number', n) end
+return n
+end"
+    };
+}
+
 /// Draws the next number of a scope.
 ///
 /// KEYS: counter, in-flight set, unknown marker, seed lock.
@@ -324,20 +346,29 @@ impl Drawn {
 /// chat-system read needed for a chat just created; its key is built from
 /// head .. n .. tail and shares the token's hash tag, so it is in the same
 /// cluster slot).
-pub const DRAW: &str =
-    "if KEYS[5] and redis.call('HGET', KEYS[5], 'owner') ~= ARGV[#ARGV] then return -3 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
-  if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
-  return -2
+pub const DRAW: &str = concat!(draw_function!(), "\nreturn draw(KEYS, ARGV)");
+
+/// Runs [`DRAW`] for each of several draws at once, in one script call:
+/// a round of draws costs Redis one script run, and the api one command.
+///
+/// KEYS: each draw's keys, one draw after the other. ARGV: for each draw,
+/// the count of its keys and of its arguments, then its arguments.
+/// Returns each draw's reply, in order. All the keys of a call must be in
+/// one hash slot on a cluster (the api sends one call per slot).
+pub const DRAW_MANY: &str = concat!(
+    draw_function!(),
+    "
+local out, k, a = {}, 1, 1
+while a <= #ARGV do
+  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local keys, args = {}, {}
+  for i = 1, nk do keys[i] = KEYS[k + i - 1] end
+  for i = 1, na do args[i] = ARGV[a + 1 + i] end
+  out[#out + 1] = draw(keys, args)
+  k, a = k + nk, a + 2 + na
 end
-local n = redis.call('INCR', KEYS[1])
-redis.call('PERSIST', KEYS[1])
-redis.call('SADD', KEYS[2], n)
-if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
-if ARGV[5] ~= '' then redis.call('SET', ARGV[5], n, 'PX', 30000) end
-if KEYS[5] then redis.call('HSET', KEYS[5], 'number', n) end
-return n";
+return out"
+);
 
 /// Seeds a counter from the chat-system's highest stored number and draws
 /// from it, releasing the seed lock, all at once.
