@@ -12,7 +12,12 @@
 //!   another request with the key waits for it, then gets 409;
 //! - `job_id`, `created_at`: the job's identity, chosen at the claim;
 //! - `number`: recorded by the draw script itself, so a number is never
-//!   drawn for a key without being recorded under it. A retry of an
+//!   drawn for a key without being recorded under it.
+//!
+//! The key is claimed by the draw itself (the draw script claims it
+//! before it draws, see `shared::counters::CLAIM_ARGS`): one script call,
+//! and one fsynced write, for a keyed create's claim and number, where a
+//! claim of its own took a round trip and a write more. A retry of an
 //!   attempt whose job is not known to be queued publishes that job again,
 //!   rebuilt from its own (identical) request: same id, same number, same
 //!   body; storing it is idempotent;
@@ -27,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Script;
-use shared::counters::Keys;
+use shared::counters::{CLAIM_ARGS, Keys};
 use shared::job::Kind;
 use shared::redis_client::RedisClient;
 
@@ -54,21 +59,56 @@ impl IdempotencyKey {
     }
 }
 
-/// What a key says about a request that carries it.
-#[derive(Debug)]
-pub(crate) enum Claimed {
-    /// Unused: this request holds it and creates the record, as the job
-    /// `identity`.
-    New(Held),
+/// What a key says to a request that carries it, when that request is
+/// not to draw (else the draw answers its number).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Found {
     /// The first attempt's job is queued: its number is the answer.
     Queued(i64),
     /// The first attempt's job, `number` and `identity`, is not known to
-    /// be queued: this request holds the key and publishes it again.
-    Republish(Held, i64, Identity),
+    /// be queued: this request now holds the key and publishes it again.
+    Republish(i64, Identity),
     /// Another request with the key is at work.
     Busy,
     /// The key was used for another request.
     Mismatch,
+}
+
+impl Found {
+    /// Parses what the claim answers when the request is not to draw
+    /// ([`CLAIM_ARGS`] lists its answers).
+    pub(crate) fn from_reply(fields: &[redis::Value]) -> Result<Self, KeyError> {
+        let field = |index: usize| -> Option<String> {
+            fields
+                .get(index)
+                .and_then(|field| redis::from_redis_value(field.clone()).ok())
+        };
+        let number = || field(1).and_then(|number| number.parse().ok());
+        match field(0).as_deref() {
+            Some("queued") => number().map(Found::Queued).ok_or(KeyError::Corrupt),
+            Some("republish") => {
+                let id = field(2).and_then(|id| id.parse().ok());
+                let created_at_ms = field(3).and_then(|at| at.parse().ok());
+                match (number(), id, created_at_ms) {
+                    (Some(number), Some(id), Some(created_at_ms)) => {
+                        Ok(Found::Republish(number, Identity { id, created_at_ms }))
+                    }
+                    _ => Err(KeyError::Corrupt),
+                }
+            }
+            Some("busy") => Ok(Found::Busy),
+            Some("mismatch") => Ok(Found::Mismatch),
+            _ => Err(KeyError::Corrupt),
+        }
+    }
+}
+
+/// A request's claim of its key, for the draw to make: the key's hash,
+/// and the claim's arguments ([`CLAIM_ARGS`]).
+#[derive(Debug)]
+pub(crate) struct Claim {
+    pub(crate) held: Held,
+    pub(crate) args: [String; CLAIM_ARGS],
 }
 
 /// The id and creation time of a key's job.
@@ -93,36 +133,9 @@ pub(crate) struct Keyed {
     keys: Keys,
     ttl: Duration,
     lease: Duration,
-    claim: Script,
     confirm: Script,
     abandon: Script,
 }
-
-/// KEYS: the key's hash. ARGV: the request, the owner, the lease and
-/// TTL, the job's identity should the key be new. Time from Redis, so api
-/// instances with different clocks agree on leases.
-const CLAIM: &str = "local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local fingerprint = redis.sha1hex(ARGV[1])
-local held = redis.call('HMGET', KEYS[1], 'fingerprint', 'lease', 'number', 'queued')
-if not held[1] then
-  redis.call('HSET', KEYS[1], 'fingerprint', fingerprint, 'owner', ARGV[2],
-    'lease', now + tonumber(ARGV[3]), 'job_id', ARGV[5], 'created_at', ARGV[6])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return {'new'}
-end
-if held[1] ~= fingerprint then return {'mismatch'} end
-if held[4] then return {'queued', held[3]} end
-if tonumber(held[2]) > now then return {'busy'} end
-redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'lease', now + tonumber(ARGV[3]))
-if held[3] then
-  local job = redis.call('HMGET', KEYS[1], 'job_id', 'created_at')
-  return {'republish', held[3], job[1], job[2]}
-end
--- The attempt that held it drew nothing: this one starts afresh, as its
--- own job.
-redis.call('HSET', KEYS[1], 'job_id', ARGV[5], 'created_at', ARGV[6])
-return {'new'}";
 
 /// The job is queued, whoever published it.
 const CONFIRM: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -155,65 +168,35 @@ impl Keyed {
             keys,
             ttl,
             lease,
-            claim: Script::new(CLAIM),
             confirm: Script::new(CONFIRM),
             abandon: Script::new(ABANDON),
         }
     }
 
-    /// Looks `key` up for a request of `kind` described by `request`
-    /// (what its fingerprint is taken of), claiming it for a job of
-    /// `identity` when free.
-    pub(crate) async fn claim(
+    /// The claim of `key` by a request of `kind` described by `request`
+    /// (what its fingerprint is taken of), for a job of `identity` should
+    /// the key be free: its draw makes it.
+    pub(crate) fn claim(
         &self,
         token: &str,
         kind: Kind,
         key: &IdempotencyKey,
         request: &str,
         identity: Identity,
-    ) -> Result<Claimed, KeyError> {
+    ) -> Claim {
         let key = self.keys.idempotency(token, kind.as_str(), &key.0);
         let owner = uuid::Uuid::new_v4().simple().to_string();
-        let reply: Vec<Vec<u8>> = self
-            .claim
-            .key(&key)
-            .arg(request)
-            .arg(&owner)
-            .arg(self.lease.as_millis() as u64)
-            .arg(self.ttl.as_secs().max(1))
-            .arg(identity.id.to_string())
-            .arg(identity.created_at_ms)
-            .invoke_async(&mut self.redis.clone())
-            .await
-            .inspect_err(|_| self.durability.suspect())?;
-        let held = Held { key, owner };
-        let field = |index: usize| {
-            reply
-                .get(index)
-                .and_then(|field| std::str::from_utf8(field).ok())
-        };
-        match reply.first().map(Vec::as_slice) {
-            Some(b"new") => Ok(Claimed::New(held)),
-            Some(b"queued") => {
-                let number = field(1).and_then(|number| number.parse().ok());
-                number.map(Claimed::Queued).ok_or(KeyError::Corrupt)
-            }
-            Some(b"republish") => {
-                let number = field(1).and_then(|number| number.parse().ok());
-                let id = field(2).and_then(|id| id.parse().ok());
-                let created_at_ms = field(3).and_then(|at| at.parse().ok());
-                match (number, id, created_at_ms) {
-                    (Some(number), Some(id), Some(created_at_ms)) => Ok(Claimed::Republish(
-                        held,
-                        number,
-                        Identity { id, created_at_ms },
-                    )),
-                    _ => Err(KeyError::Corrupt),
-                }
-            }
-            Some(b"busy") => Ok(Claimed::Busy),
-            Some(b"mismatch") => Ok(Claimed::Mismatch),
-            _ => Err(KeyError::Corrupt),
+        let args = [
+            request.to_owned(),
+            owner.clone(),
+            (self.lease.as_millis() as u64).to_string(),
+            self.ttl.as_secs().max(1).to_string(),
+            identity.id.to_string(),
+            identity.created_at_ms.to_string(),
+        ];
+        Claim {
+            held: Held { key, owner },
+            args,
         }
     }
 

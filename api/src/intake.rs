@@ -20,7 +20,7 @@ use shared::amqp::publish::PublishError;
 use tokio::time::Instant;
 
 use crate::error::ApiError;
-use crate::idempotency::{Claimed, IdempotencyKey, Identity, Keyed};
+use crate::idempotency::{Found, IdempotencyKey, Identity, Keyed};
 use crate::numbers::Numbers;
 use crate::publisher::Publisher;
 use crate::rate_limit::RateLimit;
@@ -84,7 +84,7 @@ impl Intake {
         create: Create,
         trace: TraceParent,
     ) -> Result<i64, ApiError> {
-        let number = self.numbers().draw(create.scope(&token), None).await?;
+        let number = self.numbers().draw(create.scope(&token)).await?;
         let job = job(token, create, number, trace, None);
         let Err(error) = self.publish(&job).await else {
             return Ok(number);
@@ -115,49 +115,44 @@ impl Intake {
             id: uuid::Uuid::now_v7(),
             created_at_ms: now_ms(),
         };
+        let claim = keyed.claim(&token, create.kind(), &key, &request, identity);
+        let held = &claim.held;
         let give_up = Instant::now() + self.0.key_wait;
         let mut pause = Duration::from_millis(5);
-        let (held, number, identity) = loop {
-            match keyed
-                .claim(&token, create.kind(), &key, &request, identity)
-                .await?
-            {
-                Claimed::New(held) => {
-                    let drawn = self
-                        .numbers()
-                        .draw(create.scope(&token), Some((&held.key, &held.owner)))
-                        .await;
-                    match drawn {
-                        Ok(number) => break (held, number, identity),
-                        Err(error) => {
-                            keyed.abandon(&held).await;
-                            return Err(error.into());
-                        }
-                    }
+        let (number, identity) = loop {
+            let drawn = self
+                .numbers()
+                .draw_claiming(create.scope(&token), &claim)
+                .await;
+            match drawn {
+                Ok(Ok(number)) => break (number, identity),
+                Err(error) => {
+                    keyed.abandon(held).await;
+                    return Err(error.into());
                 }
-                Claimed::Republish(held, number, identity) => {
+                Ok(Err(Found::Republish(number, identity))) => {
                     // The number may have been drawn by an attempt that
                     // failed for want of replicas: answer it only once
                     // they hold it (the claim wrote after the draw).
                     if let Err(error) = self.numbers().settle(&held.key).await {
-                        keyed.abandon(&held).await;
+                        keyed.abandon(held).await;
                         return Err(error.into());
                     }
                     metrics::counter!("api_idempotent_replays_total", "how" => "republished")
                         .increment(1);
-                    break (held, number, identity);
+                    break (number, identity);
                 }
-                Claimed::Queued(number) => {
+                Ok(Err(Found::Queued(number))) => {
                     metrics::counter!("api_idempotent_replays_total", "how" => "queued")
                         .increment(1);
                     tracing::Span::current().record("number", number);
                     return Ok(number);
                 }
-                Claimed::Mismatch => return Err(ApiError::IdempotencyKeyReused),
-                Claimed::Busy if Instant::now() >= give_up => {
+                Ok(Err(Found::Mismatch)) => return Err(ApiError::IdempotencyKeyReused),
+                Ok(Err(Found::Busy)) if Instant::now() >= give_up => {
                     return Err(ApiError::IdempotencyKeyBusy);
                 }
-                Claimed::Busy => {
+                Ok(Err(Found::Busy)) => {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
@@ -167,14 +162,14 @@ impl Intake {
         // On failure the number is kept (a retry with the key publishes
         // the job again) and the key left for that retry at once.
         if let Err(error) = self.publish(&job).await {
-            keyed.abandon(&held).await;
+            keyed.abandon(held).await;
             return Err(error.into());
         }
         // Marked queued after the answer, not before: one Redis write (and
         // its fsync) less on the request's path. Until it lands, a retry
         // finds the key held and waits for it; should it never land, a
         // retry publishes the job once more, which stores nothing twice.
-        let intake = self.clone();
+        let (intake, held) = (self.clone(), claim.held);
         tokio::spawn(
             async move {
                 if let Err(error) = intake.0.keyed.confirm(&held).await {

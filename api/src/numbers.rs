@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::durability::{Guard, Refusal};
 use crate::error::ApiError;
+use crate::idempotency::{Claim, Found, KeyError};
 use crate::negative_cache::NegativeCache;
 use crate::rounds::{Call, RoundError, Rounds};
 use shared::chat_system::{ChatSystem, ChatSystemError};
@@ -48,7 +49,11 @@ pub(crate) enum NumberError {
     #[error("Redis did not answer the draw in time")]
     Unanswered,
     #[error("the draw script answered {0}, which it never does")]
-    UnexpectedReply(i64),
+    UnexpectedReply(String),
+    /// The `Idempotency-Key` the draw claimed holds what this api never
+    /// writes.
+    #[error(transparent)]
+    Key(#[from] KeyError),
     #[error(transparent)]
     NotDurable(#[from] Refusal),
     /// The `Idempotency-Key` to record the number under was taken over.
@@ -74,6 +79,7 @@ impl From<NumberError> for ApiError {
             NumberError::KeyLost => ApiError::IdempotencyKeyBusy,
             NumberError::Redis(error) => ApiError::unavailable("redis", error),
             NumberError::ChatSystem(error) => ApiError::unavailable("chat-system", error),
+            NumberError::Key(error) => error.into(),
             error @ (NumberError::SeedTimeout
             | NumberError::Crowded
             | NumberError::Unanswered
@@ -144,14 +150,31 @@ impl Numbers {
     }
 
     /// The next number of `scope`, now in flight until its job is stored
-    /// (the worker releases it) or refused ([`Numbers::give_back`]). With
-    /// `key` (an `Idempotency-Key` hash and its owner) the number is
-    /// recorded there in the same script, if the owner still holds it.
-    pub(crate) async fn draw(
+    /// (the worker releases it) or refused ([`Numbers::give_back`]).
+    pub(crate) async fn draw(&self, scope: Scope<'_>) -> Result<i64, NumberError> {
+        match self.draw_with(scope, None).await? {
+            Ok(number) => Ok(number),
+            // Only a claim answers what it found.
+            Err(found) => Err(NumberError::UnexpectedReply(format!("{found:?}"))),
+        }
+    }
+
+    /// A draw that first claims an `Idempotency-Key`, in the same script:
+    /// the number, recorded under the key, or what the key held instead
+    /// (nothing drawn).
+    pub(crate) async fn draw_claiming(
         &self,
         scope: Scope<'_>,
-        key: Option<(&str, &str)>,
-    ) -> Result<i64, NumberError> {
+        claim: &Claim,
+    ) -> Result<Result<i64, Found>, NumberError> {
+        self.draw_with(scope, Some(claim)).await
+    }
+
+    async fn draw_with(
+        &self,
+        scope: Scope<'_>,
+        claim: Option<&Claim>,
+    ) -> Result<Result<i64, Found>, NumberError> {
         if self.unknown.knows_unknown(scope.token()) {
             return Err(NumberError::UnknownApplication);
         }
@@ -159,13 +182,17 @@ impl Numbers {
         let lock_value = lock_value();
         let give_up = Instant::now() + self.timings.seed_wait;
         let mut pause = Duration::from_millis(2);
+        let key = claim.map(|claim| (claim.held.key.as_str(), claim.held.owner.as_str()));
         loop {
-            let call = self.keys.draw(scope, &lock_value, self.timings.seed_lock);
+            let mut call = self.keys.draw(scope, &lock_value, self.timings.seed_lock);
+            if let Some(claim) = claim {
+                call = call.claiming(&claim.held.key, &claim.args);
+            }
             let refused = |error| self.refused(scope, key, &lock_value, error);
-            let mut drawn = self
-                .run(&self.draw, recorded(call, key))
-                .await
-                .map_err(refused)?;
+            let mut drawn = match self.run(&self.draw, call).await.map_err(refused)? {
+                Ok(drawn) => drawn,
+                Err(found) => return Ok(Err(found)),
+            };
             if drawn == Drawn::MustSeed {
                 drawn = self
                     .seed(scope, &lock_value, key, give_up)
@@ -176,7 +203,7 @@ impl Numbers {
                 Drawn::Number(number) => {
                     metrics::counter!("api_numbers_drawn_total", "scope" => scope.label())
                         .increment(1);
-                    return Ok(number);
+                    return Ok(Ok(number));
                 }
                 Drawn::Unknown => {
                     if let Scope::Chats { token } = scope {
@@ -226,7 +253,10 @@ impl Numbers {
         let call = self
             .keys
             .seed(scope, lock_value, highest, self.timings.negative_ttl);
-        self.run(&self.seed, recorded(call, key)).await
+        match self.run(&self.seed, recorded(call, key)).await? {
+            Ok(drawn) => Ok(drawn),
+            Err(found) => Err(NumberError::UnexpectedReply(format!("{found:?}"))),
+        }
     }
 
     /// What a counter is seeded from: the highest number of `scope` the
@@ -437,7 +467,11 @@ impl Numbers {
     /// Runs [`counters::DRAW`] or [`counters::SEED`] and parses the reply.
     /// Draws go out in rounds ([`Rounds`]); a seed, rare, on its own,
     /// unless `REDIS_WAIT_REPLICAS` asks for replicas to hold it too.
-    async fn run(&self, script: &Counted, call: Invocation) -> Result<Drawn, NumberError> {
+    async fn run(
+        &self,
+        script: &Counted,
+        call: Invocation,
+    ) -> Result<Result<Drawn, Found>, NumberError> {
         let in_rounds = script.source == counters::DRAW || self.timings.wait_replicas > 0;
         let reply = if in_rounds {
             let call = Call {
@@ -458,12 +492,18 @@ impl Numbers {
                 .await
                 .map_err(NumberError::from)
         };
-        let reply = reply.inspect_err(|error| {
+        let reply: redis::Value = reply.inspect_err(|error| {
             if matches!(error, NumberError::Redis(_)) {
                 self.durability.suspect();
             }
         })?;
-        Drawn::from_reply(reply).ok_or(NumberError::UnexpectedReply(reply))
+        match reply {
+            redis::Value::Int(code) => Drawn::from_reply(code)
+                .map(Ok)
+                .ok_or_else(|| NumberError::UnexpectedReply(code.to_string())),
+            redis::Value::Array(fields) => Ok(Err(Found::from_reply(&fields)?)),
+            other => Err(NumberError::UnexpectedReply(format!("{other:?}"))),
+        }
     }
 
     /// Takes back a number no job will carry (the broker certainly did not

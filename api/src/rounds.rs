@@ -36,7 +36,7 @@ use shared::redis_client::{RedisClient, Slot, Wait};
 use tokio::sync::{mpsc, oneshot};
 
 /// What one draw of a round got back: the script's reply, or why not.
-pub(crate) type Reply = Result<i64, RoundError>;
+pub(crate) type Reply = Result<redis::Value, RoundError>;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RoundError {
@@ -205,7 +205,7 @@ async fn draw_all(draw_many: &Script, mut redis: RedisClient, group: Vec<Pending
             .arg(args.len())
             .arg(args);
     }
-    let replies: redis::RedisResult<Vec<i64>> = invocation.invoke_async(&mut redis).await;
+    let replies: redis::RedisResult<Vec<redis::Value>> = invocation.invoke_async(&mut redis).await;
     answer(
         group,
         replies.map(|replies| replies.into_iter().map(Ok).collect()),
@@ -258,12 +258,16 @@ async fn send(mut redis: RedisClient, group: Vec<Pending>, wait: Wait) {
             .arg(wait.timeout.as_millis() as u64);
         metrics::histogram!("api_replicated_group_size").record(group.len() as f64);
     }
-    let replies: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut redis).await;
+    let replies: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut redis).await;
     let replies = replies.map(|mut replies| {
-        let acked = if wanted > 0 {
-            replies.pop().unwrap_or(0)
-        } else {
-            0
+        // WAIT's reply, the last, is not a draw's.
+        let acked = match (wanted, replies.pop()) {
+            (0, Some(last)) => {
+                replies.push(last);
+                0
+            }
+            (_, Some(redis::Value::Int(acked))) => acked,
+            _ => 0,
         };
         replies
             .into_iter()
@@ -271,10 +275,14 @@ async fn send(mut redis: RedisClient, group: Vec<Pending>, wait: Wait) {
                 if acked >= i64::from(wanted) {
                     Ok(reply)
                 } else {
+                    let drawn = match reply {
+                        redis::Value::Int(number) => Some(number),
+                        _ => None,
+                    };
                     Err(RoundError::TooFew {
                         acked,
                         wanted,
-                        drawn: Some(reply),
+                        drawn,
                     })
                 }
             })

@@ -247,8 +247,32 @@ pub struct Invocation {
     pub args: Vec<String>,
 }
 
+/// The arguments of the claim of an `Idempotency-Key` that a [`DRAW`]
+/// makes before it draws: the request (its SHA-1 is the key's
+/// fingerprint), the owner, the lease in milliseconds, the key's TTL in
+/// seconds, the job's id and creation time should the key be new. The key
+/// is a hash (the api's `idempotency` module says what it holds). Time is
+/// Redis's, so api instances with different clocks agree on leases.
+///
+/// The draw goes on when the key is new, already this owner's with no
+/// number (a draw again after a seed wait), or held by nobody (a lease
+/// over) with no number; it records its number there. Otherwise it draws
+/// nothing and answers `{'mismatch'}` (another request's key), `{'queued',
+/// number}`, `{'busy'}` (another request holds it), or `{'republish',
+/// number, job_id, created_at}`: a lease over with a number whose job is
+/// not known to be queued, now this owner's, to publish again.
+pub const CLAIM_ARGS: usize = 6;
+
 impl Invocation {
-    /// A [`DRAW`] or [`SEED`] that records the number under the
+    /// A [`DRAW`] that first claims the `Idempotency-Key` hash `key` with
+    /// `claim` ([`CLAIM_ARGS`]), and records its number there.
+    pub fn claiming(mut self, key: &str, claim: &[String; CLAIM_ARGS]) -> Self {
+        self.keys.push(key.to_owned());
+        self.args.extend(claim.iter().cloned());
+        self
+    }
+
+    /// A [`SEED`] that records the number under the
     /// `Idempotency-Key` hash `key`, which `owner` must hold (else it
     /// draws nothing and answers [`Drawn::KeyLost`]).
     pub fn recorded_under(mut self, key: &str, owner: &str) -> Self {
@@ -290,7 +314,7 @@ pub enum Drawn {
     /// Another caller is seeding: wait and draw again.
     Wait,
     /// The `Idempotency-Key` the draw was to be recorded under is no
-    /// longer the caller's (its lease ran out): nothing was drawn.
+    /// longer the caller's (its lease ran out): nothing was seeded.
     KeyLost,
 }
 
@@ -309,11 +333,38 @@ impl Drawn {
 }
 
 /// The body of [`DRAW`], as a Lua function of one draw's KEYS and ARGV,
-/// so [`DRAW_MANY`] runs the same text.
+/// so [`DRAW_MANY`] runs the same text; and the claim of an
+/// `Idempotency-Key` it makes first (see [`CLAIM_ARGS`]).
 macro_rules! draw_function {
     () => {
-        "local function draw(KEYS, ARGV)
-if KEYS[5] and redis.call('HGET', KEYS[5], 'owner') ~= ARGV[#ARGV] then return -3 end
+        "local function claim(key, a, o)
+  local time = redis.call('TIME')
+  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local fingerprint = redis.sha1hex(a[o])
+  local held = redis.call('HMGET', key, 'fingerprint', 'lease', 'number', 'queued', 'owner')
+  if not held[1] then
+    redis.call('HSET', key, 'fingerprint', fingerprint, 'owner', a[o + 1],
+      'lease', now + tonumber(a[o + 2]), 'job_id', a[o + 4], 'created_at', a[o + 5])
+    redis.call('EXPIRE', key, a[o + 3])
+    return nil
+  end
+  if held[1] ~= fingerprint then return {'mismatch'} end
+  if held[4] then return {'queued', held[3]} end
+  if held[5] == a[o + 1] and not held[3] then return nil end
+  if tonumber(held[2]) > now then return {'busy'} end
+  redis.call('HSET', key, 'owner', a[o + 1], 'lease', now + tonumber(a[o + 2]))
+  if held[3] then
+    local job = redis.call('HMGET', key, 'job_id', 'created_at')
+    return {'republish', held[3], job[1], job[2]}
+  end
+  redis.call('HSET', key, 'job_id', a[o + 4], 'created_at', a[o + 5])
+  return nil
+end
+local function draw(KEYS, ARGV)
+if KEYS[5] then
+  local found = claim(KEYS[5], ARGV, 6)
+  if found then return found end
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
   if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
@@ -337,9 +388,11 @@ end"
 /// milliseconds, the message counter head and tail (for the chats of an
 /// application; empty strings for a chat's messages), the draw's receipt
 /// key or an empty string (see [`Keys::receipt`]).
-/// Optionally KEYS[5], an `Idempotency-Key` hash, with its owner as the
-/// last ARGV: see [`Invocation::recorded_under`].
-/// Returns the number, or a code of [`Drawn`]. `INCR` runs only on an
+/// Optionally KEYS[5], an `Idempotency-Key` hash, with the claim's
+/// [`CLAIM_ARGS`] arguments after the others: see [`Invocation::claiming`].
+/// Returns the number, or a code of [`Drawn`], or, for a claim that
+/// finds its key taken, what it found (an array, see [`CLAIM_ARGS`]).
+/// `INCR` runs only on an
 /// existing counter: a missing one is seeded, never started at 1. The
 /// number is recorded in flight and keeps the counter from expiring; a
 /// chat's number also starts that chat's message counter at 0 (no

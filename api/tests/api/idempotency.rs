@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
+use testkit::Fault;
+
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 /// The next number drawn without a key: shows what the keyed requests
@@ -100,6 +102,37 @@ async fn twenty_concurrent_requests_with_one_key_draw_one_number() {
         jobs.iter().filter(|job| job.number() == 1).count(),
         1,
         "one job published: {jobs:?}"
+    );
+}
+
+/// The draw claims the key: a draw that finds another request seeding
+/// the counter draws again under the claim it already made, and gets a
+/// number (not 409, as a claim found held by someone would be).
+#[tokio::test]
+async fn keyed_creates_waiting_for_a_seed_draw_under_their_own_claims() {
+    let app = spawn_app().await;
+    let token = app.application(0).await;
+    // The seed's read of the chat-system takes 300 ms: the others meanwhile
+    // find the seed lock held.
+    app.upstream
+        .fail_next(1, Fault::Delay(Duration::from_millis(300)));
+
+    let answers = join_all((0..10).map(|i| {
+        let token = &token;
+        let app = &app;
+        async move { app.create_chat_keyed(token, &format!("order-{i}")).await }
+    }))
+    .await;
+
+    let numbers: HashSet<i64> = answers
+        .iter()
+        .map(|answer| answer.number("chat number"))
+        .collect();
+    assert_eq!(numbers, (1..=10).collect(), "{answers:?}");
+    assert_eq!(
+        app.upstream.count("GET", "/applications/", &token),
+        1,
+        "one seed"
     );
 }
 
