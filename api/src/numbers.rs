@@ -179,23 +179,28 @@ impl Numbers {
             return Err(NumberError::UnknownApplication);
         }
         self.durability.ensure(&self.redis).await?;
-        let lock_value = lock_value();
+        let offer = Offer::new(&self.keys, scope);
         let give_up = Instant::now() + self.timings.seed_wait;
         let mut pause = Duration::from_millis(2);
         let key = claim.map(|claim| (claim.held.key.as_str(), claim.held.owner.as_str()));
         loop {
-            let mut call = self.keys.draw(scope, &lock_value, self.timings.seed_lock);
+            let mut call = self.keys.draw(
+                scope,
+                &offer.lock_value,
+                self.timings.seed_lock,
+                &offer.receipts,
+            );
             if let Some(claim) = claim {
                 call = call.claiming(&claim.held.key, &claim.args);
             }
-            let refused = |error| self.refused(scope, key, &lock_value, error);
+            let refused = |error| self.refused(scope, key, &offer, error);
             let mut drawn = match self.run(&self.draw, call).await.map_err(refused)? {
                 Ok(drawn) => drawn,
                 Err(found) => return Ok(Err(found)),
             };
             if drawn == Drawn::MustSeed {
                 drawn = self
-                    .seed(scope, &lock_value, key, give_up)
+                    .seed(scope, &offer, key, give_up)
                     .await
                     .map_err(refused)?;
             }
@@ -233,10 +238,11 @@ impl Numbers {
     async fn seed(
         &self,
         scope: Scope<'_>,
-        lock_value: &str,
+        offer: &Offer,
         key: Option<(&str, &str)>,
         give_up: Instant,
     ) -> Result<Drawn, NumberError> {
+        let lock_value = offer.lock_value.as_str();
         let permit = tokio::time::timeout_at(give_up, self.seeding.acquire()).await;
         let Ok(Ok(_permit)) = permit else {
             self.unlock(scope, lock_value).await;
@@ -250,9 +256,13 @@ impl Numbers {
                 return Err(error);
             }
         };
-        let call = self
-            .keys
-            .seed(scope, lock_value, highest, self.timings.negative_ttl);
+        let call = self.keys.seed(
+            scope,
+            lock_value,
+            highest,
+            self.timings.negative_ttl,
+            &offer.receipts,
+        );
         match self.run(&self.seed, recorded(call, key)).await? {
             Ok(drawn) => Ok(drawn),
             Err(found) => Err(NumberError::UnexpectedReply(format!("{found:?}"))),
@@ -308,7 +318,7 @@ impl Numbers {
         &self,
         scope: Scope<'_>,
         key: Option<(&str, &str)>,
-        lock_value: &str,
+        offer: &Offer,
         error: NumberError,
     ) -> NumberError {
         if key.is_some() {
@@ -321,7 +331,7 @@ impl Numbers {
             } if *number > 0 => self.give_back_later(scope, *number),
             // Timed out or stopped while its round was out: perhaps drawn.
             NumberError::NotReplicated { drawn: None, .. } | NumberError::Unanswered => {
-                self.resolve_later(scope, lock_value);
+                self.resolve_later(scope, offer);
             }
             // Not an answer: the script may have run before the
             // connection (or the master) went.
@@ -331,21 +341,21 @@ impl Numbers {
                     redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
                 ) =>
             {
-                self.resolve_later(scope, lock_value);
+                self.resolve_later(scope, offer);
             }
             _ => {}
         }
         error
     }
 
-    /// Looks up the receipt of the draw offering `lock_value`, a few times
+    /// Looks up the receipt of the draw that made `offer`, a few times
     /// over some 15 s (the receipt lives 30 s; a failover promotes the
     /// replica within seconds, and a draw queued behind a timeout may still
     /// run): found, its number is given back like any refused one; not
     /// found twice, the draw was never made (or was lost with its master,
     /// receipt and in-flight mark together).
-    fn resolve_later(&self, scope: Scope<'_>, lock_value: &str) {
-        let receipt = self.keys.receipt(scope, lock_value);
+    fn resolve_later(&self, scope: Scope<'_>, offer: &Offer) {
+        let (receipts, lock_value) = (offer.receipts.clone(), offer.lock_value.clone());
         // The give-back of no number yet: the receipt's joins it.
         let release = self
             .keys
@@ -355,8 +365,9 @@ impl Numbers {
             let mut absent = 0;
             for pause in [1, 2, 4, 8] {
                 tokio::time::sleep(Duration::from_secs(pause)).await;
-                let found: redis::RedisResult<Option<i64>> = redis::cmd("GET")
-                    .arg(&receipt)
+                let found: redis::RedisResult<Option<i64>> = redis::cmd("HGET")
+                    .arg(&receipts)
+                    .arg(&lock_value)
                     .query_async(&mut redis.clone())
                     .await;
                 match found {
@@ -366,8 +377,9 @@ impl Numbers {
                         metrics::counter!("api_draw_receipts_total", "outcome" => "given_back")
                             .increment(1);
                         give_back(&redis, &durability, wait, call, number).await;
-                        let _: redis::RedisResult<()> = redis::cmd("DEL")
-                            .arg(&receipt)
+                        let _: redis::RedisResult<()> = redis::cmd("HDEL")
+                            .arg(&receipts)
+                            .arg(&lock_value)
                             .query_async(&mut redis.clone())
                             .await;
                         return;
@@ -600,6 +612,22 @@ fn unknown(scope: Scope<'_>) -> NumberError {
         Scope::Chats { .. } => NumberError::UnknownApplication,
         Scope::Messages { .. } => NumberError::UnknownChat,
         Scope::Revisions { .. } => NumberError::UnknownMessage,
+    }
+}
+
+/// What a draw offers: the seed lock value it would hold, and where it
+/// leaves its receipt (under that value, see `Keys::receipts`).
+struct Offer {
+    lock_value: String,
+    receipts: String,
+}
+
+impl Offer {
+    fn new(keys: &Keys, scope: Scope<'_>) -> Self {
+        Self {
+            lock_value: lock_value(),
+            receipts: keys.receipts(scope, shared::amqp::headers::now_ms() / 1000),
+        }
     }
 }
 

@@ -112,7 +112,8 @@ pub(crate) async fn draw(
     keys: &Keys,
     scope: Scope<'_>,
 ) -> anyhow::Result<i64> {
-    let call = keys.draw(scope, "lock", Duration::from_secs(5));
+    let receipts = keys.receipts(scope, shared::amqp::headers::now_ms() / 1000);
+    let call = keys.draw(scope, "lock", Duration::from_secs(5), &receipts);
     let reply: i64 = script
         .key(call.keys)
         .arg(call.args)

@@ -137,22 +137,34 @@ impl Keys {
         format!("{}:{{{token}}}:idempotency:{kind}:{key}", self.prefix)
     }
 
-    /// Where a draw offering `lock_value` leaves its number for 30 s (its
-    /// receipt): a draw whose reply was lost (the connection dropped,
-    /// Redis died after it ran and wrote its AOF, a master died after it
-    /// ran) left a number in flight that the api never learnt; the
-    /// receipt, written by the same script and so persisted and
-    /// replicated with the draw or not at all, tells which to give back.
-    /// Every draw leaves one: on one Redis with `appendfsync always` a
-    /// SIGKILL between the AOF write and the replies left up to a round of
-    /// pipelined draws in flight for good (7 in one chaos run).
-    pub fn receipt(&self, scope: Scope<'_>, lock_value: &str) -> String {
-        format!("{}:{{{}}}:draw:{lock_value}", self.prefix, scope.token())
+    /// The hash where the draws of `scope`'s application made in the 10 s
+    /// around `unix_secs` leave their receipts, each under the lock value
+    /// it offered, for 30 s at least (the hash lives 40 s from its first
+    /// receipt). A draw whose reply was lost (the connection dropped, Redis
+    /// died after it ran and wrote its AOF, a master died after it ran)
+    /// left a number in flight that the api never learnt; the receipt,
+    /// written by the same script and so persisted and replicated with the
+    /// draw or not at all, tells which to give back. Every draw leaves one:
+    /// on one Redis with `appendfsync always` a SIGKILL between the AOF
+    /// write and the replies left up to a round of pipelined draws in
+    /// flight for good (7 in one chaos run). One hash per application and
+    /// 10 s, not one key per draw: a receipt is a field written, not a key
+    /// created and expired (at 9k draws/s that was 270k keys alive).
+    pub fn receipts(&self, scope: Scope<'_>, unix_secs: u64) -> String {
+        let token = scope.token();
+        format!("{}:{{{token}}}:draws:{}", self.prefix, unix_secs / 10)
     }
 
     /// The invocation of [`DRAW`] for `scope`, offering `lock_value` for
-    /// its seed lock, which lives `lock`; with its receipt.
-    pub fn draw(&self, scope: Scope<'_>, lock_value: &str, lock: Duration) -> Invocation {
+    /// its seed lock, which lives `lock`; with its receipt in `receipts`
+    /// ([`Keys::receipts`]).
+    pub fn draw(
+        &self,
+        scope: Scope<'_>,
+        lock_value: &str,
+        lock: Duration,
+        receipts: &str,
+    ) -> Invocation {
         let (head, tail) = self.head_and_tail(scope);
         Invocation {
             keys: self.scope_keys(scope).to_vec(),
@@ -161,7 +173,7 @@ impl Keys {
                 lock.as_millis().to_string(),
                 head,
                 tail,
-                self.receipt(scope, lock_value),
+                receipts.to_owned(),
             ],
         }
     }
@@ -174,6 +186,7 @@ impl Keys {
         lock_value: &str,
         highest: Option<i64>,
         negative: Duration,
+        receipts: &str,
     ) -> Invocation {
         let (head, tail) = self.head_and_tail(scope);
         let seed = highest
@@ -192,7 +205,7 @@ impl Keys {
                 head,
                 tail,
                 negative,
-                self.receipt(scope, lock_value),
+                receipts.to_owned(),
             ],
         }
     }
@@ -374,7 +387,10 @@ local n = redis.call('INCR', KEYS[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('SADD', KEYS[2], n)
 if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
-if ARGV[5] ~= '' then redis.call('SET', ARGV[5], n, 'PX', 30000) end
+if ARGV[5] ~= '' then
+  redis.call('HSET', ARGV[5], ARGV[1], n)
+  if redis.call('PTTL', ARGV[5]) < 0 then redis.call('PEXPIRE', ARGV[5], 40000) end
+end
 if KEYS[5] then redis.call('HSET', KEYS[5], 'number', n) end
 return n
 end"
@@ -386,8 +402,9 @@ end"
 /// KEYS: counter, in-flight set, unknown marker, seed lock.
 /// ARGV: the lock value it would hold (random), the lock's PX
 /// milliseconds, the message counter head and tail (for the chats of an
-/// application; empty strings for a chat's messages), the draw's receipt
-/// key or an empty string (see [`Keys::receipt`]).
+/// application; empty strings for a chat's messages), the hash of the
+/// draw's receipt or an empty string (see [`Keys::receipts`]; the receipt
+/// is the number under the lock value).
 /// Optionally KEYS[5], an `Idempotency-Key` hash, with the claim's
 /// [`CLAIM_ARGS`] arguments after the others: see [`Invocation::claiming`].
 /// Returns the number, or a code of [`Drawn`], or, for a claim that
@@ -449,7 +466,10 @@ local n = redis.call('INCR', KEYS[1])
 redis.call('PERSIST', KEYS[1])
 redis.call('SADD', KEYS[2], n)
 if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
-if ARGV[6] ~= '' then redis.call('SET', ARGV[6], n, 'PX', 30000) end
+if ARGV[6] ~= '' then
+  redis.call('HSET', ARGV[6], ARGV[1], n)
+  if redis.call('PTTL', ARGV[6]) < 0 then redis.call('PEXPIRE', ARGV[6], 40000) end
+end
 if KEYS[5] then redis.call('HSET', KEYS[5], 'number', n) end
 return n";
 
@@ -555,7 +575,7 @@ mod tests {
             chat: 1,
             message: 2,
         };
-        let seed = |scope| keys.seed(scope, "lock", None, negative).args[4].clone();
+        let seed = |scope| keys.seed(scope, "lock", None, negative, "").args[4].clone();
         assert_eq!(seed(revisions), "");
         assert_eq!(seed(Scope::Chats { token: "t" }), "5000");
         assert_eq!(
