@@ -294,10 +294,7 @@ pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
                 })
                 .expect("the bucket lists are not empty")
                 .install_recorder()
-                .map(|handle| {
-                    keep_up(handle.clone());
-                    handle
-                })
+                .inspect(|handle| keep_up(handle.clone()))
                 .expect("the only place that installs a metrics recorder")
         })
         .clone()
