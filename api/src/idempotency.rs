@@ -133,14 +133,8 @@ pub(crate) struct Keyed {
     keys: Keys,
     ttl: Duration,
     lease: Duration,
-    confirm: Script,
     abandon: Script,
 }
-
-/// The job is queued, whoever published it.
-const CONFIRM: &str = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'queued', '1', 'lease', '0')
-return 1";
 
 /// This request gives up: a key with a number is left for a retry at once
 /// (lease over); one without is forgotten, as if never sent.
@@ -168,7 +162,6 @@ impl Keyed {
             keys,
             ttl,
             lease,
-            confirm: Script::new(CONFIRM),
             abandon: Script::new(ABANDON),
         }
     }
@@ -198,17 +191,6 @@ impl Keyed {
             held: Held { key, owner },
             args,
         }
-    }
-
-    /// The key's job is queued.
-    pub(crate) async fn confirm(&self, held: &Held) -> Result<(), KeyError> {
-        let _: i64 = self
-            .confirm
-            .key(&held.key)
-            .invoke_async(&mut self.redis.clone())
-            .await
-            .inspect_err(|_| self.durability.suspect())?;
-        Ok(())
     }
 
     /// This request gives the key up (see [`ABANDON`]); a failure is

@@ -172,7 +172,7 @@ impl Intake {
         let (intake, held) = (self.clone(), claim.held);
         tokio::spawn(
             async move {
-                if let Err(error) = intake.0.keyed.confirm(&held).await {
+                if let Err(error) = intake.numbers().confirm(held.key).await {
                     tracing::warn!(error = %Chain(&error), "could not mark the Idempotency-Key queued");
                 }
             }

@@ -151,10 +151,11 @@ async fn lane(redis: RedisClient, mut waiting: mpsc::Receiver<Pending>, wait: Wa
         }
         let group = std::mem::take(&mut group);
         metrics::histogram!("api_draw_round_size").record(group.len() as f64);
-        let only_draws = group
-            .iter()
-            .all(|pending| pending.call.source == counters::DRAW);
-        if wait.replicas == 0 && only_draws {
+        let in_one_call = group.iter().all(|pending| {
+            let source = pending.call.source;
+            source == counters::DRAW || source == counters::CONFIRM
+        });
+        if wait.replicas == 0 && in_one_call {
             draw_all(&draw_many, redis.clone(), group).await;
         } else {
             send(redis.clone(), group, wait).await;
@@ -192,9 +193,10 @@ impl Rounds {
     }
 }
 
-/// A round of draws only, without replicas to wait for: one call of
-/// [`counters::DRAW_MANY`] (`EVALSHA`, loading the script on a server
-/// that lacks it: nothing ran then).
+/// A round of draws and confirms only, without replicas to wait for: one
+/// call of [`counters::DRAW_MANY`] (`EVALSHA`, loading the script on a
+/// server that lacks it: nothing ran then). A confirm is its entry of one
+/// key and no arguments.
 async fn draw_all(draw_many: &Script, mut redis: RedisClient, group: Vec<Pending>) {
     let mut invocation = draw_many.prepare_invoke();
     for pending in &group {

@@ -345,6 +345,17 @@ impl Drawn {
     }
 }
 
+/// The body of [`CONFIRM`], which [`DRAW_MANY`] runs too.
+macro_rules! confirm_function {
+    () => {
+        "local function confirm(key)
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  redis.call('HSET', key, 'queued', '1', 'lease', '0')
+  return 1
+end"
+    };
+}
+
 /// The body of [`DRAW`], as a Lua function of one draw's KEYS and ARGV,
 /// so [`DRAW_MANY`] runs the same text; and the claim of an
 /// `Idempotency-Key` it makes first (see [`CLAIM_ARGS`]).
@@ -418,27 +429,42 @@ end"
 /// cluster slot).
 pub const DRAW: &str = concat!(draw_function!(), "\nreturn draw(KEYS, ARGV)");
 
-/// Runs [`DRAW`] for each of several draws at once, in one script call:
-/// a round of draws costs Redis one script run, and the api one command.
+/// Runs [`DRAW`] for each of several draws at once, in one script call,
+/// and [`CONFIRM`] for the `Idempotency-Key`s of jobs queued meanwhile:
+/// a round costs Redis one script run and one fsync, and the api one
+/// command.
 ///
-/// KEYS: each draw's keys, one draw after the other. ARGV: for each draw,
-/// the count of its keys and of its arguments, then its arguments.
-/// Returns each draw's reply, in order. All the keys of a call must be in
-/// one hash slot on a cluster (the api sends one call per slot).
+/// KEYS: each entry's keys, one entry after the other. ARGV: for each
+/// entry, the count of its keys and of its arguments, then its arguments.
+/// An entry of one key and no arguments is a [`CONFIRM`] of that key (a
+/// draw has four keys at least). Returns each entry's reply, in order. All
+/// the keys of a call must be in one hash slot on a cluster (the api sends
+/// one call per slot).
 pub const DRAW_MANY: &str = concat!(
+    confirm_function!(),
+    "\n",
     draw_function!(),
     "
 local out, k, a = {}, 1, 1
 while a <= #ARGV do
   local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local keys, args = {}, {}
-  for i = 1, nk do keys[i] = KEYS[k + i - 1] end
-  for i = 1, na do args[i] = ARGV[a + 1 + i] end
-  out[#out + 1] = draw(keys, args)
+  if nk == 1 and na == 0 then
+    out[#out + 1] = confirm(KEYS[k])
+  else
+    local keys, args = {}, {}
+    for i = 1, nk do keys[i] = KEYS[k + i - 1] end
+    for i = 1, na do args[i] = ARGV[a + 1 + i] end
+    out[#out + 1] = draw(keys, args)
+  end
   k, a = k + nk, a + 2 + na
 end
 return out"
 );
+
+/// The job of an `Idempotency-Key` (KEYS[1]) is queued, whoever
+/// published it: a retry is answered its number at once. Returns 1, or 0
+/// for a key gone.
+pub const CONFIRM: &str = concat!(confirm_function!(), "\nreturn confirm(KEYS[1])");
 
 /// Seeds a counter from the chat-system's highest stored number and draws
 /// from it, releasing the seed lock, all at once.
