@@ -535,22 +535,19 @@ impl Numbers {
     /// Marks the `Idempotency-Key` hash `key` queued ([`counters::CONFIRM`])
     /// in the next round of its slot, where it shares the draws' script
     /// call and fsync (a call of its own cost keyed creates a fifth of
-    /// their rate, measured on the api alone).
-    pub(crate) async fn confirm(&self, key: String) -> Result<(), NumberError> {
+    /// their rate, measured on the api alone). Its errors are its own, not
+    /// counted as a draw's.
+    pub(crate) async fn confirm(&self, key: String) -> Result<(), RoundError> {
         let call = Call {
             source: counters::CONFIRM,
             keys: vec![key],
             args: Vec::new(),
         };
-        self.rounds
-            .run(call)
-            .await
-            .map_err(|error| self.round_failed(error))
-            .inspect_err(|error| {
-                if matches!(error, NumberError::Redis(_)) {
-                    self.durability.suspect();
-                }
-            })?;
+        self.rounds.run(call).await.inspect_err(|error| {
+            if matches!(error, RoundError::Redis(_)) {
+                self.durability.suspect();
+            }
+        })?;
         Ok(())
     }
 

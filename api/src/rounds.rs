@@ -263,12 +263,8 @@ async fn send(mut redis: RedisClient, group: Vec<Pending>, wait: Wait) {
     let replies: redis::RedisResult<Vec<redis::Value>> = pipe.query_async(&mut redis).await;
     let replies = replies.map(|mut replies| {
         // WAIT's reply, the last, is not a draw's.
-        let acked = match (wanted, replies.pop()) {
-            (0, Some(last)) => {
-                replies.push(last);
-                0
-            }
-            (_, Some(redis::Value::Int(acked))) => acked,
+        let acked = match replies.pop_if(|_| wanted > 0) {
+            Some(redis::Value::Int(acked)) => acked,
             _ => 0,
         };
         replies

@@ -76,7 +76,7 @@ pub const METRICS: &[Metric] = &[
     Metric {
         name: "api_draw_round_size",
         kind: Histogram,
-        help: "Draws sent to Redis in one round (one script call, or one pipeline and WAIT).",
+        help: "Draws (and Idempotency-Key confirms) sent to Redis in one round (one script call, or one pipeline and WAIT).",
         start: UNLABELLED,
     },
     Metric {

@@ -345,6 +345,28 @@ impl Drawn {
     }
 }
 
+/// Takes the next number of a live counter (KEYS and ARGV as in [`DRAW`]
+/// and [`SEED`], which both end with it): in flight, the counter kept, a
+/// chat's message counter started, the receipt left in `receipts` under
+/// the lock value (an empty string: none), the number recorded under the
+/// `Idempotency-Key` of KEYS[5] if any.
+macro_rules! take_function {
+    () => {
+        "local function take(KEYS, ARGV, receipts)
+  local n = redis.call('INCR', KEYS[1])
+  redis.call('PERSIST', KEYS[1])
+  redis.call('SADD', KEYS[2], n)
+  if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
+  if receipts ~= '' then
+    redis.call('HSET', receipts, ARGV[1], n)
+    if redis.call('PTTL', receipts) < 0 then redis.call('PEXPIRE', receipts, 40000) end
+  end
+  if KEYS[5] then redis.call('HSET', KEYS[5], 'number', n) end
+  return n
+end"
+    };
+}
+
 /// The body of [`CONFIRM`], which [`DRAW_MANY`] runs too.
 macro_rules! confirm_function {
     () => {
@@ -361,7 +383,10 @@ end"
 /// `Idempotency-Key` it makes first (see [`CLAIM_ARGS`]).
 macro_rules! draw_function {
     () => {
-        "local function claim(key, a, o)
+        concat!(
+            take_function!(),
+            "
+local function claim(key, a, o)
   local time = redis.call('TIME')
   local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   local fingerprint = redis.sha1hex(a[o])
@@ -394,17 +419,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   if redis.call('SET', KEYS[4], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
   return -2
 end
-local n = redis.call('INCR', KEYS[1])
-redis.call('PERSIST', KEYS[1])
-redis.call('SADD', KEYS[2], n)
-if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
-if ARGV[5] ~= '' then
-  redis.call('HSET', ARGV[5], ARGV[1], n)
-  if redis.call('PTTL', ARGV[5]) < 0 then redis.call('PEXPIRE', ARGV[5], 40000) end
-end
-if KEYS[5] then redis.call('HSET', KEYS[5], 'number', n) end
-return n
+return take(KEYS, ARGV, ARGV[5])
 end"
+        )
     };
 }
 
@@ -477,7 +494,10 @@ pub const CONFIRM: &str = concat!(confirm_function!(), "\nreturn confirm(KEYS[1]
 /// [`Drawn::Unknown`], or [`Drawn::Wait`] when the lock expired meanwhile
 /// (the caller draws again). `SET NX`: a live counter is never overwritten.
 /// An `Idempotency-Key` hash as in [`DRAW`].
-pub const SEED: &str = "if redis.call('GET', KEYS[4]) ~= ARGV[1] then return -2 end
+pub const SEED: &str = concat!(
+    take_function!(),
+    "
+if redis.call('GET', KEYS[4]) ~= ARGV[1] then return -2 end
 if KEYS[5] and redis.call('HGET', KEYS[5], 'owner') ~= ARGV[#ARGV] then
   redis.call('DEL', KEYS[4])
   return -3
@@ -488,16 +508,8 @@ if ARGV[2] == '' then
   return -1
 end
 redis.call('SET', KEYS[1], ARGV[2], 'NX')
-local n = redis.call('INCR', KEYS[1])
-redis.call('PERSIST', KEYS[1])
-redis.call('SADD', KEYS[2], n)
-if ARGV[3] ~= '' then redis.call('SET', ARGV[3] .. n .. ARGV[4], 0, 'NX') end
-if ARGV[6] ~= '' then
-  redis.call('HSET', ARGV[6], ARGV[1], n)
-  if redis.call('PTTL', ARGV[6]) < 0 then redis.call('PEXPIRE', ARGV[6], 40000) end
-end
-if KEYS[5] then redis.call('HSET', KEYS[5], 'number', n) end
-return n";
+return take(KEYS, ARGV, ARGV[6])"
+);
 
 /// Releases the lock of a seed that failed (the chat-system was down), if
 /// it is still ours. KEYS: seed lock. ARGV: lock value.
