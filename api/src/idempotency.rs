@@ -6,8 +6,8 @@
 //! `message`); it lives in Redis next to the token's counters (same hash
 //! tag) for `IDEMPOTENCY_TTL_SECS`, as a hash:
 //!
-//! - `fingerprint`: SHA-1 of the request (kind, chat, body); the same key
-//!   with another request is refused (422);
+//! - `fingerprint`: SHA-1 of the request (kind, chat, body), taken here;
+//!   the same key with another request is refused (422);
 //! - `owner`, `lease`: the request working on it, until when (Redis time);
 //!   another request with the key waits for it, then gets 409;
 //! - `job_id`, `created_at`: the job's identity, chosen at the claim;
@@ -180,7 +180,7 @@ impl Keyed {
         let key = self.keys.idempotency(token, kind.as_str(), &key.0);
         let owner = uuid::Uuid::new_v4().simple().to_string();
         let args = [
-            request.to_owned(),
+            fingerprint(request),
             owner.clone(),
             (self.lease.as_millis() as u64).to_string(),
             self.ttl.as_secs().max(1).to_string(),
@@ -209,6 +209,13 @@ impl Keyed {
     }
 }
 
+/// The fingerprint of a request described by `request`: its SHA-1 in hex,
+/// as Redis's `redis.sha1hex` took it when the draw script did (so keys
+/// written then still match).
+fn fingerprint(request: &str) -> String {
+    sha1_smol::Sha1::from(request).digest().to_string()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum KeyError {
     #[error("redis unavailable")]
@@ -226,6 +233,19 @@ impl From<KeyError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_is_what_redis_sha1hex_gives() {
+        // `redis-cli eval "return redis.sha1hex(ARGV[1])" 0 ...`
+        assert_eq!(
+            fingerprint("chat"),
+            "7ecde348ff9cda2c3ba69a0c4543365039d0d65b"
+        );
+        assert_eq!(
+            fingerprint("message\n7\nhello, \u{fc}"),
+            "041db4c5240985440eb9fc22c1d4eceb0f7341f9"
+        );
+    }
 
     #[test]
     fn a_key_is_one_to_255_visible_ascii_characters() {
