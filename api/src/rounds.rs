@@ -201,11 +201,7 @@ async fn draw_all(draw_many: &Script, mut redis: RedisClient, group: Vec<Pending
     let mut invocation = draw_many.prepare_invoke();
     for pending in &group {
         let Call { keys, args, .. } = &pending.call;
-        invocation
-            .key(keys)
-            .arg(keys.len())
-            .arg(args.len())
-            .arg(args);
+        counters::add_entry(&mut invocation, keys, args);
     }
     let replies: redis::RedisResult<Vec<redis::Value>> = invocation.invoke_async(&mut redis).await;
     answer(

@@ -5,8 +5,8 @@
 //! its floor.
 //!
 //! - `redis`: the draw script, `concurrency` calls in flight over one
-//!   multiplexed connection (the api's shape), then the release script in
-//!   pipelines of `batch` records, one call per scope (the worker's shape).
+//!   multiplexed connection, then the releases of `batch` records at a
+//!   time in one call per slot, an entry per scope (the worker's shape).
 //! - `rabbitmq`: batch messages of `batch` jobs published persistent,
 //!   mandatory and confirmed on `publishers` channels, and consumed from
 //!   the same quorum queue with manual acks, `multiple` every `ack_every`.
@@ -26,7 +26,7 @@ use redis::Script;
 use shared::amqp::batch::jobs_message;
 use shared::amqp::connection::connect;
 use shared::amqp::{publish, topology};
-use shared::counters::{DRAW, Keys, RELEASE, Release, Scope};
+use shared::counters::{self, DRAW, Keys, RELEASE_MANY, Release, Scope};
 use shared::job::Job;
 
 use crate::cpu::Processes;
@@ -185,10 +185,10 @@ async fn redis_floor(
     })
     .await?;
 
-    // Releases as the worker sends them: the drawn numbers in batches, one
-    // call per scope of a batch, a pipeline per slot (one on a single
-    // node), a batch's pipelines at once, two batches at a time.
-    let release = Script::new(RELEASE);
+    // Releases as the worker sends them: the drawn numbers in batches, an
+    // entry per scope of a batch in one call per slot (one on a single
+    // node), a batch's calls at once, two batches at a time.
+    let release = Script::new(RELEASE_MANY);
     let _: String = release
         .prepare_invoke()
         .load_async(&mut redis.clone())
@@ -198,7 +198,7 @@ async fn redis_floor(
         for &(scope, number) in batch {
             by_scope.entry(scope).or_default().push(number);
         }
-        let mut groups: HashMap<_, redis::Pipeline> = HashMap::new();
+        let mut groups: HashMap<_, redis::ScriptInvocation<'_>> = HashMap::new();
         for (scope, numbers) in by_scope {
             let (token, chat) = &scopes[scope];
             let call = keys.release(
@@ -207,13 +207,10 @@ async fn redis_floor(
                 Duration::from_secs(60),
                 Release::Stored,
             );
-            let mut invocation = release.key(call.keys.clone());
-            invocation.arg(call.args);
-            groups
+            let invocation = groups
                 .entry(redis.pipeline_of(&call.keys[0]))
-                .or_insert_with(redis::pipe)
-                .invoke_script(&invocation)
-                .ignore();
+                .or_insert_with(|| release.prepare_invoke());
+            counters::add_entry(invocation, &call.keys, &call.args);
         }
         (groups.into_values().collect::<Vec<_>>(), batch.len())
     });
@@ -222,9 +219,9 @@ async fn redis_floor(
             .map(|(groups, records)| {
                 let redis = redis.clone();
                 async move {
-                    futures::future::try_join_all(groups.iter().map(|pipeline| {
+                    futures::future::try_join_all(groups.iter().map(|invocation| {
                         let mut redis = redis.clone();
-                        async move { pipeline.query_async::<()>(&mut redis).await }
+                        async move { invocation.invoke_async::<()>(&mut redis).await }
                     }))
                     .await?;
                     anyhow::Ok(records)

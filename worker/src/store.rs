@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
-use redis::Script;
+use redis::{Script, ScriptInvocation};
 use reqwest::StatusCode;
 use shared::chat_system::{
     BulkAnswer, BulkRecord, ChatSystem, ChatSystemError, RecordResult, Written,
@@ -63,7 +63,7 @@ impl Storage {
             chat_system,
             redis,
             keys,
-            release: Script::new(counters::RELEASE),
+            release: Script::new(counters::RELEASE_MANY),
             counter_ttl,
             wait,
             limits,
@@ -151,10 +151,10 @@ impl Storage {
         answered
     }
 
-    /// Takes the stored jobs' numbers out of flight, one script call per
-    /// scope, in one pipeline per node (on a cluster, per hash slot: a
-    /// batch mixes applications, whose keys live in different slots), the
-    /// pipelines sent at once. If one cannot be sent, the jobs of its
+    /// Takes the stored jobs' numbers out of flight, in one script call
+    /// ([`counters::RELEASE_MANY`], an entry per scope) per node (on a
+    /// cluster, per hash slot: a batch mixes applications, whose keys live
+    /// in different slots), the calls sent at once. If one cannot be sent, the jobs of its
     /// scopes fail transiently (their records are stored; the retry finds
     /// them) and the others are released as usual.
     async fn release_stored(&self, jobs: &[&Job], results: &mut [Result<(), Failure>]) {
@@ -164,23 +164,27 @@ impl Storage {
                 scopes.entry(job.scope()).or_default().push(index);
             }
         }
-        let mut groups: HashMap<Option<Slot>, (redis::Pipeline, Vec<usize>)> = HashMap::new();
+        let mut groups: HashMap<Option<Slot>, (ScriptInvocation<'_>, Vec<usize>)> = HashMap::new();
         for (scope, indices) in &scopes {
             let numbers: Vec<i64> = indices.iter().map(|&index| jobs[index].number()).collect();
             let call = self
                 .keys
                 .release(*scope, &numbers, self.counter_ttl, Release::Stored);
-            let (pipeline, members) = groups
+            let (invocation, members) = groups
                 .entry(self.redis.pipeline_of(&call.keys[0]))
-                .or_insert_with(|| (redis::pipe(), Vec::new()));
-            let mut invocation = self.release.key(call.keys);
-            invocation.arg(call.args);
-            pipeline.invoke_script(&invocation).ignore();
+                .or_insert_with(|| (self.release.prepare_invoke(), Vec::new()));
+            counters::add_entry(invocation, &call.keys, &call.args);
             members.extend(indices);
         }
-        let sent = join_all(groups.into_values().map(|(pipeline, members)| async move {
-            (self.send_release(&pipeline).await, members)
-        }))
+        let sent = join_all(
+            groups
+                .into_values()
+                .map(|(invocation, members)| async move {
+                    let mut pipeline = redis::pipe();
+                    pipeline.invoke_script(&invocation).ignore();
+                    (self.send_release(&pipeline).await, members)
+                }),
+        )
         .await;
         for (released, members) in sent {
             if let Err(error) = released {

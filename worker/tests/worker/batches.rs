@@ -7,7 +7,7 @@ use shared::job::Job;
 use worker::Outcome;
 use worker::retry::Reason;
 
-use crate::helpers::{TestStack, header};
+use crate::helpers::{TestStack, eventually_chats, header};
 
 #[tokio::test]
 async fn a_batch_with_permanent_failures_dead_letters_exactly_those_jobs_and_stores_the_rest() {
@@ -166,4 +166,69 @@ async fn a_job_of_a_batch_whose_copy_fails_goes_back_alone_and_its_neighbours_ar
         "the stored chat was settled with its delivery, never sent again"
     );
     assert_eq!(stack.chats_count(&token).await, 1);
+}
+
+/// The numbers of one batch's records, drawn in several scopes (the chats
+/// of three applications, then two chats' messages in each), all leave
+/// flight: the batch's releases go out as one script call with an entry
+/// per scope, and each entry must release its own scope's numbers.
+#[tokio::test]
+async fn a_batch_over_many_scopes_releases_every_scopes_numbers() {
+    let stack = TestStack::start().await;
+    let (api, _api) = stack.spawn_api().await;
+    let client = testkit::http::client();
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        tokens.push(stack.application().await);
+    }
+    let create = |path: String, body: Option<&'static str>| {
+        let client = client.clone();
+        async move {
+            let request = client.post(path);
+            let request = match body {
+                Some(body) => request.json(&serde_json::json!({ "body": body })),
+                None => request,
+            };
+            let answer = testkit::http::send(request).await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+        }
+    };
+    for token in &tokens {
+        for _ in 0..2 {
+            create(format!("{api}/applications/{token}/chats"), None).await;
+        }
+    }
+    let chats = stack.broker.take_jobs(&stack.broker.jobs_queue()).await;
+    assert_eq!(chats.len(), 6);
+    for token in &tokens {
+        for chat in 1..=2 {
+            for _ in 0..2 {
+                let path = format!("{api}/applications/{token}/chats/{chat}/messages");
+                create(path, Some("hello")).await;
+            }
+        }
+    }
+    let messages = stack.broker.take_jobs(&stack.broker.jobs_queue()).await;
+    assert_eq!(messages.len(), 12);
+    let in_flight = stack.redis.in_flight().await;
+    assert_eq!(
+        in_flight
+            .values()
+            .map(|numbers| numbers.len())
+            .sum::<usize>(),
+        18
+    );
+
+    let _worker = stack.spawn_worker(&[]).await;
+    stack.publish_batches(&chats, chats.len()).await;
+    for token in &tokens {
+        eventually_chats(&stack, token, 2).await;
+    }
+    stack.publish_batches(&messages, messages.len()).await;
+    for token in &tokens {
+        for chat in 1..=2 {
+            assert_eq!(stack.wait_for_messages(token, chat, 2).await.len(), 2);
+        }
+    }
+    stack.assert_settled().await;
 }
