@@ -22,6 +22,9 @@
 //!   HTTP stage's floor.
 //! - `floor redis|rabbitmq|postgres`: the server CPU per record of what a
 //!   record needs from each, with nothing of ours around it.
+//! - `rounds setup|draw|release`: the draw and release script calls of the
+//!   api and the worker, one at a time, for counting Redis's instructions
+//!   per record under callgrind.
 //! - `otlp-sink`: an OTLP/HTTP receiver that counts what it gets, for the
 //!   api run with spans exported.
 //! - `cleanup`: removes a run's queues and Redis keys.
@@ -37,6 +40,7 @@ mod floor;
 mod http_floor;
 mod leftovers;
 mod otlp_sink;
+mod rounds;
 mod serve;
 mod servers;
 mod writes;
@@ -63,6 +67,7 @@ enum Command {
     Floor(floor::Args),
     HttpFloor(http_floor::Args),
     OtlpSink(otlp_sink::Args),
+    Rounds(rounds::Args),
     Cleanup(servers::CleanupArgs),
 }
 
@@ -80,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Floor(args) => floor::run(args).await,
         Command::HttpFloor(args) => http_floor::run(args).await,
         Command::OtlpSink(args) => otlp_sink::run(args).await,
+        Command::Rounds(args) => rounds::run(args).await,
         Command::Cleanup(args) => servers::cleanup(args).await,
     }
 }
