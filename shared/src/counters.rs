@@ -406,14 +406,23 @@ end"
 /// `Idempotency-Key` it makes first (see [`CLAIM_ARGS`]). A key that is
 /// new is claimed by the draw's one write of it (`hold`): with its number,
 /// or without when the draw has none yet (a seed to make or wait for).
+/// Redis's clock is read once per script call (`now_ms`): a script runs
+/// at one instant, so every claim of a round sees the same time.
 macro_rules! draw_function {
     () => {
         concat!(
             take_function!(),
             "
+local clock
+local function now_ms()
+  if not clock then
+    local time = redis.call('TIME')
+    clock = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  end
+  return clock
+end
 local function claim(key, a, o)
-  local time = redis.call('TIME')
-  local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  local now = now_ms()
   local fingerprint = a[o]
   local held = redis.call('HMGET', key, 'fingerprint', 'lease', 'number', 'queued', 'owner')
   if not held[1] then return nil, now + tonumber(a[o + 2]) end
