@@ -263,8 +263,9 @@ pub struct Invocation {
 /// The arguments of the claim of an `Idempotency-Key` that a [`DRAW`]
 /// makes before it draws: the key's fingerprint (the SHA-1, in hex, of
 /// what describes the request; taken by the api, not by Redis, which runs
-/// every draw on one thread), the owner, the lease in milliseconds, the key's TTL in
-/// seconds, the job's id and creation time should the key be new. The key
+/// every draw on one thread), the owner, the lease in milliseconds, the
+/// key's TTL in seconds, the job's id and creation time should the key be
+/// new. The key
 /// is a hash (the api's `idempotency` module says what it holds). Time is
 /// Redis's, so api instances with different clocks agree on leases.
 ///
@@ -353,7 +354,8 @@ impl Drawn {
 /// `Idempotency-Key` of KEYS[5] when `keyed`. `ttl` is the counter's PTTL
 /// before the draw (-1: none, nothing to persist). `lease`, for a key
 /// claimed by this draw, is its lease's end: the claim is written here,
-/// with its number, in one write (`hold`).
+/// with its number, in one write (`hold`, whose extra arguments are more
+/// fields and values).
 ///
 /// The functions here read one draw's KEYS and ARGV at an offset (`k`,
 /// `a`: its KEYS[1] is `K[k + 1]`), so that [`DRAW_MANY`] hands each draw
@@ -361,14 +363,9 @@ impl Drawn {
 /// own was a sixth of the instructions Redis spent per draw (callgrind).
 macro_rules! take_function {
     () => {
-        "local function hold(key, a, o, lease, n)
-  if n then
-    redis.call('HSET', key, 'fingerprint', a[o], 'owner', a[o + 1], 'lease', lease,
-      'job_id', a[o + 4], 'created_at', a[o + 5], 'number', n)
-  else
-    redis.call('HSET', key, 'fingerprint', a[o], 'owner', a[o + 1], 'lease', lease,
-      'job_id', a[o + 4], 'created_at', a[o + 5])
-  end
+        "local function hold(key, a, o, lease, ...)
+  redis.call('HSET', key, 'fingerprint', a[o], 'owner', a[o + 1], 'lease', lease,
+    'job_id', a[o + 4], 'created_at', a[o + 5], ...)
   redis.call('EXPIRE', key, a[o + 3])
 end
 local function take(K, k, A, a, receipts, keyed, ttl, lease)
@@ -381,11 +378,28 @@ local function take(K, k, A, a, receipts, keyed, ttl, lease)
     if redis.call('PTTL', receipts) < 0 then redis.call('PEXPIRE', receipts, 40000) end
   end
   if lease then
-    hold(K[k + 5], A, a + 6, lease, n)
+    hold(K[k + 5], A, a + 6, lease, 'number', n)
   elseif keyed then
     redis.call('HSET', K[k + 5], 'number', n)
   end
   return n
+end"
+    };
+}
+
+/// Walks the entries of a `_MANY` call ([`DRAW_MANY`], [`RELEASE_MANY`]):
+/// for each, `f(k, a, nk, na)` with its offsets into KEYS and ARGV (its
+/// first key is `KEYS[k + 1]`, its first argument `ARGV[a + 1]`) and the
+/// counts of its keys and arguments.
+macro_rules! entries_function {
+    () => {
+        "local function each_entry(f)
+  local k, a = 0, 1
+  while a <= #ARGV do
+    local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    f(k, a + 1, nk, na)
+    k, a = k + nk, a + 2 + na
+  end
 end"
     };
 }
@@ -497,17 +511,17 @@ pub const DRAW_MANY: &str = concat!(
     confirm_function!(),
     "\n",
     draw_function!(),
+    "\n",
+    entries_function!(),
     "
-local out, k, a = {}, 0, 1
-while a <= #ARGV do
-  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+local out = {}
+each_entry(function(k, a, nk, na)
   if nk == 1 and na == 0 then
     out[#out + 1] = confirm(KEYS[k + 1])
   else
-    out[#out + 1] = draw(KEYS, k, ARGV, a + 1, nk > 4)
+    out[#out + 1] = draw(KEYS, k, ARGV, a, nk > 4)
   end
-  k, a = k + nk, a + 2 + na
-end
+end)
 return out"
 );
 
@@ -598,13 +612,10 @@ pub const RELEASE: &str = concat!(
 /// the keys of a call must be in one hash slot on a cluster. Returns 1.
 pub const RELEASE_MANY: &str = concat!(
     release_function!(),
+    "\n",
+    entries_function!(),
     "
-local k, a = 0, 1
-while a <= #ARGV do
-  local nk, na = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  release(KEYS, k, ARGV, a + 1, na)
-  k, a = k + nk, a + 2 + na
-end
+each_entry(function(k, a, nk, na) release(KEYS, k, ARGV, a, na) end)
 return 1"
 );
 

@@ -154,9 +154,9 @@ impl Storage {
     /// Takes the stored jobs' numbers out of flight, in one script call
     /// ([`counters::RELEASE_MANY`], an entry per scope) per node (on a
     /// cluster, per hash slot: a batch mixes applications, whose keys live
-    /// in different slots), the calls sent at once. If one cannot be sent, the jobs of its
-    /// scopes fail transiently (their records are stored; the retry finds
-    /// them) and the others are released as usual.
+    /// in different slots), the calls sent at once. If one cannot be
+    /// sent, the jobs of its scopes fail transiently (their records are
+    /// stored; the retry finds them) and the others are released as usual.
     async fn release_stored(&self, jobs: &[&Job], results: &mut [Result<(), Failure>]) {
         let mut scopes: BTreeMap<_, Vec<usize>> = BTreeMap::new();
         for (index, (job, result)) in jobs.iter().zip(results.iter()).enumerate() {
