@@ -167,17 +167,8 @@ impl Intake {
         }
         // Marked queued after the answer, not before: one Redis write (and
         // its fsync) less on the request's path. Until it lands, a retry
-        // finds the key held and waits for it; should it never land, a
-        // retry publishes the job once more, which stores nothing twice.
-        let (intake, held) = (self.clone(), claim.held);
-        tokio::spawn(
-            async move {
-                if let Err(error) = intake.numbers().confirm(held.key).await {
-                    tracing::warn!(error = %Chain(&error), "could not mark the Idempotency-Key queued");
-                }
-            }
-            .in_current_span(),
-        );
+        // finds the key held and waits for it.
+        self.numbers().confirm_later(claim.held.key);
         Ok(number)
     }
 

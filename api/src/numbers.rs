@@ -18,6 +18,7 @@ use std::time::Duration;
 use redis::Script;
 use shared::counters::{self, Drawn, Invocation, Keys, Release, Scope};
 use shared::redis_client::{RedisClient, Wait};
+use shared::telemetry::Chain;
 use tokio::time::Instant;
 
 use crate::durability::{Guard, Refusal};
@@ -535,20 +536,25 @@ impl Numbers {
     /// Marks the `Idempotency-Key` hash `key` queued ([`counters::CONFIRM`])
     /// in the next round of its slot, where it shares the draws' script
     /// call and fsync (a call of its own cost keyed creates a fifth of
-    /// their rate, measured on the api alone). Its errors are its own, not
-    /// counted as a draw's.
-    pub(crate) async fn confirm(&self, key: String) -> Result<(), RoundError> {
+    /// their rate, measured on the api alone). Nobody waits for it: a
+    /// failure is logged in the request's span, not counted as a draw's.
+    /// Should it never land, a retry publishes the job once more, which
+    /// stores nothing twice.
+    pub(crate) fn confirm_later(&self, key: String) {
         let call = Call {
             source: counters::CONFIRM,
             keys: vec![key],
             args: Vec::new(),
         };
-        self.rounds.run(call).await.inspect_err(|error| {
+        let (durability, span) = (self.durability.clone(), tracing::Span::current());
+        self.rounds.enqueue(call, move |error| {
             if matches!(error, RoundError::Redis(_)) {
-                self.durability.suspect();
+                durability.suspect();
             }
-        })?;
-        Ok(())
+            span.in_scope(|| {
+                tracing::warn!(error = %Chain(&error), "could not mark the Idempotency-Key queued");
+            });
+        });
     }
 
     /// For `/readyz`: Redis answers, and may be drawn from.

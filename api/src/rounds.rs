@@ -69,7 +69,35 @@ pub(crate) struct Call {
 
 struct Pending {
     call: Call,
-    reply: oneshot::Sender<Reply>,
+    reply: Hearer,
+}
+
+/// Who hears a call's reply.
+enum Hearer {
+    /// A caller, waiting for it.
+    Caller(oneshot::Sender<Reply>),
+    /// Nobody waits for it: this hears a failure ([`Rounds::enqueue`]).
+    Nobody(Box<dyn FnOnce(RoundError) + Send>),
+}
+
+impl Hearer {
+    fn hear(self, reply: Reply) {
+        match self {
+            Self::Caller(caller) => {
+                let _ = caller.send(reply);
+            }
+            Self::Nobody(on_error) => {
+                if let Err(error) = reply {
+                    on_error(error);
+                }
+            }
+        }
+    }
+
+    /// A caller that gave up needs no draw: it is not sent.
+    fn gone(&self) -> bool {
+        matches!(self, Self::Caller(caller) if caller.is_closed())
+    }
 }
 
 /// Sends draws in rounds, a lane per slot.
@@ -108,21 +136,37 @@ impl Rounds {
     /// Runs `call` in the next round of its slot, answering once the
     /// replicas `wait` asks for hold its writes.
     pub(crate) async fn run(&self, call: Call) -> Reply {
-        let slot = call
-            .keys
-            .first()
-            .and_then(|key| self.redis.pipeline_of(key));
-        let lane = self.lane(slot);
         let (reply, answer) = oneshot::channel();
-        lane.try_send(Pending { call, reply })
-            .map_err(|error| match error {
-                mpsc::error::TrySendError::Full(_) => RoundError::Busy,
-                mpsc::error::TrySendError::Closed(_) => RoundError::Stopped,
-            })?;
+        self.queue(call, Hearer::Caller(reply))
+            .map_err(|(error, _)| error)?;
         match tokio::time::timeout(self.bound + MARGIN, answer).await {
             Ok(answered) => answered.unwrap_or(Err(RoundError::Stopped)),
             Err(_) => Err(RoundError::TimedOut),
         }
+    }
+
+    /// Runs `call` in the next round of its slot, with nobody waiting for
+    /// it: no task, timer or channel of its own; `on_error` hears why it
+    /// failed, if it does.
+    pub(crate) fn enqueue(&self, call: Call, on_error: impl FnOnce(RoundError) + Send + 'static) {
+        if let Err((error, refused)) = self.queue(call, Hearer::Nobody(Box::new(on_error))) {
+            refused.reply.hear(Err(error));
+        }
+    }
+
+    /// Queues `call` in its slot's lane; a full or stopped lane gives it
+    /// back, with why.
+    fn queue(&self, call: Call, reply: Hearer) -> Result<(), (RoundError, Pending)> {
+        let slot = call
+            .keys
+            .first()
+            .and_then(|key| self.redis.pipeline_of(key));
+        self.lane(slot)
+            .try_send(Pending { call, reply })
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(pending) => (RoundError::Busy, pending),
+                mpsc::error::TrySendError::Closed(pending) => (RoundError::Stopped, pending),
+            })
     }
 
     /// The lane of `slot`, started on first use.
@@ -144,8 +188,7 @@ async fn lane(redis: RedisClient, mut waiting: mpsc::Receiver<Pending>, wait: Wa
     let draw_many = Script::new(counters::DRAW_MANY);
     let mut group = Vec::new();
     while group_commit::take_waiting(&mut waiting, &mut group, ROUND, |_| Weight::ONE).await > 0 {
-        // A caller that gave up needs no draw: it was never sent.
-        group.retain(|pending: &Pending| !pending.reply.is_closed());
+        group.retain(|pending: &Pending| !pending.reply.gone());
         if group.is_empty() {
             continue;
         }
@@ -215,7 +258,7 @@ fn answer(group: Vec<Pending>, replies: redis::RedisResult<Vec<Reply>>) {
     match replies {
         Ok(replies) if replies.len() == group.len() => {
             for (pending, reply) in group.into_iter().zip(replies) {
-                let _ = pending.reply.send(reply);
+                pending.reply.hear(reply);
             }
         }
         Ok(replies) => {
@@ -225,12 +268,12 @@ fn answer(group: Vec<Pending>, replies: redis::RedisResult<Vec<Reply>>) {
                 format!("{} replies to {} draws", replies.len(), group.len()),
             ));
             for pending in group {
-                let _ = pending.reply.send(Err(RoundError::Redis(error.clone())));
+                pending.reply.hear(Err(RoundError::Redis(error.clone())));
             }
         }
         Err(error) => {
             for pending in group {
-                let _ = pending.reply.send(Err(RoundError::Redis(error.clone())));
+                pending.reply.hear(Err(RoundError::Redis(error.clone())));
             }
         }
     }
