@@ -404,12 +404,18 @@ end"
     };
 }
 
-/// The body of [`CONFIRM`], which [`DRAW_MANY`] runs too.
+/// The body of [`CONFIRM`], which [`DRAW_MANY`] runs too. One write: a
+/// live key always has its `lease` field (every write of a claim sets
+/// it), so an `HSET` that adds both fields found the key gone (its TTL
+/// ran out) and made it anew: deleted again in the same script, nobody
+/// sees it, and no key is left without a TTL.
 macro_rules! confirm_function {
     () => {
         "local function confirm(key)
-  if redis.call('EXISTS', key) == 0 then return 0 end
-  redis.call('HSET', key, 'queued', '1', 'lease', '0')
+  if redis.call('HSET', key, 'queued', '1', 'lease', '0') == 2 then
+    redis.call('DEL', key)
+    return 0
+  end
   return 1
 end"
     };
