@@ -361,11 +361,11 @@ impl Drawn {
 /// `a`: its KEYS[1] is `K[k + 1]`), so that [`DRAW_MANY`] hands each draw
 /// its place in the call's own tables: copying them into tables of its
 /// own was a sixth of the instructions Redis spent per draw (callgrind).
-/// The number is turned into text once (`text`) for all its writes, and
-/// a lease's end once:
-/// Redis 7.0 formats each Lua number handed to `redis.call` with
-/// `snprintf("%.17g")`, and Lua each one it concatenates with `"%.14g"`
-/// (`vfprintf` was 8% of Redis's instructions per draw).
+/// The number is turned into text once (`text`) for all its writes, as
+/// the claim does with its lease's end: Redis 7.0 formats each Lua number
+/// handed to `redis.call` with `snprintf("%.17g")`, and Lua each one it
+/// concatenates with `"%.14g"` (`vfprintf` was 8% of Redis's
+/// instructions per draw).
 macro_rules! take_function {
     () => {
         "local function hold(key, a, o, lease, ...)

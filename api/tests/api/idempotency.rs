@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use testkit::Fault;
+use testkit::{Fault, eventually};
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
@@ -260,49 +260,41 @@ async fn a_confirm_that_finds_its_key_gone_leaves_no_key_behind() {
     let app = spawn_app().await;
     let token = app.application(0).await;
     let key = shared::counters::Keys::new(&app.redis.prefix).idempotency(&token, "chat", "gone");
-    let mut redis = app.redis.connection().await;
+    let redis = app.redis.connection().await;
 
     // The job waits for its confirm while the key goes (its TTL ran out,
     // say) before the api marks it queued.
     app.amqp_proxy.freeze();
-    let create = tokio::spawn({
-        let (url, client) = (app.url.clone(), app.client.clone());
-        let token = token.clone();
-        async move {
-            let url = format!("{url}/applications/{token}/chats");
-            testkit::http::send(client.post(url).header("idempotency-key", "gone")).await
-        }
-    });
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let number: Option<i64> = redis::cmd("HGET")
+    let key_goes = async {
+        eventually("the key's number", Duration::from_secs(10), || {
+            let mut redis = redis.clone();
+            let key = key.clone();
+            async move {
+                let number: Option<i64> = redis::cmd("HGET")
+                    .arg(&key)
+                    .arg("number")
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                number
+            }
+        })
+        .await;
+        let _: () = redis::cmd("DEL")
             .arg(&key)
-            .arg("number")
-            .query_async(&mut redis)
+            .query_async(&mut redis.clone())
             .await
             .unwrap();
-        if number.is_some() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the key never got its number"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let _: () = redis::cmd("DEL")
-        .arg(&key)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    app.amqp_proxy.thaw();
-    assert_eq!(create.await.unwrap().number("chat number"), 1);
+        app.amqp_proxy.thaw();
+    };
+    let (create, ()) = tokio::join!(app.create_chat_keyed(&token, "gone"), key_goes);
+    assert_eq!(create.number("chat number"), 1);
 
     // The confirm went out before this draw, in its lane's order.
     assert_eq!(next_chat(&app, &token).await, 2);
     let exists: i64 = redis::cmd("EXISTS")
         .arg(&key)
-        .query_async(&mut redis)
+        .query_async(&mut redis.clone())
         .await
         .unwrap();
     assert_eq!(exists, 0, "the confirm made the key anew, without a TTL");
