@@ -114,9 +114,20 @@ async fn log_in(browser: &Client, console: &TestConsole, user: &str, password: &
         .click()
         .await
         .unwrap();
+    // The tabs are in the page before the script has read the session and
+    // bound them: a click before `who` is filled in would be lost.
+    eventually(
+        "the console to read its session",
+        Duration::from_secs(20),
+        || async {
+            let who = browser.find(Locator::Id("who")).await.ok()?;
+            let text = who.text().await.ok()?;
+            (!text.is_empty()).then_some(())
+        },
+    )
+    .await;
     browser
-        .wait()
-        .for_element(Locator::Id("tab-letters"))
+        .find(Locator::Id("tab-letters"))
         .await
         .expect("the console after logging in")
         .click()
@@ -124,15 +135,17 @@ async fn log_in(browser: &Client, console: &TestConsole, user: &str, password: &
         .unwrap();
 }
 
-/// The ids of the rows listed now.
+/// The ids of the rows listed now, read in one script so that a list
+/// re-rendered between finding a row and reading it cannot go stale.
 async fn listed(browser: &Client) -> Vec<String> {
-    let mut ids = Vec::new();
-    for row in browser.find_all(Locator::Css("tr.letter")).await.unwrap() {
-        if let Some(id) = row.attr("data-id").await.unwrap() {
-            ids.push(id);
-        }
-    }
-    ids
+    let ids = browser
+        .execute(
+            "return [...document.querySelectorAll('tr.letter')].map((row) => row.dataset.id);",
+            Vec::new(),
+        )
+        .await
+        .expect("reading the listed rows");
+    serde_json::from_value(ids).expect("a list of ids")
 }
 
 /// Waits until the list shows exactly `count` rows.

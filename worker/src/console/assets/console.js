@@ -94,11 +94,18 @@ function readFilter() {
   return filter;
 }
 
+// Each load is numbered; an answer that arrives after a later load began
+// (a slow unfiltered read overtaken by a filtered one) is dropped, so the
+// list always shows the latest filter and page.
+let lettersLoad = 0;
+
 async function loadLetters(fresh) {
+  const load = ++lettersLoad;
   const query = new URLSearchParams({ ...state.filter, page: state.page, per_page: state.perPage });
   if (fresh) query.set("fresh", "1");
   let page;
-  try { page = await api("/api/letters?" + query); } catch (error) { return banner(error.message); }
+  try { page = await api("/api/letters?" + query); } catch (error) { if (load === lettersLoad) banner(error.message); return; }
+  if (load !== lettersLoad) return;
   state.total = page.total;
   $("summary").textContent = `${page.total} matching of ${page.letters} letters` +
     (page.unreadable ? `, ${page.unreadable} unreadable` : "") +
