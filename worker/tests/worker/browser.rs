@@ -3,7 +3,8 @@
 //! filters the dead letters, replays one, sees it leave the list and its
 //! record stored; the read-only user finds no action button. A screenshot
 //! of the console is saved (`CONSOLE_SCREENSHOT`, by default
-//! `target/console.png` of the workspace).
+//! `target/console.png` of the workspace). A read answered late does not
+//! replace the list of a filter applied after it.
 //!
 //! Needs `chromium` and `chromedriver` on the PATH: `scripts/test`
 //! installs them (Debian's `chromium` and `chromium-driver`). Without
@@ -265,4 +266,76 @@ async fn an_operator_filters_and_replays_in_a_browser_and_a_viewer_cannot_act() 
     );
     viewer.close().await.unwrap();
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_answer_for_an_older_filter_does_not_replace_the_list() {
+    let stack = TestStack::start().await;
+    let token = stack.application().await;
+    let letters: Vec<Dead> = [
+        (1, "timed out after 1000 ms"),
+        (2, "chat-system answered 503"),
+        (3, "chat-system answered 503"),
+    ]
+    .into_iter()
+    .map(|(chat, error)| Dead {
+        job: Job::chat(token.clone(), chat),
+        reason: "exhausted",
+        error,
+        at_ms: shared::amqp::headers::now_ms(),
+    })
+    .collect();
+    dead_letter(&stack, &letters).await;
+    let console = TestConsole::start(&stack).await;
+    let driver = Driver::start().await;
+    let admin = driver.browser().await;
+    log_in(&admin, &console, "admin", ADMIN_PASSWORD).await;
+    rows(&admin, 3).await;
+
+    // From now on the page gets an unfiltered read's answer 1.5 s late,
+    // and counts the late answers it got.
+    admin
+        .execute(
+            "const fetchNow = window.fetch;
+             window.lateAnswers = 0;
+             window.fetch = async (...args) => {
+               const response = await fetchNow(...args);
+               const path = String(args[0]);
+               if (path.startsWith('/api/letters?') && !path.includes('error=')) {
+                 await new Promise((resolve) => setTimeout(resolve, 1500));
+                 window.lateAnswers += 1;
+               }
+               return response;
+             };",
+            Vec::new(),
+        )
+        .await
+        .expect("slowing the page's unfiltered reads");
+    admin
+        .find(Locator::Id("refresh"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    filter_by_error(&admin, "timed out").await;
+    let filtered = rows(&admin, 1).await;
+    eventually(
+        "the unfiltered read's late answer",
+        Duration::from_secs(20),
+        || async {
+            let late = admin
+                .execute("return window.lateAnswers;", Vec::new())
+                .await
+                .ok()?;
+            (late.as_u64()? >= 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        listed(&admin).await,
+        filtered,
+        "the list still shows the filter applied last"
+    );
+    admin.close().await.unwrap();
 }
