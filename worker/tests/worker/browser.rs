@@ -88,6 +88,17 @@ fn which(program: &str) -> String {
         .to_string()
 }
 
+/// Clicks the element of id `id`.
+async fn click(browser: &Client, id: &str) {
+    browser
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|error| panic!("no element #{id}: {error}"))
+        .click()
+        .await
+        .unwrap_or_else(|error| panic!("clicking #{id}: {error}"));
+}
+
 async fn log_in(browser: &Client, console: &TestConsole, user: &str, password: &str) {
     browser
         .goto(&format!("{}/", console.url))
@@ -108,13 +119,7 @@ async fn log_in(browser: &Client, console: &TestConsole, user: &str, password: &
         .send_keys(password)
         .await
         .unwrap();
-    browser
-        .find(Locator::Id("login-submit"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, "login-submit").await;
     // The tabs are in the page before the script has read the session and
     // bound them: a click before `who` is filled in would be lost.
     eventually(
@@ -127,13 +132,7 @@ async fn log_in(browser: &Client, console: &TestConsole, user: &str, password: &
         },
     )
     .await;
-    browser
-        .find(Locator::Id("tab-letters"))
-        .await
-        .expect("the console after logging in")
-        .click()
-        .await
-        .unwrap();
+    click(browser, "tab-letters").await;
 }
 
 /// The ids of the rows listed now, read in one script so that a list
@@ -166,13 +165,7 @@ async fn filter_by_error(browser: &Client, text: &str) {
     let field = browser.find(Locator::Id("filter-error")).await.unwrap();
     field.clear().await.unwrap();
     field.send_keys(text).await.unwrap();
-    browser
-        .find(Locator::Id("filter-apply"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(browser, "filter-apply").await;
 }
 
 #[tokio::test]
@@ -311,13 +304,7 @@ async fn a_late_answer_for_an_older_filter_does_not_replace_the_list() {
         )
         .await
         .expect("slowing the page's unfiltered reads");
-    admin
-        .find(Locator::Id("refresh"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&admin, "refresh").await;
     filter_by_error(&admin, "timed out").await;
     let filtered = rows(&admin, 1).await;
     eventually(
